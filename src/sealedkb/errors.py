@@ -1,0 +1,93 @@
+"""One exception tree for sealedkb.
+
+Every error carries a stable machine-readable ``code`` (also the MCP error code),
+a process ``exit_code`` (DESIGN.md §7) and optionally the ``field`` it concerns.
+Messages are written for users: they never carry plaintext of stored entries,
+key material or SQL.
+"""
+
+from __future__ import annotations
+
+
+class SealedKBError(Exception):
+    """Base class; catch this to handle any sealedkb failure."""
+
+    code = "INTERNAL_ERROR"
+    exit_code = 1
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_dict(self) -> dict[str, str]:
+        out = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            out["field"] = self.field
+        return out
+
+
+class ValidationError(SealedKBError):
+    """Bad input: a field is missing, malformed or out of range."""
+
+    code = "VALIDATION_ERROR"
+    exit_code = 2
+
+
+class ConfigError(ValidationError):
+    """The configuration (file or environment) is invalid."""
+
+    code = "CONFIG_ERROR"
+
+
+class NotFoundError(SealedKBError):
+    code = "NOT_FOUND"
+    exit_code = 3
+
+
+class ConflictError(SealedKBError):
+    """Optimistic concurrency failure or a duplicate."""
+
+    code = "CONFLICT"
+    exit_code = 1
+
+
+class AccessDeniedError(SealedKBError):
+    code = "ACCESS_DENIED"
+    exit_code = 4
+
+
+class KeyUnavailableError(SealedKBError):
+    """Data keys cannot be unwrapped: key disabled, destroyed, wrong root key, provider down."""
+
+    code = "KEY_UNAVAILABLE"
+    exit_code = 5
+
+
+class IntegrityError(SealedKBError):
+    """A sealed value failed to open: tampered, moved to another row, or wrong key.
+
+    Deliberately opaque (as pyca/cryptography's InvalidTag): the cause is not told.
+    """
+
+    code = "INTEGRITY_ERROR"
+    exit_code = 6
+
+
+class TransportRefusedError(SealedKBError):
+    """A connection would not be protected as required (e.g. no verified TLS)."""
+
+    code = "TRANSPORT_REFUSED"
+    exit_code = 7
+
+
+class DatabaseError(SealedKBError):
+    """The database is unreachable or failed; details go to the log, not the message."""
+
+    code = "DATABASE_ERROR"
+    exit_code = 1
+
+
+class NotInitializedError(SealedKBError):
+    code = "NOT_INITIALIZED"
+    exit_code = 1
