@@ -1,0 +1,5 @@
+"""python -m sealedkb"""
+
+from sealedkb.adapters.cli import main
+
+main()

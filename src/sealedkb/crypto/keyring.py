@@ -1,0 +1,185 @@
+"""The data-key ring: unwrap once, cache with a bounded age, hand out keys by purpose.
+
+Data keys live wrapped in ``kb_data_keys`` (one active key per namespace and
+purpose). The ring unwraps a key through the key provider on first use and keeps
+it for at most ``max_age`` seconds, so there are no provider calls per row and a
+disabled KMS key takes effect within that bound. The encryption context binds
+namespace, purpose and the data key's id into the wrap, so a wrapped key copied
+to another row fails to unwrap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from sealedkb.crypto.blind import Blinder
+from sealedkb.crypto.kdf import random_key
+from sealedkb.crypto.sealed import DataKey, FieldOpener, FieldSealer
+from sealedkb.domain import KeyPurpose, WrappedDataKey
+from sealedkb.errors import IntegrityError, KeyUnavailableError
+from sealedkb.keys.provider import KeyProvider
+
+DEFAULT_MAX_AGE = 300.0
+
+
+class DataKeyStore(Protocol):
+    """What the ring needs from storage (implemented in store/datakeys.py)."""
+
+    def get_data_key(self, key_id: uuid.UUID) -> WrappedDataKey | None: ...
+
+    def get_active_data_key(self, namespace: str, purpose: KeyPurpose) -> WrappedDataKey | None: ...
+
+    def insert_data_key(self, key: WrappedDataKey) -> WrappedDataKey:
+        """Insert as the active key; on a race, return the key that won."""
+        ...
+
+
+def encryption_context(namespace: str, purpose: KeyPurpose, key_id: uuid.UUID) -> dict[str, str]:
+    return {
+        "sealedkb:namespace": namespace,
+        "sealedkb:purpose": purpose.value,
+        "sealedkb:data_key_id": str(key_id),
+    }
+
+
+@dataclass
+class _Cached:
+    key: DataKey
+    record: WrappedDataKey
+    expires: float
+
+
+class KeyRing:
+    def __init__(
+        self,
+        provider: KeyProvider,
+        store: DataKeyStore,
+        kms_key_uri: str,
+        *,
+        max_age: float = DEFAULT_MAX_AGE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        self.kms_key_uri = kms_key_uri
+        self.max_age = max_age
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._keys: dict[bytes, _Cached] = {}
+        self._active: dict[tuple[str, KeyPurpose], uuid.UUID] = {}
+        self._sealers: dict[bytes, FieldSealer] = {}
+        self._blinders: dict[bytes, Blinder] = {}
+        self.opener = FieldOpener(self._resolve)
+        self.unwrap_calls = 0
+
+    def clear(self) -> None:
+        """Forget every unwrapped key (e.g. after a key state change)."""
+        with self._lock:
+            self._keys.clear()
+            self._active.clear()
+            self._sealers.clear()
+            self._blinders.clear()
+            self.opener.clear()
+
+    # --- unwrap with a bounded cache -----------------------------------------
+
+    def _unwrap(self, rec: WrappedDataKey) -> DataKey:
+        ctx = encryption_context(rec.namespace, rec.purpose, rec.id)
+        self.unwrap_calls += 1
+        try:
+            material = self.provider.decrypt(rec.kms_key_uri, rec.wrapped, ctx)
+        except IntegrityError:
+            raise IntegrityError("a wrapped data key failed to open") from None
+        return DataKey(rec.id.bytes, material)
+
+    def _cached(self, rec: WrappedDataKey) -> DataKey:
+        now = self._clock()
+        with self._lock:
+            hit = self._keys.get(rec.id.bytes)
+            if hit is not None and hit.expires > now:
+                return hit.key
+        key = self._unwrap(rec)  # outside the lock: may be a network call
+        with self._lock:
+            self._keys[rec.id.bytes] = _Cached(key, rec, now + self.max_age)
+            self._sealers.pop(rec.id.bytes, None)
+            self._blinders.pop(rec.id.bytes, None)
+        return key
+
+    def _resolve(self, key_id: bytes) -> DataKey:
+        now = self._clock()
+        with self._lock:
+            hit = self._keys.get(key_id)
+            if hit is not None and hit.expires > now:
+                return hit.key
+            rec = hit.record if hit is not None else None
+        if rec is None:
+            rec = self.store.get_data_key(uuid.UUID(bytes=key_id))
+            if rec is None:
+                raise KeyUnavailableError("a data key this value needs is not in kb_data_keys")
+        return self._cached(rec)
+
+    # --- active keys -------------------------------------------------------
+
+    def _active_record(self, namespace: str, purpose: KeyPurpose) -> WrappedDataKey:
+        with self._lock:
+            kid = self._active.get((namespace, purpose))
+            hit = self._keys.get(kid.bytes) if kid else None
+            if hit is not None:
+                return hit.record
+        rec = self.store.get_active_data_key(namespace, purpose)
+        if rec is None:
+            rec = self._create(namespace, purpose)
+        with self._lock:
+            self._active[(namespace, purpose)] = rec.id
+        return rec
+
+    def _create(self, namespace: str, purpose: KeyPurpose) -> WrappedDataKey:
+        kid = uuid.uuid4()
+        material = random_key()
+        wrapped = self.provider.encrypt(
+            self.kms_key_uri, material, encryption_context(namespace, purpose, kid)
+        )
+        rec = self.store.insert_data_key(
+            WrappedDataKey(kid, namespace, purpose, self.kms_key_uri, wrapped)
+        )
+        if rec.id == kid:
+            with self._lock:
+                self._keys[kid.bytes] = _Cached(
+                    DataKey(kid.bytes, material), rec, self._clock() + self.max_age
+                )
+        return rec
+
+    def sealer(self, namespace: str, purpose: KeyPurpose = KeyPurpose.CONTENT) -> FieldSealer:
+        rec = self._active_record(namespace, purpose)
+        key = self._cached(rec)
+        with self._lock:
+            sealer = self._sealers.get(key.key_id)
+            if sealer is None:
+                sealer = self._sealers[key.key_id] = FieldSealer(key)
+            return sealer
+
+    def blinder(self, namespace: str) -> Blinder:
+        rec = self._active_record(namespace, KeyPurpose.INDEX)
+        key = self._cached(rec)
+        with self._lock:
+            blinder = self._blinders.get(key.key_id)
+            if blinder is None:
+                blinder = self._blinders[key.key_id] = Blinder(key.material)
+            return blinder
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        return self.opener.open(blob, aad)
+
+    def check_available(self, namespace: str) -> None:
+        """Raise KeyUnavailableError unless this namespace's keys unwrap now (no cache)."""
+        rec = self.store.get_active_data_key(namespace, KeyPurpose.CONTENT)
+        if rec is None:
+            # No data key yet: a throw-away wrap proves the KMS key is usable.
+            self.provider.encrypt(self.kms_key_uri, bytes(32), {"sealedkb:probe": namespace})
+            return
+        self._unwrap(rec)

@@ -1,0 +1,170 @@
+"""Sealed field, format v1 (DESIGN.md §4; spec in docs/FORMATS.md).
+
+    0x01 | data_key_id (16) | salt (16) | nonce (12) | AES-256-GCM(subkey, nonce, pad64(pt), aad)
+
+    subkey = HKDF-SHA256(ikm=data key, salt=salt, info=b"sealedkb/v1/field", L=32)
+    pad64  = pt || 0x80 || 0x00* up to the next multiple of 64 bytes (ISO/IEC 7816-4)
+
+The recipe layer: callers hand in plaintext and an AAD and never choose nonces,
+salts or keys. A :class:`FieldSealer` draws a fresh random salt when it is made
+and again after ``SEALS_PER_SALT`` seals, so no subkey ever sees more than 2^24
+random 96-bit nonces (collision probability < 2^-48). Every failure to open
+raises one opaque :class:`~sealedkb.errors.IntegrityError`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from sealedkb.errors import IntegrityError
+
+FORMAT_V1 = 0x01
+KEY_ID_LEN = 16
+SALT_LEN = 16
+NONCE_LEN = 12
+TAG_LEN = 16
+HEADER_LEN = 1 + KEY_ID_LEN + SALT_LEN + NONCE_LEN
+OVERHEAD = HEADER_LEN + TAG_LEN  # 61 bytes, plus padding
+PAD_BLOCK = 64
+SEALS_PER_SALT = 1 << 24
+HKDF_INFO = b"sealedkb/v1/field"
+AAD_PREFIX = "sealedkb/v1"
+
+_OPEN_FAILED = "sealed value failed to open (tampered, moved, or sealed under another key)"
+
+
+@dataclass(frozen=True, slots=True)
+class DataKey:
+    """An unwrapped 256-bit data key and its 16-byte id. Never printed."""
+
+    key_id: bytes
+    material: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.key_id) != KEY_ID_LEN or len(self.material) != 32:
+            raise ValueError("data key must be 32 bytes with a 16-byte id")
+
+
+def field_aad(namespace: str, table: str, column: str, entry_id: str) -> bytes:
+    """The AAD that binds a sealed value to its place (namespace, table, column, row)."""
+    for part in (namespace, table, column, entry_id):
+        if "|" in part:
+            raise ValueError("AAD components must not contain '|'")
+    return f"{AAD_PREFIX}|{namespace}|{table}|{column}|{entry_id}".encode()
+
+
+def pad64(data: bytes) -> bytes:
+    padded_len = (len(data) // PAD_BLOCK + 1) * PAD_BLOCK
+    return data + b"\x80" + b"\x00" * (padded_len - len(data) - 1)
+
+
+def unpad64(data: bytes) -> bytes:
+    if not data or len(data) % PAD_BLOCK:
+        raise IntegrityError(_OPEN_FAILED)
+    end = data.rstrip(b"\x00")
+    if not end or end[-1] != 0x80 or len(data) - len(end) >= PAD_BLOCK:
+        raise IntegrityError(_OPEN_FAILED)
+    return end[:-1]
+
+
+def derive_subkey(material: bytes, salt: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=HKDF_INFO).derive(material)
+
+
+def seal_with(key: DataKey, salt: bytes, nonce: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Hazmat: seal with a caller-chosen salt and nonce. Only for known-answer tests."""
+    subkey = derive_subkey(key.material, salt)
+    ct = AESGCM(subkey).encrypt(nonce, pad64(plaintext), aad)
+    return bytes([FORMAT_V1]) + key.key_id + salt + nonce + ct
+
+
+def key_id_of(blob: bytes) -> bytes:
+    """The data key id a sealed value names (unauthenticated until opened)."""
+    if len(blob) < OVERHEAD + PAD_BLOCK or blob[0] != FORMAT_V1:
+        raise IntegrityError(_OPEN_FAILED)
+    return blob[1 : 1 + KEY_ID_LEN]
+
+
+class FieldSealer:
+    """Seals fields under one data key. Thread-safe."""
+
+    def __init__(self, key: DataKey) -> None:
+        self.key_id = key.key_id
+        self._material = key.material
+        self._lock = threading.Lock()
+        self._rekey()
+
+    def _rekey(self) -> None:
+        self._salt = os.urandom(SALT_LEN)
+        self._aead = AESGCM(derive_subkey(self._material, self._salt))
+        self._count = 0
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+        with self._lock:
+            if self._count >= SEALS_PER_SALT:
+                self._rekey()
+            self._count += 1
+            salt, aead = self._salt, self._aead
+        nonce = os.urandom(NONCE_LEN)
+        ct = aead.encrypt(nonce, pad64(plaintext), aad)
+        return b"".join((bytes([FORMAT_V1]), self.key_id, salt, nonce, ct))
+
+
+class FieldOpener:
+    """Opens sealed fields, resolving data keys by id and caching subkeys by (id, salt).
+
+    ``resolve`` is called on every open so that key expiry and revocation in the
+    key ring take effect; only the HKDF step is cached.
+    """
+
+    def __init__(self, resolve: Callable[[bytes], DataKey], cache_size: int = 4096) -> None:
+        self._resolve = resolve
+        self._cache: OrderedDict[tuple[bytes, bytes], AESGCM] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        key_id = key_id_of(blob)
+        key = self._resolve(key_id)  # may raise KeyUnavailableError: not an integrity failure
+        salt = blob[1 + KEY_ID_LEN : 1 + KEY_ID_LEN + SALT_LEN]
+        nonce = blob[1 + KEY_ID_LEN + SALT_LEN : HEADER_LEN]
+        cache_key = (key_id, salt)
+        with self._lock:
+            aead = self._cache.get(cache_key)
+            if aead is not None:
+                self._cache.move_to_end(cache_key)
+        if aead is None:
+            aead = AESGCM(derive_subkey(key.material, salt))
+            with self._lock:
+                self._cache[cache_key] = aead
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        try:
+            padded = aead.decrypt(nonce, blob[HEADER_LEN:], aad)
+        except InvalidTag:
+            raise IntegrityError(_OPEN_FAILED) from None
+        return unpad64(padded)
+
+
+def open_with(key: DataKey, blob: bytes, aad: bytes) -> bytes:
+    """Open one value with a known key (tests, tools)."""
+
+    def resolve(key_id: bytes) -> DataKey:
+        if key_id != key.key_id:
+            raise IntegrityError(_OPEN_FAILED)
+        return key
+
+    return FieldOpener(resolve, cache_size=1).open(blob, aad)

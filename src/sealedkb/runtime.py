@@ -1,0 +1,80 @@
+"""Wiring: settings -> database (embedded or external) -> key provider -> key ring.
+
+Kept apart from service.py so the knowledge-base logic reads without plumbing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import psycopg
+
+from sealedkb.config import Settings
+from sealedkb.errors import DatabaseError, NotInitializedError
+from sealedkb.keys.local import LocalKeyProvider, RootKeySource
+from sealedkb.store.db import Transport, classify_transport, mapped_errors
+
+log = logging.getLogger("sealedkb.runtime")
+
+EMBEDDED_DBNAME = "sealedkb"
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    url: str
+    kind: str  # embedded | external
+    transport: Transport
+
+
+def resolve_database(settings: Settings, *, create: bool) -> DatabaseTarget:
+    """Find (and for the embedded default, start) the database to use."""
+    if settings.database_url is not None:
+        url = settings.database_url.get_secret_value()
+        transport = classify_transport(url, allow_insecure=settings.database_allow_insecure)
+        return DatabaseTarget(url, "external", transport)
+
+    from sealedkb.store.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.pgdata)
+    if not server.is_initialized() and not create:
+        raise NotInitializedError(
+            f"no knowledge base at {settings.home}; run 'sealedkb init' first"
+        )
+    make_home(settings)
+    server.start()
+    with (
+        mapped_errors("create database"),
+        psycopg.connect(server.uri("postgres"), autocommit=True) as conn,
+    ):
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,)
+        ).fetchone()
+        if not exists:
+            # Another process may win the race to create it.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+    url = server.uri(EMBEDDED_DBNAME)
+    return DatabaseTarget(url, "embedded", classify_transport(url))
+
+
+def make_home(settings: Settings) -> None:
+    home = settings.home
+    if not home.exists():
+        home.mkdir(parents=True, mode=0o700)
+    elif not home.is_dir():
+        raise DatabaseError(f"SEALEDKB_HOME is not a folder: {home}")
+
+
+def key_provider(settings: Settings) -> LocalKeyProvider:
+    source = RootKeySource(
+        key_file=settings.root_key_file,
+        passphrase=settings.passphrase.get_secret_value() if settings.passphrase else None,
+    )
+    return LocalKeyProvider(settings.keys_dir, source)
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0

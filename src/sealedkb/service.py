@@ -1,0 +1,440 @@
+"""The knowledge base: where plaintext meets crypto.
+
+In encrypted mode every stored text field (title, content, source, metadata,
+tags) is sealed with format v1 under the namespace's content data key, with the
+AAD binding namespace, table, column and entry id; tags are also stored as keyed
+blind tokens so they can be filtered in SQL. Sealing happens before any write,
+so a key failure never leaves a half-encrypted row. In plaintext mode the same
+fields go to the ``*_plain`` columns (the benchmark baseline and migration source).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+from sealedkb.config import Settings
+from sealedkb.crypto.keyring import KeyRing
+from sealedkb.crypto.sealed import field_aad
+from sealedkb.domain import (
+    DEFAULT_NAMESPACE,
+    EncryptionMode,
+    Entry,
+    EntryPatch,
+    EntryType,
+    KeyPurpose,
+    NewEntry,
+    derive_title,
+    parse_entry_id,
+    validate_content,
+    validate_entry_type,
+    validate_metadata,
+    validate_namespace,
+    validate_source,
+    validate_tags,
+    validate_title,
+)
+from sealedkb.errors import (
+    ConflictError,
+    IntegrityError,
+    KeyUnavailableError,
+    NotFoundError,
+    NotInitializedError,
+    SealedKBError,
+    ValidationError,
+)
+from sealedkb.keys.local import LocalKeyProvider
+from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
+from sealedkb.store.datakeys import DataKeyTable, MetaTable
+from sealedkb.store.db import Database
+from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
+
+log = logging.getLogger("sealedkb.service")
+
+TABLE = "kb_entries"
+SEALED_FIELDS = ("title", "content", "source", "metadata", "tags")
+ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256 subkeys)"
+MAX_LIST_LIMIT = 1000
+
+
+class KnowledgeBase:
+    """Open with :meth:`open` (or :meth:`init`); close when done."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        target: DatabaseTarget,
+        db: Database,
+        mode: EncryptionMode,
+        provider: LocalKeyProvider | None,
+        kms_key_uri: str | None,
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.db = db
+        self.mode = mode
+        self.provider = provider
+        self.kms_key_uri = kms_key_uri
+        self.entries = EntryTable(db)
+        self.datakeys = DataKeyTable(db)
+        self.meta = MetaTable(db)
+        self.keyring: KeyRing | None = None
+        if mode is EncryptionMode.ON:
+            assert provider is not None and kms_key_uri is not None
+            self.keyring = KeyRing(
+                provider, self.datakeys, kms_key_uri, max_age=settings.data_key_max_age
+            )
+
+    # --- lifecycle --------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls, settings: Settings, encryption: EncryptionMode | None = None
+    ) -> tuple[KnowledgeBase, bool]:
+        """Create or open the knowledge base; idempotent, never destroys data.
+
+        Returns the knowledge base and whether anything was created.
+        """
+        target = resolve_database(settings, create=True)
+        db = Database(target.url, max_size=settings.pool_max_size)
+        try:
+            meta = MetaTable(db)
+            existing = meta.get("encryption")
+            if existing is not None and encryption is not None and existing != encryption.value:
+                raise ValidationError(
+                    f"this knowledge base was initialised with --encryption {existing}; "
+                    "switching modes is a migration ('sealedkb migrate'), not an init",
+                    field="encryption",
+                )
+            mode = EncryptionMode(existing or (encryption or EncryptionMode.ON).value)
+            created = existing is None
+            provider = None
+            kms_key_uri = None
+            if mode is EncryptionMode.ON:
+                provider = key_provider(settings)
+                if not provider.exists():
+                    provider.initialize()
+                    created = True
+                kms_key_uri = meta.get("kms_key_uri")
+                if kms_key_uri is None:
+                    new_key = provider.create_key("sealedkb knowledge base key")
+                    kms_key_uri = meta.set_default("kms_key_uri", new_key.key_id)
+                    created = True
+                provider.describe_key(kms_key_uri)
+            meta.set_default("encryption", mode.value)
+            kb = cls(settings, target, db, mode, provider, kms_key_uri)
+            if kb.keyring is not None:
+                # Create the default namespace's data keys now, so a wrong key fails at init.
+                kb.keyring.sealer(DEFAULT_NAMESPACE, KeyPurpose.CONTENT)
+                kb.keyring.blinder(DEFAULT_NAMESPACE)
+            return kb, created
+        except BaseException:
+            db.close()
+            raise
+
+    @classmethod
+    def open(cls, settings: Settings) -> KnowledgeBase:
+        target = resolve_database(settings, create=False)
+        db = Database(target.url, max_size=settings.pool_max_size)
+        try:
+            meta = MetaTable(db)
+            mode_value = meta.get("encryption")
+            if mode_value is None:
+                raise NotInitializedError("the database has no knowledge base; run 'sealedkb init'")
+            mode = EncryptionMode(mode_value)
+            provider = key_provider(settings) if mode is EncryptionMode.ON else None
+            kms_key_uri = meta.get("kms_key_uri") if mode is EncryptionMode.ON else None
+            return cls(settings, target, db, mode, provider, kms_key_uri)
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def encrypted(self) -> bool:
+        return self.mode is EncryptionMode.ON
+
+    # --- sealing ----------------------------------------------------------------
+
+    def _seal_fields(
+        self, namespace: str, entry_id: uuid.UUID, values: dict[str, bytes]
+    ) -> dict[str, bytes]:
+        assert self.keyring is not None
+        sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
+        sid = str(entry_id)
+        return {
+            f"{name}_sealed": sealer.seal(value, field_aad(namespace, TABLE, name, sid))
+            for name, value in values.items()
+        }
+
+    def _open_field(self, row: EntryRow, name: str) -> bytes:
+        assert self.keyring is not None
+        blob = getattr(row, f"{name}_sealed")
+        if blob is None:
+            raise IntegrityError("sealed value missing")
+        return self.keyring.open(blob, field_aad(row.namespace, TABLE, name, str(row.id)))
+
+    def _tag_tokens(self, namespace: str, tags: tuple[str, ...]) -> list[str]:
+        assert self.keyring is not None
+        blinder = self.keyring.blinder(namespace)
+        return [blinder.tag_token(t) for t in tags]
+
+    @staticmethod
+    def _encode(name: str, value: Any) -> bytes:
+        if name in ("metadata", "tags"):
+            return json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
+        return (value or "").encode()
+
+    def _row_changes(
+        self, namespace: str, entry_id: uuid.UUID, values: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Column values for the given logical fields, sealed or plain by mode."""
+        if self.encrypted:
+            out: dict[str, Any] = self._seal_fields(
+                namespace, entry_id, {k: self._encode(k, v) for k, v in values.items()}
+            )
+            if "tags" in values:
+                out["tag_tokens"] = self._tag_tokens(namespace, tuple(values["tags"]))
+            return out
+        plain: dict[str, Any] = {}
+        for k, v in values.items():
+            plain[f"{k}_plain"] = list(v) if k == "tags" else (v if k != "source" else v or None)
+        return plain
+
+    def _to_entry(self, row: EntryRow) -> Entry:
+        if row.content_sealed is not None:
+            if not self.encrypted:
+                raise KeyUnavailableError("row is sealed but this knowledge base has no key")
+            title = self._open_field(row, "title").decode()
+            content = self._open_field(row, "content").decode()
+            source = self._open_field(row, "source").decode() or None
+            metadata = json.loads(self._open_field(row, "metadata"))
+            tags = tuple(json.loads(self._open_field(row, "tags")))
+        else:
+            title = row.title_plain or ""
+            content = row.content_plain or ""
+            source = row.source_plain
+            metadata = row.metadata_plain or {}
+            tags = tuple(row.tags_plain or ())
+        assert row.created_at is not None and row.updated_at is not None
+        return Entry(
+            id=row.id,
+            namespace=row.namespace,
+            title=title,
+            content=content,
+            entry_type=EntryType(row.entry_type),
+            tags=tags,
+            source=source,
+            metadata=metadata,
+            verified=row.verified,
+            archived=row.archived,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            version=row.version,
+            deleted_at=row.deleted_at,
+        )
+
+    # --- operations ---------------------------------------------------------
+
+    def add(
+        self,
+        content: str,
+        *,
+        title: str | None = None,
+        entry_type: str | EntryType = EntryType.NOTE,
+        tags: list[str] | tuple[str, ...] = (),
+        namespace: str = DEFAULT_NAMESPACE,
+        source: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        verified: bool = False,
+    ) -> Entry:
+        new = NewEntry(
+            namespace=validate_namespace(namespace),
+            content=validate_content(content),
+            title=validate_title(title) if title else derive_title(content),
+            entry_type=validate_entry_type(entry_type),
+            tags=validate_tags(tags),
+            source=validate_source(source),
+            metadata=validate_metadata(metadata if metadata is not None else {}),
+            verified=bool(verified),
+        )
+        return self.add_entry(new)
+
+    def add_entry(self, new: NewEntry) -> Entry:
+        entry_id = uuid.uuid4()
+        values = {
+            "title": new.title,
+            "content": new.content,
+            "source": new.source,
+            "metadata": new.metadata,
+            "tags": list(new.tags),
+        }
+        # Seal everything before touching the database: nothing half-encrypted.
+        cols = self._row_changes(new.namespace, entry_id, values)
+        row = EntryRow(
+            id=entry_id,
+            namespace=new.namespace,
+            entry_type=new.entry_type.value,
+            verified=new.verified,
+            **cols,
+        )
+        return self._to_entry(self.entries.insert(row))
+
+    def get(self, entry_id: str | uuid.UUID) -> Entry:
+        eid = parse_entry_id(entry_id)
+        row = self.entries.get(eid)
+        if row is None:
+            raise NotFoundError("entry not found", field="id")
+        return self._to_entry(row)
+
+    def update(
+        self,
+        entry_id: str | uuid.UUID,
+        patch: EntryPatch,
+        *,
+        expected_version: int | None = None,
+    ) -> Entry:
+        eid = parse_entry_id(entry_id)
+        if patch.is_empty():
+            raise ValidationError("nothing to update", field="update")
+        values: dict[str, Any] = {}
+        if patch.title is not None:
+            values["title"] = validate_title(patch.title)
+        if patch.content is not None:
+            values["content"] = validate_content(patch.content)
+        if patch.source is not None:
+            values["source"] = validate_source(patch.source)
+        if patch.metadata is not None:
+            values["metadata"] = validate_metadata(patch.metadata)
+        if patch.tags is not None:
+            values["tags"] = list(validate_tags(patch.tags))
+        flags: dict[str, Any] = {}
+        if patch.entry_type is not None:
+            flags["entry_type"] = validate_entry_type(patch.entry_type).value
+        if patch.verified is not None:
+            flags["verified"] = patch.verified
+        if patch.archived is not None:
+            flags["archived"] = patch.archived
+        with self.db.transaction("update") as conn:
+            row = self.entries.get_for_update(conn, eid)
+            if row is None:
+                raise NotFoundError("entry not found", field="id")
+            if expected_version is not None and row.version != expected_version:
+                raise ConflictError(
+                    f"entry is at version {row.version}, not {expected_version}; "
+                    "get it again and retry",
+                    field="expected_version",
+                )
+            changes = {**self._row_changes(row.namespace, eid, values), **flags}
+            updated = self.entries.update(conn, eid, changes)
+        return self._to_entry(updated)
+
+    def delete(self, entry_id: str | uuid.UUID) -> None:
+        eid = parse_entry_id(entry_id)
+        if not self.entries.soft_delete(eid):
+            raise NotFoundError("entry not found", field="id")
+
+    def list(
+        self,
+        *,
+        namespace: str | None = None,
+        entry_type: str | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include_archived: bool = True,
+    ) -> list[Entry]:
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValidationError(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
+        if offset < 0:
+            raise ValidationError("offset must not be negative", field="offset")
+        ns = validate_namespace(namespace) if namespace is not None else None
+        et = validate_entry_type(entry_type).value if entry_type is not None else None
+        tag_token = tag_plain = None
+        if tag is not None:
+            (norm,) = validate_tags([tag])
+            if self.encrypted:
+                if ns is None:
+                    raise ValidationError(
+                        "filtering by tag needs --namespace in encrypted mode "
+                        "(tag tokens are keyed per namespace)",
+                        field="namespace",
+                    )
+                tag_token = self._tag_tokens(ns, (norm,))[0]
+            else:
+                tag_plain = norm
+        rows = self.entries.list(
+            ListFilter(ns, et, tag_token, tag_plain, include_archived, limit, offset)
+        )
+        return [self._to_entry(r) for r in rows]
+
+    # --- status ----------------------------------------------------------------
+
+    def availability(self) -> tuple[str, str | None]:
+        """('available', None) or ('inaccessible-encryption-credentials', reason)."""
+        if self.keyring is None:
+            return "available", None
+        try:
+            self.keyring.check_available(DEFAULT_NAMESPACE)
+        except SealedKBError as exc:
+            return "inaccessible-encryption-credentials", exc.message
+        return "available", None
+
+    def status(self) -> dict[str, Any]:
+        counts = self.entries.counts()
+        warnings: list[str] = []
+        availability, reason = self.availability()
+        key_state: str | None = None
+        provider_name: str | None = None
+        root_source: str | None = None
+        if self.encrypted:
+            assert self.provider is not None and self.kms_key_uri is not None
+            provider_name = self.provider.scheme
+            try:
+                key_state = self.provider.describe_key(self.kms_key_uri).state.value
+                root_source = self.provider.root_key_source()
+            except SealedKBError as exc:
+                key_state = "Unavailable"
+                reason = reason or exc.message
+            warnings.extend(self.provider.warnings())
+        else:
+            warnings.append("encryption is off: entries are stored in plaintext")
+        if reason:
+            warnings.append(f"keys unavailable: {reason}")
+        if self.target.transport.kind == "insecure-tcp":
+            warnings.append("database connection is not TLS-verified (opt-out in effect)")
+        return {
+            "storage_encrypted": self.encrypted and counts["plaintext"] == 0,
+            "encryption_mode": self.mode.value,
+            "encryption_scheme": ENCRYPTION_SCHEME if self.encrypted else "none",
+            "kms_key_id": self.kms_key_uri,
+            "key_state": key_state,
+            "key_provider": provider_name,
+            "root_key_source": root_source,
+            "data_key_max_age_seconds": self.settings.data_key_max_age,
+            "data_keys": self.datakeys.counts(),
+            "entries_total": counts["total"],
+            "entries_plaintext": counts["plaintext"],
+            "entries_sealed": counts["sealed"],
+            "namespaces": counts["namespaces"],
+            "availability": availability,
+            "database": {
+                "kind": self.target.kind,
+                "transport": self.target.transport.kind,
+                "server_version": self.db.server_version(),
+                "pgvector": self.db.pgvector_version(),
+                "schema_version": self.db.schema_version,
+            },
+            "home": str(self.settings.home),
+            "warnings": warnings,
+        }

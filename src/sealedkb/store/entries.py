@@ -1,0 +1,181 @@
+"""``kb_entries`` rows as bytes and tokens (encrypted mode) or text (plaintext mode).
+
+The store does no crypto: the service hands it sealed blobs and tokens and gets
+the same back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection, sql
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+
+from sealedkb.store.db import Database
+
+
+@dataclass(slots=True)
+class EntryRow:
+    id: uuid.UUID
+    namespace: str
+    entry_type: str
+    title_sealed: bytes | None = None
+    content_sealed: bytes | None = None
+    source_sealed: bytes | None = None
+    metadata_sealed: bytes | None = None
+    tags_sealed: bytes | None = None
+    tag_tokens: list[str] | None = None
+    title_plain: str | None = None
+    content_plain: str | None = None
+    source_plain: str | None = None
+    metadata_plain: dict[str, Any] | None = None
+    tags_plain: list[str] | None = None
+    verified: bool = False
+    archived: bool = False
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    version: int = 1
+    deleted_at: datetime | None = None
+
+
+COLUMNS = [f.name for f in fields(EntryRow)]
+_SELECT = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+# Columns a caller may set on update (identity, timestamps and version are managed here).
+MUTABLE = frozenset(COLUMNS) - {"id", "namespace", "created_at", "updated_at", "version"}
+
+
+def _from_db(r: Sequence[Any]) -> EntryRow:
+    row = EntryRow(*r)
+    for name in (
+        "title_sealed",
+        "content_sealed",
+        "source_sealed",
+        "metadata_sealed",
+        "tags_sealed",
+    ):
+        v = getattr(row, name)
+        if v is not None:
+            setattr(row, name, bytes(v))
+    return row
+
+
+def _adapt(name: str, value: Any) -> Any:
+    if name == "metadata_plain" and value is not None:
+        return Jsonb(value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilter:
+    namespace: str | None = None
+    entry_type: str | None = None
+    tag_token: str | None = None
+    tag_plain: str | None = None
+    include_archived: bool = True
+    limit: int = 50
+    offset: int = 0
+
+
+class EntryTable:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert(self, row: EntryRow, conn: Connection[TupleRow] | None = None) -> EntryRow:
+        cols = [c for c in COLUMNS if c not in ("created_at", "updated_at", "deleted_at")]
+        stmt = sql.SQL("INSERT INTO kb_entries ({}) VALUES ({}) RETURNING {}").format(
+            sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+            sql.SQL(", ").join(sql.Placeholder() for _ in cols),
+            _SELECT,
+        )
+        values = [_adapt(c, getattr(row, c)) for c in cols]
+        if row.tag_tokens is None:
+            values[cols.index("tag_tokens")] = []
+        with self.db.transaction("add") as c:
+            r = c.execute(stmt, values).fetchone()
+        assert r is not None
+        return _from_db(r)
+
+    def get(self, entry_id: uuid.UUID, *, include_deleted: bool = False) -> EntryRow | None:
+        stmt = sql.SQL("SELECT {} FROM kb_entries WHERE id = %s").format(_SELECT)
+        with self.db.transaction("get") as conn:
+            r = conn.execute(stmt, (entry_id,)).fetchone()
+        if r is None:
+            return None
+        row = _from_db(r)
+        if row.deleted_at is not None and not include_deleted:
+            return None
+        return row
+
+    def get_for_update(self, conn: Connection[TupleRow], entry_id: uuid.UUID) -> EntryRow | None:
+        stmt = sql.SQL(
+            "SELECT {} FROM kb_entries WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+        ).format(_SELECT)
+        r = conn.execute(stmt, (entry_id,)).fetchone()
+        return _from_db(r) if r else None
+
+    def update(
+        self, conn: Connection[TupleRow], entry_id: uuid.UUID, changes: dict[str, Any]
+    ) -> EntryRow:
+        bad = set(changes) - MUTABLE
+        if bad:
+            raise ValueError(f"not updatable: {sorted(bad)}")
+        sets: list[sql.Composable] = [
+            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes
+        ]
+        sets.append(sql.SQL("updated_at = now(), version = version + 1"))
+        stmt = sql.SQL("UPDATE kb_entries SET {} WHERE id = %s RETURNING {}").format(
+            sql.SQL(", ").join(sets), _SELECT
+        )
+        r = conn.execute(stmt, [*(_adapt(k, v) for k, v in changes.items()), entry_id]).fetchone()
+        assert r is not None
+        return _from_db(r)
+
+    def soft_delete(self, entry_id: uuid.UUID) -> bool:
+        with self.db.transaction("delete") as conn:
+            cur = conn.execute(
+                "UPDATE kb_entries SET deleted_at = now(), updated_at = now(),"
+                " version = version + 1 WHERE id = %s AND deleted_at IS NULL",
+                (entry_id,),
+            )
+            return cur.rowcount == 1
+
+    def list(self, f: ListFilter) -> list[EntryRow]:
+        where = [sql.SQL("deleted_at IS NULL")]
+        params: list[Any] = []
+        if f.namespace is not None:
+            where.append(sql.SQL("namespace = %s"))
+            params.append(f.namespace)
+        if f.entry_type is not None:
+            where.append(sql.SQL("entry_type = %s"))
+            params.append(f.entry_type)
+        if f.tag_token is not None:
+            where.append(sql.SQL("tag_tokens @> ARRAY[%s]::text[]"))
+            params.append(f.tag_token)
+        if f.tag_plain is not None:
+            where.append(sql.SQL("tags_plain @> ARRAY[%s]::text[]"))
+            params.append(f.tag_plain)
+        if not f.include_archived:
+            where.append(sql.SQL("NOT archived"))
+        stmt = sql.SQL(
+            "SELECT {} FROM kb_entries WHERE {} ORDER BY created_at DESC, id LIMIT %s OFFSET %s"
+        ).format(_SELECT, sql.SQL(" AND ").join(where))
+        with self.db.transaction("list") as conn:
+            rows = conn.execute(stmt, [*params, f.limit, f.offset]).fetchall()
+        return [_from_db(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self.db.transaction("status") as conn:
+            r = conn.execute(
+                "SELECT count(*) FILTER (WHERE deleted_at IS NULL),"
+                " count(*) FILTER (WHERE content_plain IS NOT NULL),"
+                " count(*) FILTER (WHERE content_sealed IS NOT NULL),"
+                " count(DISTINCT namespace)"
+                " FROM kb_entries"
+            ).fetchone()
+        assert r is not None
+        return {"total": r[0], "plaintext": r[1], "sealed": r[2], "namespaces": r[3]}
