@@ -1,20 +1,21 @@
 """The knowledge base: where plaintext meets crypto.
 
-In encrypted mode every stored text field (title, content, source, metadata,
-tags) is sealed with format v1 under the namespace's content data key, with the
-AAD binding namespace, table, column and entry id; tags are also stored as keyed
-blind tokens so they can be filtered in SQL. Sealing happens before any write,
-so a key failure never leaves a half-encrypted row. In plaintext mode the same
+In encrypted mode an entry's text fields (title, content, source, metadata,
+tags) are sealed together as one document (codec.py) with format v1 under the
+namespace's content data key, the AAD binding namespace, table, column and
+entry id; tags are also stored as keyed blind tokens so they filter in SQL.
+Sealing happens before any write, so a key failure never leaves a half-encrypted
+row. In plaintext mode the same
 fields go to the ``*_plain`` columns (the benchmark baseline and migration source).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from typing import Any
 
+from sealedkb.codec import EntryDoc, decode_doc, encode_doc
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import field_aad
@@ -54,7 +55,7 @@ from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
 log = logging.getLogger("sealedkb.service")
 
 TABLE = "kb_entries"
-SEALED_FIELDS = ("title", "content", "source", "metadata", "tags")
+DOC_COLUMN = "doc"  # AAD column name of the sealed entry document (column doc_sealed)
 ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256 subkeys)"
 MAX_LIST_LIMIT = 1000
 
@@ -166,76 +167,52 @@ class KnowledgeBase:
 
     # --- sealing ----------------------------------------------------------------
 
-    def _seal_fields(
-        self, namespace: str, entry_id: uuid.UUID, values: dict[str, bytes]
-    ) -> dict[str, bytes]:
-        assert self.keyring is not None
-        sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
-        sid = str(entry_id)
+    def _store_columns(self, namespace: str, entry_id: uuid.UUID, doc: EntryDoc) -> dict[str, Any]:
+        """The kb_entries columns that hold ``doc``: sealed + tag tokens, or plaintext."""
+        if self.keyring is not None:
+            sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
+            blinder = self.keyring.blinder(namespace)
+            aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
+            return {
+                "doc_sealed": sealer.seal(encode_doc(doc), aad),
+                "tag_tokens": [blinder.tag_token(t) for t in doc.tags],
+            }
         return {
-            f"{name}_sealed": sealer.seal(value, field_aad(namespace, TABLE, name, sid))
-            for name, value in values.items()
+            "title_plain": doc.title,
+            "content_plain": doc.content,
+            "source_plain": doc.source,
+            "metadata_plain": doc.metadata,
+            "tags_plain": list(doc.tags),
         }
 
-    def _open_field(self, row: EntryRow, name: str) -> bytes:
-        assert self.keyring is not None
-        blob = getattr(row, f"{name}_sealed")
-        if blob is None:
-            raise IntegrityError("sealed value missing")
-        return self.keyring.open(blob, field_aad(row.namespace, TABLE, name, str(row.id)))
-
-    def _tag_tokens(self, namespace: str, tags: tuple[str, ...]) -> list[str]:
-        assert self.keyring is not None
-        blinder = self.keyring.blinder(namespace)
-        return [blinder.tag_token(t) for t in tags]
-
-    @staticmethod
-    def _encode(name: str, value: Any) -> bytes:
-        if name in ("metadata", "tags"):
-            return json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
-        return (value or "").encode()
-
-    def _row_changes(
-        self, namespace: str, entry_id: uuid.UUID, values: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Column values for the given logical fields, sealed or plain by mode."""
-        if self.encrypted:
-            out: dict[str, Any] = self._seal_fields(
-                namespace, entry_id, {k: self._encode(k, v) for k, v in values.items()}
-            )
-            if "tags" in values:
-                out["tag_tokens"] = self._tag_tokens(namespace, tuple(values["tags"]))
-            return out
-        plain: dict[str, Any] = {}
-        for k, v in values.items():
-            plain[f"{k}_plain"] = list(v) if k == "tags" else (v if k != "source" else v or None)
-        return plain
+    def _open_doc(self, row: EntryRow) -> EntryDoc:
+        if row.doc_sealed is not None:
+            if self.keyring is None:
+                raise KeyUnavailableError("row is sealed but this knowledge base has no key")
+            aad = field_aad(row.namespace, TABLE, DOC_COLUMN, str(row.id))
+            return decode_doc(self.keyring.open(row.doc_sealed, aad))
+        if row.content_plain is None:
+            raise IntegrityError("entry holds neither a sealed document nor plaintext")
+        return EntryDoc(
+            title=row.title_plain or "",
+            content=row.content_plain,
+            source=row.source_plain,
+            metadata=row.metadata_plain or {},
+            tags=tuple(row.tags_plain or ()),
+        )
 
     def _to_entry(self, row: EntryRow) -> Entry:
-        if row.content_sealed is not None:
-            if not self.encrypted:
-                raise KeyUnavailableError("row is sealed but this knowledge base has no key")
-            title = self._open_field(row, "title").decode()
-            content = self._open_field(row, "content").decode()
-            source = self._open_field(row, "source").decode() or None
-            metadata = json.loads(self._open_field(row, "metadata"))
-            tags = tuple(json.loads(self._open_field(row, "tags")))
-        else:
-            title = row.title_plain or ""
-            content = row.content_plain or ""
-            source = row.source_plain
-            metadata = row.metadata_plain or {}
-            tags = tuple(row.tags_plain or ())
+        doc = self._open_doc(row)
         assert row.created_at is not None and row.updated_at is not None
         return Entry(
             id=row.id,
             namespace=row.namespace,
-            title=title,
-            content=content,
+            title=doc.title,
+            content=doc.content,
             entry_type=EntryType(row.entry_type),
-            tags=tags,
-            source=source,
-            metadata=metadata,
+            tags=doc.tags,
+            source=doc.source,
+            metadata=doc.metadata,
             verified=row.verified,
             archived=row.archived,
             created_at=row.created_at,
@@ -272,15 +249,9 @@ class KnowledgeBase:
 
     def add_entry(self, new: NewEntry) -> Entry:
         entry_id = uuid.uuid4()
-        values = {
-            "title": new.title,
-            "content": new.content,
-            "source": new.source,
-            "metadata": new.metadata,
-            "tags": list(new.tags),
-        }
-        # Seal everything before touching the database: nothing half-encrypted.
-        cols = self._row_changes(new.namespace, entry_id, values)
+        doc = EntryDoc(new.title, new.content, new.source, new.metadata, new.tags)
+        # Seal before touching the database: nothing is ever half-encrypted.
+        cols = self._store_columns(new.namespace, entry_id, doc)
         row = EntryRow(
             id=entry_id,
             namespace=new.namespace,
@@ -317,7 +288,7 @@ class KnowledgeBase:
         if patch.metadata is not None:
             values["metadata"] = validate_metadata(patch.metadata)
         if patch.tags is not None:
-            values["tags"] = list(validate_tags(patch.tags))
+            values["tags"] = validate_tags(patch.tags)
         flags: dict[str, Any] = {}
         if patch.entry_type is not None:
             flags["entry_type"] = validate_entry_type(patch.entry_type).value
@@ -335,7 +306,10 @@ class KnowledgeBase:
                     "get it again and retry",
                     field="expected_version",
                 )
-            changes = {**self._row_changes(row.namespace, eid, values), **flags}
+            changes: dict[str, Any] = dict(flags)
+            if values:
+                doc = self._open_doc(row)._replace(**values)
+                changes.update(self._store_columns(row.namespace, eid, doc))
             updated = self.entries.update(conn, eid, changes)
         return self._to_entry(updated)
 
@@ -370,7 +344,8 @@ class KnowledgeBase:
                         "(tag tokens are keyed per namespace)",
                         field="namespace",
                     )
-                tag_token = self._tag_tokens(ns, (norm,))[0]
+                assert self.keyring is not None
+                tag_token = self.keyring.blinder(ns).tag_token(norm)
             else:
                 tag_plain = norm
         rows = self.entries.list(

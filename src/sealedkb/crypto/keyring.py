@@ -111,12 +111,10 @@ class KeyRing:
         return key
 
     def _resolve(self, key_id: bytes) -> DataKey:
-        now = self._clock()
-        with self._lock:
-            hit = self._keys.get(key_id)
-            if hit is not None and hit.expires > now:
-                return hit.key
-            rec = hit.record if hit is not None else None
+        hit = self._keys.get(key_id)  # lock-free read: the hot path of every open
+        if hit is not None and hit.expires > self._clock():
+            return hit.key
+        rec = hit.record if hit is not None else None
         if rec is None:
             rec = self.store.get_data_key(uuid.UUID(bytes=key_id))
             if rec is None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,7 +31,9 @@ KEY_ID_LEN = 16
 SALT_LEN = 16
 NONCE_LEN = 12
 TAG_LEN = 16
-HEADER_LEN = 1 + KEY_ID_LEN + SALT_LEN + NONCE_LEN
+_KEY_END = 1 + KEY_ID_LEN  # 17
+_SALT_END = _KEY_END + SALT_LEN  # 33
+HEADER_LEN = _SALT_END + NONCE_LEN  # 45
 OVERHEAD = HEADER_LEN + TAG_LEN  # 61 bytes, plus padding
 PAD_BLOCK = 64
 SEALS_PER_SALT = 1 << 24
@@ -123,37 +124,32 @@ class FieldOpener:
     """Opens sealed fields, resolving data keys by id and caching subkeys by (id, salt).
 
     ``resolve`` is called on every open so that key expiry and revocation in the
-    key ring take effect; only the HKDF step is cached.
+    key ring take effect; only the HKDF step is cached. Lookups take no lock
+    (dict reads are atomic under the GIL); the cache is cleared wholesale when full.
     """
 
     def __init__(self, resolve: Callable[[bytes], DataKey], cache_size: int = 4096) -> None:
         self._resolve = resolve
-        self._cache: OrderedDict[tuple[bytes, bytes], AESGCM] = OrderedDict()
+        self._cache: dict[bytes, AESGCM] = {}
         self._cache_size = cache_size
-        self._lock = threading.Lock()
 
     def clear(self) -> None:
-        with self._lock:
-            self._cache.clear()
+        self._cache = {}
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
-        key_id = key_id_of(blob)
+        if len(blob) < OVERHEAD + PAD_BLOCK or blob[0] != FORMAT_V1:
+            raise IntegrityError(_OPEN_FAILED)
+        key_id = blob[1:_KEY_END]
         key = self._resolve(key_id)  # may raise KeyUnavailableError: not an integrity failure
-        salt = blob[1 + KEY_ID_LEN : 1 + KEY_ID_LEN + SALT_LEN]
-        nonce = blob[1 + KEY_ID_LEN + SALT_LEN : HEADER_LEN]
-        cache_key = (key_id, salt)
-        with self._lock:
-            aead = self._cache.get(cache_key)
-            if aead is not None:
-                self._cache.move_to_end(cache_key)
+        cache_key = blob[1:_SALT_END]  # key id || salt
+        aead = self._cache.get(cache_key)
         if aead is None:
-            aead = AESGCM(derive_subkey(key.material, salt))
-            with self._lock:
-                self._cache[cache_key] = aead
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+            aead = AESGCM(derive_subkey(key.material, blob[_KEY_END:_SALT_END]))
+            if len(self._cache) >= self._cache_size:
+                self._cache = {}
+            self._cache[cache_key] = aead
         try:
-            padded = aead.decrypt(nonce, blob[HEADER_LEN:], aad)
+            padded = aead.decrypt(blob[_SALT_END:HEADER_LEN], blob[HEADER_LEN:], aad)
         except InvalidTag:
             raise IntegrityError(_OPEN_FAILED) from None
         return unpad64(padded)

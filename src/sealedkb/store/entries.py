@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from psycopg import Connection, sql
+from psycopg import Connection
 from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
@@ -24,11 +24,7 @@ class EntryRow:
     id: uuid.UUID
     namespace: str
     entry_type: str
-    title_sealed: bytes | None = None
-    content_sealed: bytes | None = None
-    source_sealed: bytes | None = None
-    metadata_sealed: bytes | None = None
-    tags_sealed: bytes | None = None
+    doc_sealed: bytes | None = None
     tag_tokens: list[str] | None = None
     title_plain: str | None = None
     content_plain: str | None = None
@@ -44,23 +40,26 @@ class EntryRow:
 
 
 COLUMNS = [f.name for f in fields(EntryRow)]
-_SELECT = sql.SQL(", ").join(sql.Identifier(c) for c in COLUMNS)
+# Column names are fixed identifiers, so plain strings are safe; building them once
+# (rather than composing psycopg.sql objects per call) keeps per-query overhead low.
+_SELECT = ", ".join(COLUMNS)
+_INSERT_COLS = [c for c in COLUMNS if c not in ("created_at", "updated_at", "deleted_at")]
+_INSERT = (
+    f"INSERT INTO kb_entries ({', '.join(_INSERT_COLS)})"
+    f" VALUES ({', '.join(['%s'] * len(_INSERT_COLS))}) RETURNING {_SELECT}"
+)
+_GET = f"SELECT {_SELECT} FROM kb_entries WHERE id = %s"
+_GET_FOR_UPDATE = (
+    f"SELECT {_SELECT} FROM kb_entries WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
+)
 # Columns a caller may set on update (identity, timestamps and version are managed here).
 MUTABLE = frozenset(COLUMNS) - {"id", "namespace", "created_at", "updated_at", "version"}
 
 
 def _from_db(r: Sequence[Any]) -> EntryRow:
     row = EntryRow(*r)
-    for name in (
-        "title_sealed",
-        "content_sealed",
-        "source_sealed",
-        "metadata_sealed",
-        "tags_sealed",
-    ):
-        v = getattr(row, name)
-        if v is not None:
-            setattr(row, name, bytes(v))
+    if row.doc_sealed is not None:
+        row.doc_sealed = bytes(row.doc_sealed)
     return row
 
 
@@ -86,24 +85,20 @@ class EntryTable:
         self.db = db
 
     def insert(self, row: EntryRow, conn: Connection[TupleRow] | None = None) -> EntryRow:
-        cols = [c for c in COLUMNS if c not in ("created_at", "updated_at", "deleted_at")]
-        stmt = sql.SQL("INSERT INTO kb_entries ({}) VALUES ({}) RETURNING {}").format(
-            sql.SQL(", ").join(sql.Identifier(c) for c in cols),
-            sql.SQL(", ").join(sql.Placeholder() for _ in cols),
-            _SELECT,
-        )
-        values = [_adapt(c, getattr(row, c)) for c in cols]
+        values = [_adapt(c, getattr(row, c)) for c in _INSERT_COLS]
         if row.tag_tokens is None:
-            values[cols.index("tag_tokens")] = []
-        with self.db.transaction("add") as c:
-            r = c.execute(stmt, values).fetchone()
+            values[_INSERT_COLS.index("tag_tokens")] = []
+        if conn is not None:
+            r = conn.execute(_INSERT, values).fetchone()
+        else:
+            with self.db.transaction("add") as c:
+                r = c.execute(_INSERT, values).fetchone()
         assert r is not None
         return _from_db(r)
 
     def get(self, entry_id: uuid.UUID, *, include_deleted: bool = False) -> EntryRow | None:
-        stmt = sql.SQL("SELECT {} FROM kb_entries WHERE id = %s").format(_SELECT)
         with self.db.transaction("get") as conn:
-            r = conn.execute(stmt, (entry_id,)).fetchone()
+            r = conn.execute(_GET, (entry_id,)).fetchone()
         if r is None:
             return None
         row = _from_db(r)
@@ -112,10 +107,7 @@ class EntryTable:
         return row
 
     def get_for_update(self, conn: Connection[TupleRow], entry_id: uuid.UUID) -> EntryRow | None:
-        stmt = sql.SQL(
-            "SELECT {} FROM kb_entries WHERE id = %s AND deleted_at IS NULL FOR UPDATE"
-        ).format(_SELECT)
-        r = conn.execute(stmt, (entry_id,)).fetchone()
+        r = conn.execute(_GET_FOR_UPDATE, (entry_id,)).fetchone()
         return _from_db(r) if r else None
 
     def update(
@@ -124,13 +116,9 @@ class EntryTable:
         bad = set(changes) - MUTABLE
         if bad:
             raise ValueError(f"not updatable: {sorted(bad)}")
-        sets: list[sql.Composable] = [
-            sql.SQL("{} = %s").format(sql.Identifier(k)) for k in changes
-        ]
-        sets.append(sql.SQL("updated_at = now(), version = version + 1"))
-        stmt = sql.SQL("UPDATE kb_entries SET {} WHERE id = %s RETURNING {}").format(
-            sql.SQL(", ").join(sets), _SELECT
-        )
+        sets = [f"{k} = %s" for k in changes]  # k is checked against MUTABLE above
+        sets.append("updated_at = now(), version = version + 1")
+        stmt = f"UPDATE kb_entries SET {', '.join(sets)} WHERE id = %s RETURNING {_SELECT}"
         r = conn.execute(stmt, [*(_adapt(k, v) for k, v in changes.items()), entry_id]).fetchone()
         assert r is not None
         return _from_db(r)
@@ -145,25 +133,26 @@ class EntryTable:
             return cur.rowcount == 1
 
     def list(self, f: ListFilter) -> list[EntryRow]:
-        where = [sql.SQL("deleted_at IS NULL")]
+        where = ["deleted_at IS NULL"]
         params: list[Any] = []
         if f.namespace is not None:
-            where.append(sql.SQL("namespace = %s"))
+            where.append("namespace = %s")
             params.append(f.namespace)
         if f.entry_type is not None:
-            where.append(sql.SQL("entry_type = %s"))
+            where.append("entry_type = %s")
             params.append(f.entry_type)
         if f.tag_token is not None:
-            where.append(sql.SQL("tag_tokens @> ARRAY[%s]::text[]"))
+            where.append("tag_tokens @> ARRAY[%s]::text[]")
             params.append(f.tag_token)
         if f.tag_plain is not None:
-            where.append(sql.SQL("tags_plain @> ARRAY[%s]::text[]"))
+            where.append("tags_plain @> ARRAY[%s]::text[]")
             params.append(f.tag_plain)
         if not f.include_archived:
-            where.append(sql.SQL("NOT archived"))
-        stmt = sql.SQL(
-            "SELECT {} FROM kb_entries WHERE {} ORDER BY created_at DESC, id LIMIT %s OFFSET %s"
-        ).format(_SELECT, sql.SQL(" AND ").join(where))
+            where.append("NOT archived")
+        stmt = (
+            f"SELECT {_SELECT} FROM kb_entries WHERE {' AND '.join(where)}"
+            " ORDER BY created_at DESC, id LIMIT %s OFFSET %s"
+        )
         with self.db.transaction("list") as conn:
             rows = conn.execute(stmt, [*params, f.limit, f.offset]).fetchall()
         return [_from_db(r) for r in rows]

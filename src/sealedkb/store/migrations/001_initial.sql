@@ -29,12 +29,9 @@ CREATE TABLE IF NOT EXISTS kb_entries (
     namespace       text NOT NULL,
     entry_type      text NOT NULL CHECK (entry_type IN
                         ('note', 'doc', 'decision', 'pattern', 'runbook', 'lesson', 'constraint')),
-    -- encrypted mode: sealed format v1 and keyed tokens
-    title_sealed    bytea,
-    content_sealed  bytea,
-    source_sealed   bytea,
-    metadata_sealed bytea,
-    tags_sealed     bytea,
+    -- encrypted mode: one sealed document (format v1) holding title, content,
+    -- source, metadata and tags; keyed tokens for tag filtering
+    doc_sealed      bytea,
     tag_tokens      text[] NOT NULL DEFAULT '{}',
     -- plaintext mode only
     title_plain     text,
@@ -49,12 +46,15 @@ CREATE TABLE IF NOT EXISTS kb_entries (
     version         integer NOT NULL DEFAULT 1,
     deleted_at      timestamptz,
     CONSTRAINT kb_entries_one_form CHECK (
-        (content_sealed IS NOT NULL AND content_plain IS NULL AND title_plain IS NULL
+        (doc_sealed IS NOT NULL AND content_plain IS NULL AND title_plain IS NULL
             AND source_plain IS NULL AND metadata_plain IS NULL AND tags_plain IS NULL)
-        OR (content_sealed IS NULL AND title_sealed IS NULL AND source_sealed IS NULL
-            AND metadata_sealed IS NULL AND tags_sealed IS NULL AND content_plain IS NOT NULL)
+        OR (doc_sealed IS NULL AND content_plain IS NOT NULL)
     )
 );
+-- Ciphertext does not compress: skip pglz, and keep rows up to ~8 KB in the heap
+-- page instead of TOASTing them at 2 KB (saves a TOAST fetch per read).
+ALTER TABLE kb_entries ALTER COLUMN doc_sealed SET STORAGE EXTERNAL;
+ALTER TABLE kb_entries SET (toast_tuple_target = 8160);
 CREATE INDEX IF NOT EXISTS kb_entries_ns_created
     ON kb_entries (namespace, created_at DESC) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS kb_entries_tag_tokens ON kb_entries USING gin (tag_tokens);
