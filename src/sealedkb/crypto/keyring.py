@@ -21,7 +21,7 @@ from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.kdf import random_key
 from sealedkb.crypto.sealed import DataKey, FieldOpener, FieldSealer
 from sealedkb.domain import KeyPurpose, WrappedDataKey
-from sealedkb.errors import IntegrityError, KeyUnavailableError
+from sealedkb.errors import IntegrityError
 from sealedkb.keys.provider import KeyProvider
 
 DEFAULT_MAX_AGE = 300.0
@@ -118,7 +118,8 @@ class KeyRing:
         if rec is None:
             rec = self.store.get_data_key(uuid.UUID(bytes=key_id))
             if rec is None:
-                raise KeyUnavailableError("a data key this value needs is not in kb_data_keys")
+                # The key id is read before authentication: an unknown one is tampering.
+                raise IntegrityError("sealed value names a data key that does not exist")
         return self._cached(rec)
 
     # --- active keys -------------------------------------------------------
@@ -127,7 +128,9 @@ class KeyRing:
         with self._lock:
             kid = self._active.get((namespace, purpose))
             hit = self._keys.get(kid.bytes) if kid else None
-            if hit is not None:
+            # Re-read the active key when the cache entry expires, so a data key
+            # rotated by another process is picked up within max_age.
+            if hit is not None and hit.expires > self._clock():
                 return hit.record
         rec = self.store.get_active_data_key(namespace, purpose)
         if rec is None:

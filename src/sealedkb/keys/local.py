@@ -244,7 +244,11 @@ class LocalKeyProvider:
                 "root key unavailable: this keystore needs SEALEDKB_ROOT_KEY_FILE"
             )
         keys = _RootKeys(root, str(kind))
-        if not constant_time_eq(keys.check_value(), _unb64(rec["check"])):
+        try:
+            check = _unb64(rec["check"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise KeyUnavailableError("keystore root.json is damaged") from None
+        if not constant_time_eq(keys.check_value(), check):
             raise KeyUnavailableError(
                 "wrong root key: it does not open this keystore (check SEALEDKB_ROOT_KEY_FILE "
                 "or SEALEDKB_PASSPHRASE)"
@@ -282,7 +286,10 @@ class LocalKeyProvider:
             raise NotFoundError(f"KMS key not found: {key_uri}") from None
         except ValueError:
             raise IntegrityError(f"KMS key record is damaged: {key_uri}") from None
-        mac = _unb64(rec.pop("mac", ""))
+        try:
+            mac = _unb64(rec.pop("mac"))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise IntegrityError(f"KMS key record is damaged: {key_uri}") from None
         if rec.get("key_id") != kid or not constant_time_eq(
             mac, hmac_sha256(self._root_keys().mac, canonical_json(rec))
         ):
@@ -388,7 +395,8 @@ class LocalKeyProvider:
                     ) from None
                 self._material[(rec["key_id"], version)] = material
                 return material
-        raise KeyUnavailableError("the key material version this data key needs is gone")
+        # Versions are only ever added, so an unknown one means a damaged wrapped key.
+        raise IntegrityError("wrapped data key names a key version this KMS key does not have")
 
     def encrypt(self, key_uri: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
         rec = self._usable(key_uri)

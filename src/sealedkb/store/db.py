@@ -130,6 +130,21 @@ def apply_migrations(conn: Connection[TupleRow]) -> int:
     return int(row[0]) if row and row[0] is not None else 0
 
 
+MIN_SERVER_VERSION = 150000
+
+
+def check_server(conn: Connection[TupleRow]) -> None:
+    """Refuse servers sealedkb cannot run on, with a message that says what to do."""
+    if conn.info.server_version < MIN_SERVER_VERSION:
+        raise DatabaseError("PostgreSQL 15 or newer is required")
+    row = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    if row is None:
+        raise DatabaseError(
+            "the pgvector extension is not available on this PostgreSQL server; install "
+            "pgvector (https://github.com/pgvector/pgvector) or use the embedded default"
+        )
+
+
 class Database:
     """A pool of connections to one database, schema migrated on open."""
 
@@ -139,6 +154,7 @@ class Database:
         with mapped_errors("connect"):
             if migrate:
                 with psycopg.connect(url, autocommit=True) as conn:
+                    check_server(conn)
                     self.schema_version = apply_migrations(conn)
             self.pool: ConnectionPool[Connection[TupleRow]] = ConnectionPool(
                 url,
