@@ -73,8 +73,27 @@ class Settings(BaseSettings):
         return self.home / "keys"
 
 
+def check_config_file(home: Path) -> None:
+    """Refuse a config.toml that holds secrets and is readable by other users."""
+    path = home / CONFIG_FILE
+    try:
+        mode = path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return
+    if not mode & 0o077:
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if "passphrase" in text or "database_url" in text:
+        raise ConfigError(
+            f"{path} may hold secrets (passphrase, database_url) and is readable by other "
+            f"users; run: chmod 600 {path}",
+            field="config_file",
+        )
+
+
 def load_settings(home: Path | str | None = None, **overrides: Any) -> Settings:
     """Build settings or raise ConfigError naming the bad setting."""
+    check_config_file(resolve_home(home))
     try:
         values: dict[str, Any] = {"home": resolve_home(home)}
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -21,8 +21,8 @@ MAX_METADATA_BYTES = 64 * 1024
 DEFAULT_NAMESPACE = "default"
 
 # Namespaces go into AAD strings joined with "|", so the alphabet excludes it.
-_NAMESPACE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
-_TAG_RE = re.compile(r"^[^\s,|][^\x00-\x1f,|]*$")
+_NAMESPACE_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+_TAG_RE = re.compile(r"[^\s,|][^\x00-\x1f,|]*")
 
 
 class EntryType(StrEnum):
@@ -111,7 +111,7 @@ class EntryPatch:
 
 
 def validate_namespace(value: str) -> str:
-    if not isinstance(value, str) or not _NAMESPACE_RE.match(value):
+    if not isinstance(value, str) or not _NAMESPACE_RE.fullmatch(value):
         raise ValidationError(
             "namespace must be 1-63 characters of a-z, 0-9, '_', '.', '-' "
             "starting with a letter or digit",
@@ -164,7 +164,7 @@ def validate_tags(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         # Tags are identifiers: compare them NFKC-casefolded so "API" and "api" match
         # the same way in plaintext and encrypted mode (tokens are keyed hashes).
         tag = unicodedata.normalize("NFKC", raw).strip().casefold()
-        if not tag or len(tag) > MAX_TAG_CHARS or not _TAG_RE.match(tag):
+        if not tag or len(tag) > MAX_TAG_CHARS or not _TAG_RE.fullmatch(tag):
             raise ValidationError(
                 f"invalid tag: tags are 1-{MAX_TAG_CHARS} characters without ',', '|' "
                 "or control characters",

@@ -60,6 +60,16 @@ ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256
 MAX_LIST_LIMIT = 1000
 
 
+def _refuse_plaintext_with_keystore(settings: Settings) -> None:
+    """kb_meta says plaintext, but this home holds a keystore: someone with SQL access
+    may have flipped the mode to make new writes land in clear. Refuse."""
+    if (settings.keys_dir / "root.json").exists():
+        raise IntegrityError(
+            "the database says encryption is off, but this home has a keystore; refusing "
+            "to store plaintext (check kb_meta, or use a separate home for a plaintext KB)"
+        )
+
+
 class KnowledgeBase:
     """Open with :meth:`open` (or :meth:`init`); close when done."""
 
@@ -99,7 +109,11 @@ class KnowledgeBase:
         Returns the knowledge base and whether anything was created.
         """
         target = resolve_database(settings, create=True)
-        db = Database(target.url, max_size=settings.pool_max_size)
+        db = Database(
+            target.url,
+            max_size=settings.pool_max_size,
+            allow_insecure=settings.database_allow_insecure,
+        )
         try:
             meta = MetaTable(db)
             existing = meta.get("encryption")
@@ -113,8 +127,18 @@ class KnowledgeBase:
             created = existing is None
             provider = None
             kms_key_uri = None
+            if mode is EncryptionMode.OFF:
+                _refuse_plaintext_with_keystore(settings)
             if mode is EncryptionMode.ON:
                 provider = key_provider(settings)
+                bound_key = meta.get("kms_key_uri")
+                if bound_key is not None and not provider.exists():
+                    # A fresh keystore could never open this data; making one would
+                    # only hide the real problem (a lost or misplaced keys/ folder).
+                    raise KeyUnavailableError(
+                        f"this database is sealed under {bound_key}, but there is no keystore "
+                        f"at {settings.keys_dir}; restore keys/ (and the root key) from backup"
+                    )
                 if not provider.exists():
                     provider.initialize()
                     created = True
@@ -138,13 +162,19 @@ class KnowledgeBase:
     @classmethod
     def open(cls, settings: Settings) -> KnowledgeBase:
         target = resolve_database(settings, create=False)
-        db = Database(target.url, max_size=settings.pool_max_size)
+        db = Database(
+            target.url,
+            max_size=settings.pool_max_size,
+            allow_insecure=settings.database_allow_insecure,
+        )
         try:
             meta = MetaTable(db)
             mode_value = meta.get("encryption")
             if mode_value is None:
                 raise NotInitializedError("the database has no knowledge base; run 'sealedkb init'")
             mode = EncryptionMode(mode_value)
+            if mode is EncryptionMode.OFF:
+                _refuse_plaintext_with_keystore(settings)
             provider = key_provider(settings) if mode is EncryptionMode.ON else None
             kms_key_uri = meta.get("kms_key_uri") if mode is EncryptionMode.ON else None
             return cls(settings, target, db, mode, provider, kms_key_uri)
@@ -190,7 +220,15 @@ class KnowledgeBase:
             if self.keyring is None:
                 raise KeyUnavailableError("row is sealed but this knowledge base has no key")
             aad = field_aad(row.namespace, TABLE, DOC_COLUMN, str(row.id))
-            return decode_doc(self.keyring.open(row.doc_sealed, aad))
+            try:
+                return decode_doc(self.keyring.open(row.doc_sealed, aad))
+            except IntegrityError:
+                # Ids are not secret; naming the entry tells the operator which row to check.
+                raise IntegrityError(f"entry {row.id} failed its integrity check") from None
+        if self.keyring is not None:
+            # A plaintext row in an encrypted knowledge base was written around sealedkb
+            # (or is a forgery): never serve it as if it were authentic.
+            raise IntegrityError(f"entry {row.id} is not sealed in an encrypted knowledge base")
         if row.content_plain is None:
             raise IntegrityError("entry holds neither a sealed document nor plaintext")
         return EntryDoc(

@@ -281,7 +281,8 @@ def test_root_key_file_bad_content(tmp_path: Path, content: bytes) -> None:
 
 def test_root_key_file_missing(tmp_path: Path) -> None:
     p = LocalKeyProvider(tmp_path / "keys", RootKeySource(key_file=tmp_path / "nope"))
-    with pytest.raises(ConfigError):
+    # A configured root key that is not there is a key outage (exit 5), not a usage error.
+    with pytest.raises(KeyUnavailableError, match="not found"):
         p.initialize()
 
 

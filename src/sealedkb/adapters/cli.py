@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sealedkb.config import Settings, load_settings
 from sealedkb.domain import EncryptionMode, Entry, EntryPatch
@@ -50,7 +51,9 @@ NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace 
 
 def _fail(exc: SealedKBError) -> NoReturn:
     field = f" ({exc.field})" if exc.field else ""
-    err.print(f"[bold red]error[{exc.code}][/]{field}: {exc.message}", markup=True, highlight=False)
+    line = Text("error", style="bold red")
+    line.append(f"[{exc.code}]{field}: {exc.message}")
+    err.print(line, highlight=False)
     raise typer.Exit(exc.exit_code)
 
 
@@ -83,7 +86,7 @@ def _print_json(data: Any) -> None:
 
 
 def _print_entry(entry: Entry) -> None:
-    out.print(f"[bold]{entry.title}[/]", markup=True, highlight=False)
+    out.print(Text(entry.title, style="bold"), highlight=False)
     out.print(
         f"id {entry.id} · {entry.namespace} · {entry.entry_type.value} · v{entry.version}"
         + (f" · tags: {', '.join(entry.tags)}" if entry.tags else "")
@@ -138,7 +141,7 @@ def init(
     else:
         out.print("encryption: off (plaintext)")
     for w in result["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}", markup=True, highlight=False)
+        err.print(Text("warning: ", style="yellow") + Text(w), highlight=False)
 
 
 def _read_content(text: str | None, file: Path | None) -> str:
@@ -307,12 +310,13 @@ def list_(
         return
     table = Table("id", "namespace", "type", "title", "tags", "updated")
     for e in entries:
+        # Text cells: stored titles and tags must never be read as rich markup.
         table.add_row(
             str(e.id),
             e.namespace,
             e.entry_type.value,
-            e.title,
-            ", ".join(e.tags),
+            Text(e.title),
+            Text(", ".join(e.tags)),
             e.updated_at.strftime("%Y-%m-%d %H:%M"),
         )
     out.print(table)
@@ -351,7 +355,7 @@ def status(json_out: JsonOpt = False) -> None:
     )
     out.print(table)
     for w in result["warnings"]:
-        err.print(f"[yellow]warning:[/] {w}", markup=True, highlight=False)
+        err.print(Text("warning: ", style="yellow") + Text(w), highlight=False)
 
 
 @db_app.command("url")

@@ -95,7 +95,7 @@ def _read_root_key_file(path: Path) -> bytes:
     try:
         st = path.stat()
     except FileNotFoundError:
-        raise ConfigError(f"root key file not found: {path}", field="root_key_file") from None
+        raise KeyUnavailableError(f"root key file not found: {path}") from None
     if stat.S_IMODE(st.st_mode) & 0o077:
         raise ConfigError(
             f"root key file {path} is readable by group or others; run: chmod 600 {path}",
@@ -235,6 +235,8 @@ class LocalKeyProvider:
                 raise KeyUnavailableError(
                     "root key unavailable: keys/root.key is missing; restore it from backup"
                 ) from None
+            if len(root) != 32:
+                raise KeyUnavailableError("root key unavailable: keys/root.key is damaged")
         elif kind == "passphrase":
             raise KeyUnavailableError(
                 "root key unavailable: this keystore needs SEALEDKB_PASSPHRASE"
@@ -371,7 +373,10 @@ class LocalKeyProvider:
         return canonical_json({"key": kid, "version": version, "context": dict(context)})
 
     def _usable(self, key_uri: str) -> dict[str, Any]:
-        rec = self._load(key_uri)
+        try:
+            rec = self._load(key_uri)
+        except NotFoundError:
+            raise KeyUnavailableError(f"KMS key {key_uri} is not in the keystore") from None
         state = KeyState(rec["state"])
         if state != KeyState.ENABLED:
             raise KeyUnavailableError(f"KMS key {key_uri} is {state.value}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +44,16 @@ def classify_transport(url: str, *, allow_insecure: bool = False) -> Transport:
         params = conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         raise DatabaseError("database URL is malformed") from None
-    host = str(params.get("host") or "")
+    # libpq fills what the URL leaves out from PG* variables; judge what it will use.
+    for key, env in (("host", "PGHOST"), ("hostaddr", "PGHOSTADDR"), ("sslmode", "PGSSLMODE")):
+        if not params.get(key) and os.environ.get(env):
+            params[key] = os.environ[env]
+    if params.get("service") or os.environ.get("PGSERVICE"):
+        raise TransportRefusedError(
+            "connection service files are not supported: put host and sslmode in the URL"
+        )
+    # hostaddr, when given, is where libpq really connects.
+    host = str(params.get("hostaddr") or params.get("host") or "")
     sslmode = str(params["sslmode"]) if params.get("sslmode") else None
     hosts = [h for h in host.split(",") if h] or [""]
     if all(h == "" or h.startswith("/") for h in hosts):
@@ -133,6 +143,20 @@ def apply_migrations(conn: Connection[TupleRow]) -> int:
 MIN_SERVER_VERSION = 150000
 
 
+def check_connection(conn: Connection[TupleRow], *, allow_insecure: bool = False) -> None:
+    """Defence in depth after connecting: a TCP connection to a non-loopback host must
+    use TLS with sslmode=verify-full, whatever the URL or environment said."""
+    opts = {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
+    host = opts.get("hostaddr") or opts.get("host") or ""
+    if not host or host.startswith("/") or _is_loopback(host) or allow_insecure:
+        return
+    if not conn.pgconn.ssl_in_use or opts.get("sslmode") != "verify-full":
+        conn.close()
+        raise TransportRefusedError(
+            "connected to a remote database without verified TLS; use sslmode=verify-full"
+        )
+
+
 def check_server(conn: Connection[TupleRow]) -> None:
     """Refuse servers sealedkb cannot run on, with a message that says what to do."""
     if conn.info.server_version < MIN_SERVER_VERSION:
@@ -148,12 +172,15 @@ def check_server(conn: Connection[TupleRow]) -> None:
 class Database:
     """A pool of connections to one database, schema migrated on open."""
 
-    def __init__(self, url: str, *, max_size: int = 8, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, max_size: int = 8, migrate: bool = True, allow_insecure: bool = False
+    ) -> None:
         self.url = url
         self.schema_version = 0
         with mapped_errors("connect"):
             if migrate:
                 with psycopg.connect(url, autocommit=True) as conn:
+                    check_connection(conn, allow_insecure=allow_insecure)
                     check_server(conn)
                     self.schema_version = apply_migrations(conn)
             self.pool: ConnectionPool[Connection[TupleRow]] = ConnectionPool(

@@ -162,7 +162,7 @@ class EntryTable:
             r = conn.execute(
                 "SELECT count(*) FILTER (WHERE deleted_at IS NULL),"
                 " count(*) FILTER (WHERE content_plain IS NOT NULL),"
-                " count(*) FILTER (WHERE content_sealed IS NOT NULL),"
+                " count(*) FILTER (WHERE doc_sealed IS NOT NULL),"
                 " count(DISTINCT namespace)"
                 " FROM kb_entries"
             ).fetchone()
