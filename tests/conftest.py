@@ -5,6 +5,8 @@ database, and a fresh database per test cloned from it (file_copy, ~50 ms)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,12 +32,17 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    base = tmp_path_factory.mktemp("pg")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    # Not under pytest's basetemp: as root, a second pytest session resets
+    # /tmp/pytest-of-root to 0700 and cuts the server user off from its files.
+    base = Path(tempfile.mkdtemp(prefix="sealedkb-test-"))
     server = EmbeddedPostgres(base / "pgdata", fast=True)
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -164,7 +164,7 @@ def validate_tags(values: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         # Tags are identifiers: compare them NFKC-casefolded so "API" and "api" match
         # the same way in plaintext and encrypted mode (tokens are keyed hashes).
         tag = unicodedata.normalize("NFKC", raw).strip().casefold()
-        if not tag or len(tag) > MAX_TAG_CHARS or not _TAG_RE.fullmatch(tag):
+        if not tag or len(tag) > MAX_TAG_CHARS or not _TAG_RE.fullmatch(tag) or not _is_utf8(tag):
             raise ValidationError(
                 f"invalid tag: tags are 1-{MAX_TAG_CHARS} characters without ',', '|' "
                 "or control characters",
@@ -183,10 +183,15 @@ def validate_metadata(value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValidationError("metadata must be a JSON object", field="metadata")
     try:
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError):
-        raise ValidationError("metadata must be JSON-serialisable", field="metadata") from None
-    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError):  # UnicodeEncodeError (lone surrogates) included
+        raise ValidationError(
+            "metadata must be a JSON object of valid UTF-8 text", field="metadata"
+        ) from None
+    if b"\\u0000" in encoded or b"\x00" in encoded:
+        # PostgreSQL jsonb rejects NUL; refuse it in both modes so they behave alike.
+        raise ValidationError("metadata must not contain NUL characters", field="metadata")
+    if len(encoded) > MAX_METADATA_BYTES:
         raise ValidationError("metadata is larger than 64 KB", field="metadata")
     return value
 
@@ -207,6 +212,14 @@ def derive_title(content: str) -> str:
         if line:
             return line[:120]
     return "untitled"
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_encodable(value: str, field_name: str) -> None:

@@ -1,0 +1,146 @@
+"""Acceptance: entries holding a unique marker are added; after CHECKPOINT the marker
+appears nowhere under the PostgreSQL data directory (tables, WAL, everything) nor
+in a pg_dump of the database. With ``--encryption off`` the same test finds it in
+both places, which shows the search can fail.
+
+Each case runs the real product path: no database URL, so ``KnowledgeBase.init``
+starts an embedded server in ``<home>/pgdata`` (crash-safe settings, as users get).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from sealedkb.config import load_settings
+from sealedkb.domain import EncryptionMode, EntryPatch
+from sealedkb.runtime import EMBEDDED_DBNAME
+from sealedkb.service import KnowledgeBase
+from sealedkb.store.embedded import EmbeddedPostgres, pg_bin
+
+ENTRIES = 20
+
+
+@pytest.fixture
+def embedded_home(tmp_path: Path) -> Iterator[Path]:
+    """A home of its own; whatever server starts in it is stopped afterwards."""
+    home = tmp_path / "home"
+    try:
+        yield home
+    finally:
+        EmbeddedPostgres(home / "pgdata").stop()
+
+
+def needles(marker: str) -> list[bytes]:
+    forms = {marker, marker.lower(), marker.upper(), marker.casefold()}
+    return sorted(f.encode() for f in forms)
+
+
+def files_containing(root: Path, patterns: list[bytes]) -> dict[str, list[str]]:
+    """Every regular file under ``root`` holding any pattern (read in full, as root can)."""
+    hits: dict[str, list[str]] = {}
+    scanned = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = Path(dirpath) / name
+            try:
+                st = path.lstat()
+                if not stat.S_ISREG(st.st_mode):
+                    continue
+                data = path.read_bytes()
+            except FileNotFoundError:  # a temp file went away meanwhile
+                continue
+            scanned += 1
+            found = [p.decode() for p in patterns if p in data]
+            if found:
+                hits[str(path.relative_to(root))] = found
+    assert scanned > 100, f"scanned only {scanned} files under {root}: not a data directory?"
+    return hits
+
+
+def add_marked_entries(kb: KnowledgeBase, marker: str) -> None:
+    ids = []
+    for i in range(ENTRIES):
+        e = kb.add(
+            f"Entry {i} body mentions {marker} in passing.\n\nMore text {i}.",
+            title=f"{marker} title {i}",
+            entry_type="note" if i % 2 else "decision",
+            tags=[f"{marker}-tag", f"t{i}"],
+            source=f"https://wiki.test/{marker}/{i}",
+            metadata={"marker": marker, f"key-{marker}": [i, marker]},
+            namespace="default" if i % 3 else "canary-ns",
+        )
+        ids.append(e.id)
+    # updates leave old row versions behind in the heap and the WAL
+    kb.update(ids[0], EntryPatch(content=f"rewritten around {marker}", title=f"new {marker}"))
+    kb.update(ids[1], EntryPatch(tags=(f"Updated-{marker}",), metadata={"m": marker}))
+    kb.delete(ids[2])
+    assert len(kb.list(limit=100)) == ENTRIES - 1
+
+
+def checkpoint(uri: str) -> None:
+    with psycopg.connect(uri, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+        conn.execute("SELECT pg_switch_wal()")  # the current segment is on disk either way
+        conn.execute("CHECKPOINT")
+
+
+def pg_dump(uri: str) -> bytes:
+    out = subprocess.run(
+        [str(pg_bin("pg_dump")), "--no-password", uri],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    assert b"kb_entries" in out.stdout
+    return out.stdout
+
+
+@pytest.mark.parametrize("mode", [EncryptionMode.ON, EncryptionMode.OFF], ids=["on", "off"])
+def test_marker_never_reaches_disk_or_dump(embedded_home: Path, mode: EncryptionMode) -> None:
+    marker = "CanaryMark" + uuid.uuid4().hex[:12].upper()
+    kb, created = KnowledgeBase.init(load_settings(embedded_home), mode)
+    try:
+        assert created
+        assert kb.target.kind == "embedded"
+        assert kb.target.transport.kind == "unix-socket"
+        add_marked_entries(kb, marker)
+        # the entries still read back whole
+        e = kb.list(namespace="canary-ns", limit=100)[-1]
+        assert marker in e.content and marker in e.title and e.metadata["marker"] == marker
+    finally:
+        kb.close()
+
+    server = EmbeddedPostgres(embedded_home / "pgdata")
+    assert server.is_running()
+    uri = server.uri(EMBEDDED_DBNAME)
+    checkpoint(uri)
+    patterns = needles(marker)
+    disk_hits = files_containing(server.pgdata, patterns)
+    dump = pg_dump(uri)
+    dump_hits = [p.decode() for p in patterns if p in dump]
+
+    if mode is EncryptionMode.ON:
+        assert disk_hits == {}, f"marker found in the data directory: {disk_hits}"
+        assert dump_hits == [], "marker found in pg_dump output"
+        # nor anywhere else in the home folder (keystore, sockets, logs)
+        assert files_containing(embedded_home, patterns) == {}
+        keys = embedded_home / "keys"
+        assert stat.S_IMODE(keys.stat().st_mode) == 0o700
+        assert stat.S_IMODE((keys / "root.key").stat().st_mode) == 0o600
+        for f in keys.iterdir():
+            assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+    else:
+        # the control: the same search does find plaintext
+        assert any(name.startswith("base/") for name in disk_hits), disk_hits
+        assert any(name.startswith("pg_wal/") for name in disk_hits), disk_hits
+        assert marker.encode() in dump and marker.lower().encode() in dump
+        assert not (embedded_home / "keys").exists()
