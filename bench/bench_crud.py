@@ -5,7 +5,7 @@ settings), on the same generated corpus, interleaved in small rounds so machine
 noise hits both alike. Prints p50/p95 per operation and the encrypted/plaintext
 ratio of the medians (DESIGN.md §9). Goal (issue 2): ratio <= 1.05 for get and add.
 
-    python bench/bench_crud.py [--entries 600] [--gets 3000] [--lists 300] [--json]
+    python bench/bench_crud.py [--entries 1500] [--gets 5000] [--lists 300] [--json]
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def timed(fn: Callable[[], Any]) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--entries", type=int, default=600)
-    ap.add_argument("--gets", type=int, default=3000)
+    ap.add_argument("--entries", type=int, default=1500)
+    ap.add_argument("--gets", type=int, default=5000)
     ap.add_argument("--lists", type=int, default=300)
     ap.add_argument("--size", type=int, default=2000, help="approximate content bytes")
     ap.add_argument("--json", action="store_true")

@@ -200,8 +200,7 @@ class KnowledgeBase:
     def _store_columns(self, namespace: str, entry_id: uuid.UUID, doc: EntryDoc) -> dict[str, Any]:
         """The kb_entries columns that hold ``doc``: sealed + tag tokens, or plaintext."""
         if self.keyring is not None:
-            sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
-            blinder = self.keyring.blinder(namespace)
+            sealer, blinder = self.keyring.writer(namespace)
             aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
             return {
                 "doc_sealed": sealer.seal(encode_doc(doc), aad),
@@ -239,8 +238,10 @@ class KnowledgeBase:
             tags=tuple(row.tags_plain or ()),
         )
 
-    def _to_entry(self, row: EntryRow) -> Entry:
-        doc = self._open_doc(row)
+    def _to_entry(self, row: EntryRow, doc: EntryDoc | None = None) -> Entry:
+        """Build the Entry; ``doc`` skips opening when the caller just sealed it."""
+        if doc is None:
+            doc = self._open_doc(row)
         assert row.created_at is not None and row.updated_at is not None
         return Entry(
             id=row.id,
@@ -297,7 +298,7 @@ class KnowledgeBase:
             verified=new.verified,
             **cols,
         )
-        return self._to_entry(self.entries.insert(row))
+        return self._to_entry(self.entries.insert(row), doc)
 
     def get(self, entry_id: str | uuid.UUID) -> Entry:
         eid = parse_entry_id(entry_id)
@@ -345,11 +346,12 @@ class KnowledgeBase:
                     field="expected_version",
                 )
             changes: dict[str, Any] = dict(flags)
+            doc = self._open_doc(row)
             if values:
-                doc = self._open_doc(row)._replace(**values)
+                doc = doc._replace(**values)
                 changes.update(self._store_columns(row.namespace, eid, doc))
             updated = self.entries.update(conn, eid, changes)
-        return self._to_entry(updated)
+        return self._to_entry(updated, doc)
 
     def delete(self, entry_id: str | uuid.UUID) -> None:
         eid = parse_entry_id(entry_id)

@@ -74,6 +74,7 @@ class KeyRing:
         self._active: dict[tuple[str, KeyPurpose], uuid.UUID] = {}
         self._sealers: dict[bytes, FieldSealer] = {}
         self._blinders: dict[bytes, Blinder] = {}
+        self._writers: dict[str, tuple[FieldSealer, Blinder, float]] = {}
         self.opener = FieldOpener(self._resolve)
         self.unwrap_calls = 0
 
@@ -84,6 +85,7 @@ class KeyRing:
             self._active.clear()
             self._sealers.clear()
             self._blinders.clear()
+            self._writers.clear()
             self.opener.clear()
 
     # --- unwrap with a bounded cache -----------------------------------------
@@ -172,6 +174,20 @@ class KeyRing:
             if blinder is None:
                 blinder = self._blinders[key.key_id] = Blinder(key.material)
             return blinder
+
+    def writer(self, namespace: str) -> tuple[FieldSealer, Blinder]:
+        """The content sealer and tag blinder of a namespace, cached together until the
+        first of their data keys expires (the write path calls this once per entry)."""
+        hit = self._writers.get(namespace)  # lock-free read, as in _resolve
+        if hit is not None and hit[2] > self._clock():
+            return hit[0], hit[1]
+        sealer = self.sealer(namespace, KeyPurpose.CONTENT)
+        blinder = self.blinder(namespace)
+        with self._lock:
+            ids = (sealer.key_id, self._active[(namespace, KeyPurpose.INDEX)].bytes)
+            expires = min(self._keys[i].expires for i in ids if i in self._keys)
+            self._writers[namespace] = (sealer, blinder, expires)
+        return sealer, blinder
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
         return self.opener.open(blob, aad)

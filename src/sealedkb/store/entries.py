@@ -40,6 +40,8 @@ class EntryRow:
 
 
 COLUMNS = [f.name for f in fields(EntryRow)]
+# Rows are fetched in binary format: bytea in text format travels hex-encoded
+# (twice the bytes, decoded in Python), which would tax the encrypted mode alone.
 # Column names are fixed identifiers, so plain strings are safe; building them once
 # (rather than composing psycopg.sql objects per call) keeps per-query overhead low.
 _SELECT = ", ".join(COLUMNS)
@@ -89,16 +91,16 @@ class EntryTable:
         if row.tag_tokens is None:
             values[_INSERT_COLS.index("tag_tokens")] = []
         if conn is not None:
-            r = conn.execute(_INSERT, values).fetchone()
+            r = conn.execute(_INSERT, values, binary=True).fetchone()
         else:
             with self.db.transaction("add") as c:
-                r = c.execute(_INSERT, values).fetchone()
+                r = c.execute(_INSERT, values, binary=True).fetchone()
         assert r is not None
         return _from_db(r)
 
     def get(self, entry_id: uuid.UUID, *, include_deleted: bool = False) -> EntryRow | None:
         with self.db.transaction("get") as conn:
-            r = conn.execute(_GET, (entry_id,)).fetchone()
+            r = conn.execute(_GET, (entry_id,), binary=True).fetchone()
         if r is None:
             return None
         row = _from_db(r)
@@ -107,7 +109,7 @@ class EntryTable:
         return row
 
     def get_for_update(self, conn: Connection[TupleRow], entry_id: uuid.UUID) -> EntryRow | None:
-        r = conn.execute(_GET_FOR_UPDATE, (entry_id,)).fetchone()
+        r = conn.execute(_GET_FOR_UPDATE, (entry_id,), binary=True).fetchone()
         return _from_db(r) if r else None
 
     def update(
@@ -119,7 +121,9 @@ class EntryTable:
         sets = [f"{k} = %s" for k in changes]  # k is checked against MUTABLE above
         sets.append("updated_at = now(), version = version + 1")
         stmt = f"UPDATE kb_entries SET {', '.join(sets)} WHERE id = %s RETURNING {_SELECT}"
-        r = conn.execute(stmt, [*(_adapt(k, v) for k, v in changes.items()), entry_id]).fetchone()
+        r = conn.execute(
+            stmt, [*(_adapt(k, v) for k, v in changes.items()), entry_id], binary=True
+        ).fetchone()
         assert r is not None
         return _from_db(r)
 
@@ -154,7 +158,7 @@ class EntryTable:
             " ORDER BY created_at DESC, id LIMIT %s OFFSET %s"
         )
         with self.db.transaction("list") as conn:
-            rows = conn.execute(stmt, [*params, f.limit, f.offset]).fetchall()
+            rows = conn.execute(stmt, [*params, f.limit, f.offset], binary=True).fetchall()
         return [_from_db(r) for r in rows]
 
     def counts(self) -> dict[str, int]:
