@@ -26,11 +26,40 @@ from sealedkb.domain import EncryptionMode
 from sealedkb.service import KnowledgeBase
 from sealedkb.store.embedded import EmbeddedPostgres
 
-WORDS = (
-    "deploy rollback cluster index vacuum replica schema migration token latency cache "
-    "runbook incident decision pattern retry backoff timeout queue worker lease shard "
-    "partition snapshot restore verify rotate policy audit alarm threshold baseline"
-).split()
+WORDS = [
+    "deploy",
+    "rollback",
+    "cluster",
+    "index",
+    "vacuum",
+    "replica",
+    "schema",
+    "migration",
+    "token",
+    "latency",
+    "cache",
+    "runbook",
+    "incident",
+    "decision",
+    "pattern",
+    "retry",
+    "backoff",
+    "timeout",
+    "queue",
+    "worker",
+    "lease",
+    "shard",
+    "partition",
+    "snapshot",
+    "restore",
+    "verify",
+    "rotate",
+    "policy",
+    "audit",
+    "alarm",
+    "threshold",
+    "baseline",
+]
 
 
 def make_text(rng: random.Random, approx_bytes: int) -> str:
