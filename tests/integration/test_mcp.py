@@ -11,15 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from mcp import Client, StdioServerParameters
+from tests.mcp_helpers import error_of, http_client, http_server, server_env
 
 from sealedkb.access import OPERATOR, Principal, Role
 from sealedkb.adapters.mcp import Limits, build_server
 from sealedkb.config import Settings
 from sealedkb.domain import EncryptionMode
 from sealedkb.service import KnowledgeBase
-from tests.mcp_helpers import error_of, http_client, http_server, server_env
 
 TOOLS = {"kb_add", "kb_get", "kb_update", "kb_delete", "kb_list", "kb_stats", "kb_health"}
 
@@ -30,7 +29,7 @@ def run(coro: Any) -> Any:
 
 async def roundtrip(client: Client) -> None:
     tools = {t.name for t in (await client.list_tools()).tools}
-    assert TOOLS <= tools
+    assert tools >= TOOLS
     r = await client.call_tool(
         "kb_add",
         {"content": "Use pgbouncer in session mode", "entry_type": "decision", "tags": ["DB"]},
