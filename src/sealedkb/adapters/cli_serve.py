@@ -45,14 +45,25 @@ def serve(
     """Serve the knowledge base over MCP (stdio, or streamable HTTP at /mcp)."""
     if transport not in ("stdio", "http"):
         cli._fail(ValidationError("transport must be stdio or http", field="transport"))
-    opts = HttpOptions(host, port, tls_cert, tls_key, tls_client_ca, insecure)
 
-    def open_kb() -> KnowledgeBase:
+    def open_kb() -> tuple[KnowledgeBase, HttpOptions]:
+        settings = cli._settings()
+        opts = HttpOptions(
+            host,
+            port,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            insecure,
+            max_request_bytes=settings.http_max_request_bytes,
+            rate_per_second=settings.http_rate_per_second,
+            rate_burst=settings.http_rate_burst,
+        )
         if transport == "http":
             check_bind(opts)  # before touching the database: fail fast, change nothing
-        return KnowledgeBase.open(cli._settings())
+        return KnowledgeBase.open(settings), opts
 
-    kb = cli._run(open_kb)
+    kb, opts = cli._run(open_kb)
     try:
         if transport == "stdio":
             # stdout is the protocol channel: everything else goes to stderr.

@@ -7,13 +7,14 @@ Per-token rate limiting answers 429 before a request reaches the MCP layer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import logging
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,11 +221,31 @@ def auth_settings(opts: HttpOptions) -> AuthSettings:
     return AuthSettings(issuer_url=base, resource_server_url=opts.url)  # type: ignore[arg-type]
 
 
+def _graceful_server_class() -> type[Any]:
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        """uvicorn re-raises SIGTERM/SIGINT after its graceful shutdown, so the process
+        dies by the signal; we have finished cleanly by then, so exit normally (0) and
+        let serve close the database pool."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+    return GracefulServer
+
+
 def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
     """Serve until SIGTERM/SIGINT; uvicorn lets in-flight requests finish."""
     import uvicorn
 
     check_bind(opts)
+    graceful_server = _graceful_server_class()
     app = build_app(server, kb, opts)
     config = uvicorn.Config(
         app,
@@ -238,4 +259,4 @@ def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
         timeout_graceful_shutdown=30,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    graceful_server(config).run()
