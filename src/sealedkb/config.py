@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     data_key_max_age: float = Field(default=300.0, ge=1.0, le=3600.0)
     pool_max_size: int = Field(default=8, ge=1, le=100)
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # HTTP MCP server limits, per bearer token.
+    http_rate_per_second: float = Field(default=20.0, gt=0, le=10_000)
+    http_rate_burst: int = Field(default=60, ge=1, le=100_000)
+    http_max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
 
     @classmethod
     def settings_customise_sources(

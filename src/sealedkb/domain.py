@@ -96,7 +96,7 @@ class EntryPatch:
 
     title: str | None = None
     content: str | None = None
-    entry_type: EntryType | None = None
+    entry_type: EntryType | str | None = None  # validated by the service
     tags: tuple[str, ...] | None = None
     source: str | None = None
     metadata: dict[str, Any] | None = None

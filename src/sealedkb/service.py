@@ -11,14 +11,18 @@ fields go to the ``*_plain`` columns (the benchmark baseline and migration sourc
 
 from __future__ import annotations
 
+import builtins
 import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sealedkb.access import ALL_NAMESPACES, Principal, Role, parse_role
 from sealedkb.codec import EntryDoc, decode_doc, encode_doc
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import field_aad
+from sealedkb.crypto.tokens import TOKEN_PREFIX, new_token, token_hash
 from sealedkb.domain import (
     DEFAULT_NAMESPACE,
     EncryptionMode,
@@ -51,6 +55,7 @@ from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
+from sealedkb.store.tokens import TokenRecord, TokenTable
 
 log = logging.getLogger("sealedkb.service")
 
@@ -91,6 +96,7 @@ class KnowledgeBase:
         self.entries = EntryTable(db)
         self.datakeys = DataKeyTable(db)
         self.meta = MetaTable(db)
+        self.tokens = TokenTable(db)
         self.keyring: KeyRing | None = None
         if mode is EncryptionMode.ON:
             assert provider is not None and kms_key_uri is not None
@@ -367,7 +373,9 @@ class KnowledgeBase:
         limit: int = 50,
         offset: int = 0,
         include_archived: bool = True,
+        namespaces: list[str] | None = None,
     ) -> list[Entry]:
+        """Entries newest first. ``namespaces`` restricts the result to an access scope."""
         if not 1 <= limit <= MAX_LIST_LIMIT:
             raise ValidationError(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
         if offset < 0:
@@ -389,9 +397,92 @@ class KnowledgeBase:
             else:
                 tag_plain = norm
         rows = self.entries.list(
-            ListFilter(ns, et, tag_token, tag_plain, include_archived, limit, offset)
+            ListFilter(
+                ns,
+                et,
+                tag_token,
+                tag_plain,
+                include_archived,
+                limit,
+                offset,
+                tuple(namespaces) if namespaces is not None else None,
+            )
         )
         return [self._to_entry(r) for r in rows]
+
+    def stats(
+        self, namespaces: builtins.list[str] | None = None, top_tags: int = 20
+    ) -> dict[str, Any]:
+        """Counts by namespace and type, and the most used tags per namespace.
+
+        In encrypted mode tags are keyed tokens; a token's name is recovered by
+        opening one entry that carries it, so this costs one open per tag listed.
+        """
+        by_ns: dict[str, dict[str, Any]] = {}
+        for ns, et, n in self.entries.stats(namespaces):
+            item = by_ns.setdefault(ns, {"total": 0, "by_type": {}, "top_tags": {}})
+            item["total"] += n
+            item["by_type"][et] = n
+        for ns, item in by_ns.items():
+            for tag, n, sample_id in self.entries.tag_counts(ns, top_tags):
+                if self.keyring is not None:
+                    row = self.entries.get(sample_id)
+                    if row is None:
+                        continue
+                    blinder = self.keyring.blinder(ns)
+                    names = [t for t in self._open_doc(row).tags if blinder.tag_token(t) == tag]
+                    if not names:
+                        continue
+                    tag = names[0]
+                item["top_tags"][tag] = n
+        return {
+            "entries_total": sum(i["total"] for i in by_ns.values()),
+            "namespaces": by_ns,
+        }
+
+    # --- bearer tokens (HTTP MCP) ------------------------------------------------
+
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        namespaces: builtins.list[str],
+        expires_days: int | None = None,
+    ) -> tuple[TokenRecord, str]:
+        """Create a bearer token; returns its record and the token, which is not stored."""
+        if not name or len(name) > 100 or not name.isprintable():
+            raise ValidationError("token name must be 1-100 printable characters", field="name")
+        parsed_role = parse_role(role)
+        if not namespaces:
+            raise ValidationError("give at least one --namespace (or '*')", field="namespace")
+        scopes = sorted(
+            {ns if ns == ALL_NAMESPACES else validate_namespace(ns) for ns in namespaces}
+        )
+        expires_at = None
+        if expires_days is not None:
+            if not 1 <= expires_days <= 3650:
+                raise ValidationError("expires must be 1-3650 days", field="expires")
+            expires_at = datetime.now(UTC) + timedelta(days=expires_days)
+        secret = new_token()
+        record = self.tokens.insert(name, token_hash(secret), parsed_role.value, scopes, expires_at)
+        return record, secret
+
+    def list_tokens(self, include_revoked: bool = False) -> builtins.list[TokenRecord]:
+        return self.tokens.list_all(include_revoked)
+
+    def revoke_token(self, name: str) -> None:
+        if not self.tokens.revoke(name):
+            raise NotFoundError("no active token with this name", field="name")
+
+    def authenticate(self, secret: str) -> Principal | None:
+        """The principal a bearer token stands for, or None (unknown, revoked, expired)."""
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            return None
+        rec = self.tokens.find_active(token_hash(secret))
+        if rec is None:
+            return None
+        scopes = None if ALL_NAMESPACES in rec.namespaces else frozenset(rec.namespaces)
+        return Principal(rec.name, Role(rec.role), scopes)
 
     # --- status ----------------------------------------------------------------
 

@@ -258,7 +258,7 @@ def update(
         patch = EntryPatch(
             title=title,
             content=content,
-            entry_type=entry_type,  # type: ignore[arg-type]  # validated by the service
+            entry_type=entry_type,
             tags=tuple(tag) if tag is not None else None,
             source=source,
             metadata=_parse_metadata(metadata),
@@ -401,3 +401,13 @@ def main() -> None:
     except SealedKBError as exc:  # raised outside a command body (e.g. settings)
         err.print(f"error[{exc.code}]: {exc.message}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
+
+
+def _register_subcommands() -> None:
+    # Imported late: these modules import this one for its helpers.
+    from sealedkb.adapters import cli_serve
+
+    cli_serve.register(app)
+
+
+_register_subcommands()

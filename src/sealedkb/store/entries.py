@@ -6,6 +6,7 @@ the same back.
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -80,6 +81,7 @@ class ListFilter:
     include_archived: bool = True
     limit: int = 50
     offset: int = 0
+    namespaces: tuple[str, ...] | None = None  # restrict to these (access scope)
 
 
 class EntryTable:
@@ -153,6 +155,9 @@ class EntryTable:
             params.append(f.tag_plain)
         if not f.include_archived:
             where.append("NOT archived")
+        if f.namespaces is not None:
+            where.append("namespace = ANY(%s)")
+            params.append(list(f.namespaces))
         stmt = (
             f"SELECT {_SELECT} FROM kb_entries WHERE {' AND '.join(where)}"
             " ORDER BY created_at DESC, id LIMIT %s OFFSET %s"
@@ -160,6 +165,35 @@ class EntryTable:
         with self.db.transaction("list") as conn:
             rows = conn.execute(stmt, [*params, f.limit, f.offset], binary=True).fetchall()
         return [_from_db(r) for r in rows]
+
+    def stats(self, namespaces: builtins.list[str] | None) -> builtins.list[tuple[str, str, int]]:
+        """(namespace, entry_type, count) of live entries."""
+        where = "deleted_at IS NULL"
+        params: list[Any] = []
+        if namespaces is not None:
+            where += " AND namespace = ANY(%s)"
+            params.append(namespaces)
+        with self.db.transaction("stats") as conn:
+            rows = conn.execute(
+                f"SELECT namespace, entry_type, count(*) FROM kb_entries WHERE {where}"
+                " GROUP BY 1, 2 ORDER BY 1, 2",
+                params,
+            ).fetchall()
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    def tag_counts(self, namespace: str, limit: int) -> builtins.list[tuple[str, int, uuid.UUID]]:
+        """Most used tag tokens (encrypted mode) or tags (plaintext) of a namespace, with
+        one entry id carrying each (so the service can name a token's tag)."""
+        with self.db.transaction("stats") as conn:
+            rows = conn.execute(
+                "SELECT t, count(*), (array_agg(id))[1] FROM ("
+                " SELECT id, unnest(CASE WHEN doc_sealed IS NULL THEN tags_plain"
+                " ELSE tag_tokens END) AS t FROM kb_entries"
+                " WHERE namespace = %s AND deleted_at IS NULL) s"
+                " GROUP BY t ORDER BY 2 DESC, 1 LIMIT %s",
+                (namespace, limit),
+            ).fetchall()
+        return [(r[0], int(r[1]), r[2]) for r in rows]
 
     def counts(self) -> dict[str, int]:
         with self.db.transaction("status") as conn:
