@@ -492,10 +492,12 @@ def _permissions(state: _State) -> Check:
             f"readable or writable by group or others: {shown}",
             f"chmod 600 the files (chmod 700 the keys folder): {shown}",
         )
+    if not files:
+        return Check("keys.permissions", Status.OK, "no key files in this home yet")
     return Check(
         "keys.permissions",
         Status.OK,
-        f"{len(files)} key and secret files are 0600"
+        f"{len(files)} key and secret files allow no group/other access"
         + (", keys/ is 0700" if s.keys_dir.is_dir() else ""),
     )
 

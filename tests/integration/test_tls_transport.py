@@ -26,6 +26,7 @@ from typer.testing import CliRunner, Result
 
 from sealedkb.adapters.cli import app
 from sealedkb.errors import TransportRefusedError
+from sealedkb.service import KnowledgeBase
 from sealedkb.store.db import Database
 from sealedkb.store.embedded import EmbeddedPostgres
 
@@ -292,3 +293,17 @@ def test_live_connection_to_a_remote_address_without_verify_full_is_closed(
         Database(url, allow_insecure=True).close()  # the opt-out applies here too
     finally:
         bouncer.stop()
+
+
+# --- the service fixtures through TLS (how CRUD and search tests join) -------------------
+
+
+@pytest.mark.db_transports("tls")
+def test_service_fixtures_go_through_tls(kb: KnowledgeBase) -> None:
+    """``pytest.mark.db_transports`` puts ``database_url`` (and so ``kb``) behind TLS."""
+    entry = kb.add("through the endpoint", tags=["net"])
+    assert kb.get(entry.id).content == "through the endpoint"
+    db = kb.status()["database"]
+    assert db["transport"] == "tls"
+    assert db["tls_protocol"] in ("TLSv1.2", "TLSv1.3")
+    assert db["tls_cipher"]
