@@ -112,6 +112,7 @@ def test_crud_and_status_through_verified_tls(
     assert counts(database_url) == (1, 2)
 
 
+@pytest.mark.db_transports("socket")  # even under --db-transport=tls
 def test_status_over_a_unix_socket_has_no_tls(cli: Cli, database_url: str) -> None:
     expect(cli("init", url=database_url), 0)
     db = json.loads(expect(cli("status", "--json", url=database_url), 0).stdout)["database"]
