@@ -22,14 +22,10 @@ from psycopg_pool import ConnectionPool
 
 from sealedkb.errors import DatabaseError, SealedKBError
 from sealedkb.store.tls import TlsSession, session_of
-from sealedkb.store.transport import (  # re-exported: the transport rules live there
-    Transport,
-    check_connection,
-    classify_transport,
-    explain_connect_failure,
-)
-
-__all__ = ["Database", "Transport", "check_connection", "classify_transport", "connect"]
+from sealedkb.store.transport import Transport as Transport  # re-exported: rules live there
+from sealedkb.store.transport import check_connection as check_connection
+from sealedkb.store.transport import classify_transport as classify_transport
+from sealedkb.store.transport import explain_connect_failure
 
 log = logging.getLogger("sealedkb.store")
 
