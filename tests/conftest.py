@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from tests.tlsserver import TlsEndpoints, find_pgbouncer
 
 from sealedkb.config import Settings, load_settings
 from sealedkb.domain import EncryptionMode
@@ -56,11 +57,17 @@ def template_db(pg_server: EmbeddedPostgres) -> str:
 
 
 @pytest.fixture
-def database_url(pg_server: EmbeddedPostgres, template_db: str) -> Iterator[str]:
+def database_url(
+    pg_server: EmbeddedPostgres, template_db: str, db_transport: str, request: pytest.FixtureRequest
+) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.uri(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db} STRATEGY file_copy")
-    yield pg_server.uri(name)
+    if db_transport == "tls":  # through the pgbouncer TLS endpoint, verify-full
+        endpoints: TlsEndpoints = request.getfixturevalue("tls_endpoints")
+        yield endpoints.get("good").url(name, ca=endpoints.certs.ca)
+    else:
+        yield pg_server.uri(name)
     with psycopg.connect(pg_server.uri(), autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
@@ -100,3 +107,61 @@ def any_kb(
     knowledge_base, _ = KnowledgeBase.init(make_settings(), request.param)
     yield knowledge_base
     knowledge_base.close()
+
+
+# --- database transport: Unix socket or TLS endpoint (issue #8) ---------------
+#
+# ``database_url`` reaches the test server over its Unix socket, or through a
+# pgbouncer TLS endpoint with sslmode=verify-full (tests/tlsserver.py). Choose:
+#   - per module: ``pytestmark = pytest.mark.db_transports("socket", "tls")``
+#     runs each test of the module both ways (test ids get [socket]/[tls]);
+#   - for the whole run: ``pytest --db-transport=tls`` (or the environment
+#     variable SEALEDKB_TEST_DB_TRANSPORT=tls).
+# Without pgbouncer the TLS tests are skipped, unless SEALEDKB_TEST_REQUIRE_PGBOUNCER=1
+# (set by .ci/run) turns the skip into a failure.
+
+_DEFAULT_TRANSPORT = os.environ.get("SEALEDKB_TEST_DB_TRANSPORT", "socket")
+_REQUIRE_PGBOUNCER = os.environ.get("SEALEDKB_TEST_REQUIRE_PGBOUNCER") == "1"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--db-transport",
+        choices=("socket", "tls"),
+        default=_DEFAULT_TRANSPORT,
+        help="how database_url reaches PostgreSQL (default: socket)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "db_transports(*kinds): run the test over each transport (socket, tls)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marker = metafunc.definition.get_closest_marker("db_transports")
+    if marker is not None and "db_transport" in metafunc.fixturenames:
+        metafunc.parametrize("db_transport", marker.args or ("socket", "tls"), indirect=True)
+
+
+@pytest.fixture
+def db_transport(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", None) or request.config.getoption("--db-transport"))
+
+
+@pytest.fixture(scope="session")
+def tls_endpoints(pg_server: EmbeddedPostgres) -> Iterator[TlsEndpoints]:
+    """pgbouncer TLS endpoints in front of ``pg_server`` (started per variant on first use)."""
+    if find_pgbouncer() is None:
+        message = "pgbouncer is not installed (apt-get install -y pgbouncer; .ci/run does)"
+        if _REQUIRE_PGBOUNCER:
+            pytest.fail(message)
+        pytest.skip(message)
+    folder = Path(tempfile.mkdtemp(prefix="sealedkb-tls-"))
+    endpoints = TlsEndpoints(folder, pg_server.socket_dir)
+    try:
+        yield endpoints
+    finally:
+        endpoints.close()
+        shutil.rmtree(folder, ignore_errors=True)

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     # Opt-out of the TLS requirement for remote databases (logged loudly).
     database_allow_insecure: bool = False
+    # TLS to the database (docs/TRANSPORT-SECURITY.md): CA file (PEM, or "system") that
+    # verifies the server, and an optional client certificate and key; merged into the URL.
+    database_sslrootcert: str | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
     root_key_file: Path | None = None
     passphrase: SecretStr | None = None
     data_key_max_age: float = Field(default=300.0, ge=1.0, le=3600.0)

@@ -75,10 +75,29 @@ class IntegrityError(SealedKBError):
 
 
 class TransportRefusedError(SealedKBError):
-    """A connection would not be protected as required (e.g. no verified TLS)."""
+    """A connection would not be protected as required (e.g. no verified TLS).
+
+    ``cause`` is a stable short name of the reason (``weak-sslmode``,
+    ``unknown-ca``, ``expired-certificate``, ``hostname-mismatch``,
+    ``plaintext-server`` ...) and ``fix`` one line that says what to change, so
+    ``doctor`` can show both apart; the message already contains the fix.
+    """
 
     code = "TRANSPORT_REFUSED"
     exit_code = 7
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        cause: str | None = None,
+        fix: str | None = None,
+    ) -> None:
+        super().__init__(f"{message}; fix: {fix}" if fix else message, field=field)
+        self.reason = message
+        self.cause = cause
+        self.fix = fix
 
 
 class DatabaseError(SealedKBError):

@@ -16,6 +16,7 @@ from sealedkb.config import Settings
 from sealedkb.errors import DatabaseError, NotInitializedError
 from sealedkb.keys.local import LocalKeyProvider, RootKeySource
 from sealedkb.store.db import Transport, classify_transport, mapped_errors
+from sealedkb.store.transport import TlsFiles
 
 log = logging.getLogger("sealedkb.runtime")
 
@@ -32,9 +33,13 @@ class DatabaseTarget:
 def resolve_database(settings: Settings, *, create: bool) -> DatabaseTarget:
     """Find (and for the embedded default, start) the database to use."""
     if settings.database_url is not None:
-        url = settings.database_url.get_secret_value()
-        transport = classify_transport(url, allow_insecure=settings.database_allow_insecure)
-        return DatabaseTarget(url, "external", transport)
+        transport = classify_transport(
+            settings.database_url.get_secret_value(),
+            allow_insecure=settings.database_allow_insecure,
+            tls=tls_files(settings),
+        )
+        # transport.conninfo: the URL with the judged TLS parameters spelled out
+        return DatabaseTarget(transport.conninfo, "external", transport)
 
     from sealedkb.store.embedded import EmbeddedPostgres
 
@@ -58,6 +63,15 @@ def resolve_database(settings: Settings, *, create: bool) -> DatabaseTarget:
                 conn.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
     url = server.uri(EMBEDDED_DBNAME)
     return DatabaseTarget(url, "embedded", classify_transport(url))
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    """The database TLS files named in the settings (they fill in the URL)."""
+    return TlsFiles(
+        sslrootcert=settings.database_sslrootcert or None,
+        sslcert=str(settings.database_sslcert) if settings.database_sslcert else None,
+        sslkey=str(settings.database_sslkey) if settings.database_sslkey else None,
+    )
 
 
 def make_home(settings: Settings) -> None:

@@ -496,6 +496,14 @@ class KnowledgeBase:
             return "inaccessible-encryption-credentials", exc.message
         return "available", None
 
+    def _tls_status(self) -> dict[str, Any]:
+        """Negotiated TLS of the database connection (null over a Unix socket)."""
+        tls = self.db.tls_session()
+        return {
+            "tls_protocol": tls.protocol if tls else None,
+            "tls_cipher": tls.cipher if tls else None,
+        }
+
     def status(self) -> dict[str, Any]:
         counts = self.entries.counts()
         warnings: list[str] = []
@@ -537,6 +545,7 @@ class KnowledgeBase:
             "database": {
                 "kind": self.target.kind,
                 "transport": self.target.transport.kind,
+                **self._tls_status(),
                 "server_version": self.db.server_version(),
                 "pgvector": self.db.pgvector_version(),
                 "schema_version": self.db.schema_version,

@@ -19,6 +19,9 @@ from sealedkb.domain import MAX_CONTENT_BYTES, EntryPatch, EntryType
 from sealedkb.errors import ConflictError, NotFoundError, ValidationError
 from sealedkb.service import KnowledgeBase
 
+# Every test runs over the Unix socket and through the TLS endpoint (verify-full).
+pytestmark = pytest.mark.db_transports("socket", "tls")
+
 TOKEN_RE = re.compile(r"^[0-9a-f]{20}$")
 SEALED_OVERHEAD = 61  # 0x01 | key id | salt | nonce | ... | tag (DESIGN.md §4)
 

@@ -338,6 +338,7 @@ def test_stale_expected_version_is_a_conflict(cli: Cli, initialised: None) -> No
 # --- status and init ----------------------------------------------------------------
 
 
+@pytest.mark.db_transports("socket")  # asserts transport unix-socket
 def test_status_json(cli: Cli, database_url: str) -> None:
     init = json.loads(expect(cli("init", "--json"), 0).stdout)
     assert init["created"] is True and init["storage_encrypted"] is True

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from sealedkb.adapters import cli_doctor
 from sealedkb.config import Settings, load_settings
 from sealedkb.domain import EncryptionMode, Entry, EntryPatch
 from sealedkb.errors import SealedKBError, ValidationError
@@ -350,7 +351,9 @@ def status(json_out: JsonOpt = False) -> None:
     dbi = result["database"]
     table.add_row(
         "database",
-        f"{dbi['kind']} · {dbi['transport']} · PostgreSQL {dbi['server_version']}"
+        f"{dbi['kind']} · {dbi['transport']}"
+        + (f" ({dbi['tls_protocol']}, {dbi['tls_cipher']})" if dbi.get("tls_protocol") else "")
+        + f" · PostgreSQL {dbi['server_version']}"
         f" · pgvector {dbi['pgvector']}",
     )
     out.print(table)
@@ -393,6 +396,9 @@ def db_stop() -> None:
 
     stopped = _run(go)
     sys.stdout.write("stopped\n" if stopped else "not running\n")
+
+
+app.command("doctor")(cli_doctor.doctor)
 
 
 def main() -> None:

@@ -8,80 +8,29 @@ message free of SQL and values; the SQLSTATE goes to the debug log.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
+import functools
 import logging
-import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from importlib import resources
 
 import psycopg
 from pgvector.psycopg import register_vector
 from psycopg import Connection
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import ConnectionPool
 
-from sealedkb.errors import DatabaseError, SealedKBError, TransportRefusedError
+from sealedkb.errors import DatabaseError, SealedKBError
+from sealedkb.store.tls import TlsSession, session_of
+from sealedkb.store.transport import Transport as Transport  # re-exported: rules live there
+from sealedkb.store.transport import check_connection as check_connection
+from sealedkb.store.transport import classify_transport as classify_transport
+from sealedkb.store.transport import explain_connect_failure
 
 log = logging.getLogger("sealedkb.store")
 
 _MIGRATION_RE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _MIGRATION_LOCK = 0x5EA1ED_0001  # pg_advisory_xact_lock key for schema changes
-
-
-@dataclass(frozen=True)
-class Transport:
-    kind: str  # unix-socket | loopback | tls | insecure-tcp
-    host: str | None
-    sslmode: str | None
-
-
-def classify_transport(url: str, *, allow_insecure: bool = False) -> Transport:
-    """Refuse a remote database unless TLS with certificate and host verification is on."""
-    try:
-        params = conninfo_to_dict(url)
-    except psycopg.ProgrammingError:
-        raise DatabaseError("database URL is malformed") from None
-    # libpq fills what the URL leaves out from PG* variables; judge what it will use.
-    for key, env in (("host", "PGHOST"), ("hostaddr", "PGHOSTADDR"), ("sslmode", "PGSSLMODE")):
-        if not params.get(key) and os.environ.get(env):
-            params[key] = os.environ[env]
-    if params.get("service") or os.environ.get("PGSERVICE"):
-        raise TransportRefusedError(
-            "connection service files are not supported: put host and sslmode in the URL"
-        )
-    # hostaddr, when given, is where libpq really connects.
-    host = str(params.get("hostaddr") or params.get("host") or "")
-    sslmode = str(params["sslmode"]) if params.get("sslmode") else None
-    hosts = [h for h in host.split(",") if h] or [""]
-    if all(h == "" or h.startswith("/") for h in hosts):
-        return Transport("unix-socket", host or None, sslmode)
-    if all(_is_loopback(h) for h in hosts):
-        return Transport("loopback" if sslmode != "verify-full" else "tls", host, sslmode)
-    if sslmode == "verify-full":
-        return Transport("tls", host, sslmode)
-    if allow_insecure:
-        log.warning(
-            "TLS verification for the remote database is OFF (SEALEDKB_DATABASE_ALLOW_INSECURE): "
-            "traffic and credentials can be read or changed in transit"
-        )
-        return Transport("insecure-tcp", host, sslmode)
-    raise TransportRefusedError(
-        f"refusing to connect to remote database host without verified TLS (sslmode="
-        f"{sslmode or 'prefer'}); add sslmode=verify-full&sslrootcert=<CA file> to the URL, "
-        "or set SEALEDKB_DATABASE_ALLOW_INSECURE=true to opt out"
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @contextlib.contextmanager
@@ -99,9 +48,27 @@ def mapped_errors(action: str) -> Iterator[None]:
         raise DatabaseError(f"database error during {action} (sqlstate {exc.sqlstate})") from None
 
 
-def _configure(conn: Connection[TupleRow]) -> None:
+def _configure(conn: Connection[TupleRow], *, allow_insecure: bool = False) -> None:
+    check_connection(conn, allow_insecure=allow_insecure)  # every pooled connection, too
     register_vector(conn)
     conn.commit()
+
+
+def connect(url: str, *, allow_insecure: bool = False) -> Connection[TupleRow]:
+    """One autocommit connection, checked against the transport rule.
+
+    A TLS failure becomes a TransportRefusedError (exit 7) that names its cause;
+    other failures stay psycopg errors for :func:`mapped_errors`.
+    """
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.OperationalError as exc:
+        refused = explain_connect_failure(url, exc)
+        if refused is not None:
+            raise refused from None
+        raise
+    check_connection(conn, allow_insecure=allow_insecure)
+    return conn
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -143,20 +110,6 @@ def apply_migrations(conn: Connection[TupleRow]) -> int:
 MIN_SERVER_VERSION = 150000
 
 
-def check_connection(conn: Connection[TupleRow], *, allow_insecure: bool = False) -> None:
-    """Defence in depth after connecting: a TCP connection to a non-loopback host must
-    use TLS with sslmode=verify-full, whatever the URL or environment said."""
-    opts = {o.keyword.decode(): (o.val or b"").decode() for o in conn.pgconn.info}
-    host = opts.get("hostaddr") or opts.get("host") or ""
-    if not host or host.startswith("/") or _is_loopback(host) or allow_insecure:
-        return
-    if not conn.pgconn.ssl_in_use or opts.get("sslmode") != "verify-full":
-        conn.close()
-        raise TransportRefusedError(
-            "connected to a remote database without verified TLS; use sslmode=verify-full"
-        )
-
-
 def check_server(conn: Connection[TupleRow]) -> None:
     """Refuse servers sealedkb cannot run on, with a message that says what to do."""
     if conn.info.server_version < MIN_SERVER_VERSION:
@@ -179,15 +132,14 @@ class Database:
         self.schema_version = 0
         with mapped_errors("connect"):
             if migrate:
-                with psycopg.connect(url, autocommit=True) as conn:
-                    check_connection(conn, allow_insecure=allow_insecure)
+                with connect(url, allow_insecure=allow_insecure) as conn:
                     check_server(conn)
                     self.schema_version = apply_migrations(conn)
             self.pool: ConnectionPool[Connection[TupleRow]] = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=max_size,
-                configure=_configure,
+                configure=functools.partial(_configure, allow_insecure=allow_insecure),
                 open=False,
                 name="sealedkb",
             )
@@ -205,6 +157,11 @@ class Database:
         with self.transaction("status") as conn:
             row = conn.execute("SHOW server_version").fetchone()
         return str(row[0]) if row else "unknown"
+
+    def tls_session(self) -> TlsSession | None:
+        """Negotiated TLS protocol and cipher of a pooled connection; None without TLS."""
+        with mapped_errors("status"), self.pool.connection() as conn:
+            return session_of(conn.pgconn)
 
     def pgvector_version(self) -> str | None:
         with self.transaction("status") as conn:
