@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +89,16 @@ def http_server(
             proc.stderr.close()
 
 
-def http_client(base: str, token: str | None) -> Client:
+@asynccontextmanager
+async def http_client(base: str, token: str | None) -> AsyncIterator[Client]:
+    """An MCP client over HTTP with a bearer token; closes its HTTP client too (an
+    open keep-alive connection would hold up the server's graceful shutdown)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return Client(
-        streamable_http_client(base + "/mcp", http_client=create_mcp_http_client(headers=headers))
-    )
+    async with (
+        create_mcp_http_client(headers=headers) as hc,
+        Client(streamable_http_client(base + "/mcp", http_client=hc)) as client,
+    ):
+        yield client
 
 
 def error_of(result: Any) -> dict[str, Any]:
