@@ -196,3 +196,21 @@ def test_tls_flags_must_come_in_pairs(
         timeout=60,
     )
     assert proc.returncode == 7
+
+
+def test_metrics_endpoint(
+    make_settings: Callable[..., Settings], home: Path, database_url: str
+) -> None:
+    kb = setup_kb(make_settings)
+    kb.add("counted")
+    _, token = kb.create_token("agent", "reader", ["default"])
+    kb.close()
+    with http_server(home, database_url) as (base, _):
+        assert not run(call(base, token, "kb_list", {})).is_error
+        text = httpx.get(base + "/metrics").text
+        assert "sealedkb_database_transport_info{" in text
+        assert 'transport="unix-socket"' in text and 'tls_protocol="none"' in text
+        assert "sealedkb_available 1.0" in text
+        assert "sealedkb_entries 1.0" in text
+        assert 'sealedkb_tool_duration_seconds_count{outcome="ok",tool="kb_list"} 1.0' in text
+        assert "counted" not in text

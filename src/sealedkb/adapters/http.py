@@ -26,6 +26,7 @@ from mcp.server.mcpserver import MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from sealedkb import monitor
 from sealedkb.errors import SealedKBError, TransportRefusedError
 from sealedkb.service import KnowledgeBase
 
@@ -211,6 +212,12 @@ def build_app(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> ASGIAp
             )
         return JSONResponse(body, status_code=status)
 
+    @server.custom_route("/metrics", methods=["GET"])  # type: ignore[untyped-decorator]
+    async def metrics(request: Request) -> Response:
+        body = await anyio.to_thread.run_sync(monitor.render)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    monitor.register_kb(kb)
     app = server.streamable_http_app(host=opts.host, max_request_body_size=opts.max_request_bytes)
     limited: ASGIApp = RateLimit(app, opts.rate_per_second, opts.rate_burst)
     return SecurityHeaders(limited, tls=opts.tls_cert is not None)

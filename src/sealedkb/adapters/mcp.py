@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar, cast
@@ -26,6 +27,7 @@ from sealedkb import __version__
 from sealedkb.access import OPERATOR, Action, Principal, Role
 from sealedkb.domain import DEFAULT_NAMESPACE, Entry, EntryPatch, EntryType
 from sealedkb.errors import NotFoundError, SealedKBError, ValidationError
+from sealedkb.monitor import TOOL_SECONDS
 from sealedkb.service import KnowledgeBase
 
 log = logging.getLogger("sealedkb.mcp")
@@ -112,19 +114,23 @@ def build_server(
     async def call(tool: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         # Errors come back as a CallToolResult (see error_result); typed as the
         # success dict because the SDK derives the output schema from the annotation.
+        started = time.perf_counter()
         try:
             result = await anyio.to_thread.run_sync(fn)
         except SealedKBError as exc:
             log.info("tool %s -> %s (%s)", tool, exc.code, exc.message)
+            TOOL_SECONDS.labels(tool, exc.code).observe(time.perf_counter() - started)
             return cast(dict[str, Any], error_result(exc.to_dict()))
         except Exception:
             log.exception("tool %s failed unexpectedly", tool)
+            TOOL_SECONDS.labels(tool, "INTERNAL_ERROR").observe(time.perf_counter() - started)
             return cast(
                 dict[str, Any],
                 error_result(
                     {"code": "INTERNAL_ERROR", "message": "internal error; see the server log"}
                 ),
             )
+        TOOL_SECONDS.labels(tool, "ok").observe(time.perf_counter() - started)
         size = len(json.dumps(result, default=str))
         if size > lim.max_result_bytes:
             too_big = ValidationError(
