@@ -209,7 +209,10 @@ def test_metrics_endpoint(
         assert not run(call(base, token, "kb_list", {})).is_error
         text = httpx.get(base + "/metrics").text
         assert "sealedkb_database_transport_info{" in text
-        assert 'transport="unix-socket"' in text and 'tls_protocol="none"' in text
+        if "verify-full" in database_url:  # the suite run with --db-transport=tls
+            assert 'transport="tls"' in text and 'tls_protocol="TLSv1.' in text
+        else:
+            assert 'transport="unix-socket"' in text and 'tls_protocol="none"' in text
         assert "sealedkb_available 1.0" in text
         assert "sealedkb_entries 1.0" in text
         assert 'sealedkb_tool_duration_seconds_count{outcome="ok",tool="kb_list"} 1.0' in text
