@@ -80,16 +80,17 @@ def key_list(json_out: JsonOpt = False) -> None:
     if json_out:
         _print_json(keys)
         return
-    table = Table("key_id", "state", "versions", "rotation", "deletion_date", "in use")
+    table = Table("state", "versions", "rotation", "deletion_date", "in use")
+    table.add_column("key_id", no_wrap=True)
     for k in keys:
         rotation = f"every {k['rotation_period_days']} d" if k["rotation_enabled"] else "off"
         table.add_row(
-            k["key_id"],
             k["state"],
             str(k["versions"]),
             rotation,
             k["deletion_date"] or "-",
             "yes" if k["in_use"] else "",
+            k["key_id"],
         )
     out.print(table)
 

@@ -746,16 +746,19 @@ class LocalKeyProvider:
         self, key_uri: str, policy: dict[str, Any], *, bypass_lockout_check: bool = False
     ) -> KeyMetadata:
         parsed = parse_policy(policy)
-        if not bypass_lockout_check and not parsed.allows(self.principal, Action.PUT_KEY_POLICY):
-            # AWS KMS's lockout safety check: a policy that takes PutKeyPolicy away from
-            # the principal installing it would leave the key unmanageable.
-            raise ValidationError(
-                f"this policy would not let {self.principal!r} change it again "
-                "(PutKeyPolicy); add a statement for it, or pass --bypass-lockout-check",
-                field="policy",
-            )
 
         def change(rec: dict[str, Any]) -> None:
+            # (runs after the caller's PutKeyPolicy permission was checked)
+            if not bypass_lockout_check and not parsed.allows(
+                self.principal, Action.PUT_KEY_POLICY
+            ):
+                # AWS KMS's lockout safety check: a policy that takes PutKeyPolicy away
+                # from the principal installing it would leave the key unmanageable.
+                raise ValidationError(
+                    f"this policy would not let {self.principal!r} change it again "
+                    "(PutKeyPolicy); add a statement for it, or pass --bypass-lockout-check",
+                    field="policy",
+                )
             self._require_state(
                 rec,
                 "change the policy",
