@@ -107,12 +107,12 @@ def test_each_command_produces_exactly_the_expected_events(
     for e in events:
         assert e["request_id"] and e["time"] and len(e["hash"]) == 64
         assert e["principal"] in ("admin", "bob")
-    rotate = [e for e in events if e["action"] == "RotateKey"][0]
+    rotate = next(e for e in events if e["action"] == "RotateKey")
     assert rotate["details"] == {"version": 2, "automatic": False}
     assert rotate["key_uri"].startswith("local:key/")
-    denied = [e for e in events if e["outcome"] == "denied"][0]
+    denied = next(e for e in events if e["outcome"] == "denied")
     assert (denied["principal"], denied["error_code"]) == ("bob", "ACCESS_DENIED")
-    reenc = [e for e in events if e["action"] == "ReEncryptEntries"][0]
+    reenc = next(e for e in events if e["action"] == "ReEncryptEntries")
     assert reenc["details"] == {"rows": 1, "skipped": 0}
     # events of one command share a request id; different commands do not
     rot = [e for e in events if e["action"] in ("RotateKey", "ReEncrypt")]
