@@ -257,11 +257,19 @@ class KeyLifecycle:
         return meta.to_dict()
 
     def rotate(
-        self, key: str | None = None, *, batch_size: int = DEFAULT_REWRAP_BATCH
+        self,
+        key: str | None = None,
+        *,
+        batch_size: int = DEFAULT_REWRAP_BATCH,
+        rewrap_only: bool = False,
     ) -> dict[str, Any]:
-        """On-demand rotation, then every data key re-wrapped under the new version."""
+        """On-demand rotation, then every data key re-wrapped under the new version.
+        ``rewrap_only`` finishes an interrupted re-wrap without a new version."""
         uri = self.resolve(key)
         _check_batch(batch_size)
+        if rewrap_only:
+            rewrapped = self.rewrap(uri, batch_size=batch_size)
+            return {**self.describe(uri), "data_keys_rewrapped": rewrapped}
         meta = self._must(
             self._key_op(
                 "RotateKey",

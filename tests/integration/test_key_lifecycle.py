@@ -160,6 +160,15 @@ def test_rotate_rewraps_every_data_key_with_zero_unavailability(
     assert status["key_rotation"]["versions"] == 3
     assert status["data_keys_on_newest_key_version"] == 8
     assert "rotated" in expect(cli("key", "rotate"), 0).stdout
+    # an interrupted re-wrap: one data key left on an old version, finished without
+    # a new version
+    old = sql(database_url, "SELECT id, wrapped FROM kb_data_keys ORDER BY id LIMIT 1")[0]
+    expect(cli("key", "rotate"), 0)
+    sql(database_url, "UPDATE kb_data_keys SET wrapped = %s WHERE id = %s", (old[1], old[0]))
+    assert sorted(wrapped_versions(database_url))[0] == 4
+    done = json.loads(expect(cli("key", "rotate", "--rewrap-only", "--json"), 0).stdout)
+    assert (done["versions"], done["data_keys_rewrapped"]) == (5, 1)
+    assert wrapped_versions(database_url) == [5] * 8
     # rotation needs an Enabled key
     expect(cli("key", "disable"), 0)
     assert "CONFLICT" in expect(cli("key", "rotate"), 1).output

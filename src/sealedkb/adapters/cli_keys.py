@@ -128,6 +128,12 @@ def key_create(
 def key_rotate(
     key: KeyArg = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Data keys per batch.")] = 100,
+    rewrap_only: Annotated[
+        bool,
+        typer.Option(
+            "--rewrap-only", help="No new version: finish re-wrapping after an interruption."
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Rotate now: new key material version, then re-wrap every data key under it
@@ -135,7 +141,7 @@ def key_rotate(
 
     def go() -> dict[str, Any]:
         with _kb() as kb:
-            return _keys(kb).rotate(key, batch_size=batch_size)
+            return _keys(kb).rotate(key, batch_size=batch_size, rewrap_only=rewrap_only)
 
     meta = _run(go)
     _print_key(
