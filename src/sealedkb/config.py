@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     root_key_file: Path | None = None
     passphrase: SecretStr | None = None
     data_key_max_age: float = Field(default=300.0, ge=1.0, le=3600.0)
+    # Who is acting: the operator of a CLI call (--principal), evaluated against key
+    # policies and written to the audit trail. A serving process acts as
+    # service_principal. Same alphabet as keys/policy.py (no ':', so nobody can
+    # pass as the key service's own "sealedkb:system").
+    principal: str = Field(default="admin", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+    service_principal: str = Field(
+        default="sealedkb-service", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$"
+    )
+    # Seconds between signed audit checkpoints (and key-schedule checks) while serving.
+    audit_checkpoint_interval: float = Field(default=60.0, ge=1.0, le=60.0)
     pool_max_size: int = Field(default=8, ge=1, le=100)
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     # HTTP MCP server limits, per bearer token.
@@ -80,6 +90,10 @@ class Settings(BaseSettings):
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.home / "audit"
 
 
 def check_config_file(home: Path) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
@@ -82,12 +84,24 @@ def make_home(settings: Settings) -> None:
         raise DatabaseError(f"SEALEDKB_HOME is not a folder: {home}")
 
 
-def key_provider(settings: Settings) -> LocalKeyProvider:
+def key_provider(
+    settings: Settings,
+    *,
+    principal: str | None = None,
+    now: Callable[[], datetime] | None = None,
+) -> LocalKeyProvider:
+    """The key provider, acting for ``principal`` (default: the configured one)."""
     source = RootKeySource(
         key_file=settings.root_key_file,
         passphrase=settings.passphrase.get_secret_value() if settings.passphrase else None,
     )
-    return LocalKeyProvider(settings.keys_dir, source)
+    return LocalKeyProvider(
+        settings.keys_dir,
+        source,
+        principal=principal or settings.principal,
+        service_principal=settings.service_principal,
+        now=now,
+    )
 
 
 def is_root() -> bool:

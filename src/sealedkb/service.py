@@ -14,10 +14,12 @@ from __future__ import annotations
 import builtins
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sealedkb.access import ALL_NAMESPACES, Principal, Role, parse_role
+from sealedkb.audit import AuditLog
 from sealedkb.codec import EntryDoc, decode_doc, encode_doc
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
@@ -51,6 +53,7 @@ from sealedkb.errors import (
     ValidationError,
 )
 from sealedkb.keys.local import LocalKeyProvider
+from sealedkb.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
 from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
@@ -86,6 +89,9 @@ class KnowledgeBase:
         mode: EncryptionMode,
         provider: LocalKeyProvider | None,
         kms_key_uri: str | None,
+        *,
+        principal: str | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
@@ -98,17 +104,36 @@ class KnowledgeBase:
         self.meta = MetaTable(db)
         self.tokens = TokenTable(db)
         self.keyring: KeyRing | None = None
+        # Key lifecycle and audit trail (lifecycle.py, audit.py): every key operation
+        # of this process is recorded under its principal.
+        self.principal = provider.principal if provider else (principal or settings.principal)
+        self.audit = AuditLog(
+            db,
+            principal=self.principal,
+            checkpoint_dir=settings.audit_dir,
+            mac_key=provider,
+            now=now,
+        )
+        self.keys: KeyLifecycle | None = None
         if mode is EncryptionMode.ON:
             assert provider is not None and kms_key_uri is not None
             self.keyring = KeyRing(
-                provider, self.datakeys, kms_key_uri, max_age=settings.data_key_max_age
+                AuditedKeyUse(provider, self.audit),
+                AuditedDataKeys(self.datakeys, self.audit),
+                kms_key_uri,
+                max_age=settings.data_key_max_age,
             )
+            self.keys = KeyLifecycle(db, provider, kms_key_uri, self.audit, self.keyring)
 
     # --- lifecycle --------------------------------------------------------------
 
     @classmethod
     def init(
-        cls, settings: Settings, encryption: EncryptionMode | None = None
+        cls,
+        settings: Settings,
+        encryption: EncryptionMode | None = None,
+        *,
+        now: Callable[[], datetime] | None = None,
     ) -> tuple[KnowledgeBase, bool]:
         """Create or open the knowledge base; idempotent, never destroys data.
 
@@ -133,10 +158,11 @@ class KnowledgeBase:
             created = existing is None
             provider = None
             kms_key_uri = None
+            new_key_uri = None
             if mode is EncryptionMode.OFF:
                 _refuse_plaintext_with_keystore(settings)
             if mode is EncryptionMode.ON:
-                provider = key_provider(settings)
+                provider = key_provider(settings, now=now)
                 bound_key = meta.get("kms_key_uri")
                 if bound_key is not None and not provider.exists():
                     # A fresh keystore could never open this data; making one would
@@ -152,10 +178,15 @@ class KnowledgeBase:
                 if kms_key_uri is None:
                     new_key = provider.create_key("sealedkb knowledge base key")
                     kms_key_uri = meta.set_default("kms_key_uri", new_key.key_id)
+                    new_key_uri = new_key.key_id
                     created = True
                 provider.describe_key(kms_key_uri)
             meta.set_default("encryption", mode.value)
-            kb = cls(settings, target, db, mode, provider, kms_key_uri)
+            kb = cls(settings, target, db, mode, provider, kms_key_uri, now=now)
+            if new_key_uri is not None:
+                kb.audit.record(
+                    "CreateKey", key_uri=new_key_uri, details={"in_use": new_key_uri == kms_key_uri}
+                )
             if kb.keyring is not None:
                 # Create the default namespace's data keys now, so a wrong key fails at init.
                 kb.keyring.sealer(DEFAULT_NAMESPACE, KeyPurpose.CONTENT)
@@ -166,7 +197,17 @@ class KnowledgeBase:
             raise
 
     @classmethod
-    def open(cls, settings: Settings) -> KnowledgeBase:
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        principal: str | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> KnowledgeBase:
+        """Open an initialised knowledge base acting for ``principal`` (default: the
+        configured one; ``serve`` passes its service principal). Scheduled key work
+        that is due (destruction after the pending window, automatic rotation) runs
+        first, so no command ever uses a key past its date."""
         target = resolve_database(settings, create=False)
         db = Database(
             target.url,
@@ -181,15 +222,37 @@ class KnowledgeBase:
             mode = EncryptionMode(mode_value)
             if mode is EncryptionMode.OFF:
                 _refuse_plaintext_with_keystore(settings)
-            provider = key_provider(settings) if mode is EncryptionMode.ON else None
+            provider = (
+                key_provider(settings, principal=principal, now=now)
+                if mode is EncryptionMode.ON
+                else None
+            )
             kms_key_uri = meta.get("kms_key_uri") if mode is EncryptionMode.ON else None
-            return cls(settings, target, db, mode, provider, kms_key_uri)
+            kb = cls(
+                settings, target, db, mode, provider, kms_key_uri, principal=principal, now=now
+            )
+            if kb.keys is not None:
+                kb.keys.run_due()
+            return kb
         except BaseException:
             db.close()
             raise
 
     def close(self) -> None:
-        self.db.close()
+        """Close the pool; first sign a checkpoint if this process appended events
+        (so a CLI command's events are covered by a checkpoint when it exits)."""
+        try:
+            if self.audit.appended:
+                self.audit.checkpoint_quietly()
+        finally:
+            self.db.close()
+
+    def start_housekeeping(self, interval: float | None = None) -> Housekeeper:
+        """For long-running processes (``serve``): run the key schedule and write a
+        signed audit checkpoint now and then every ``interval`` seconds (default
+        ``audit_checkpoint_interval``, at most 60). Stop it before :meth:`close`."""
+        every = interval if interval is not None else self.settings.audit_checkpoint_interval
+        return Housekeeper(self.keys, self.audit, every).start()
 
     def __enter__(self) -> KnowledgeBase:
         return self
@@ -536,7 +599,7 @@ class KnowledgeBase:
             "key_provider": provider_name,
             "root_key_source": root_source,
             "data_key_max_age_seconds": self.settings.data_key_max_age,
-            "data_keys": self.datakeys.counts(),
+            "data_keys": {**self.datakeys.counts(), **self._data_key_states()},
             "entries_total": counts["total"],
             "entries_plaintext": counts["plaintext"],
             "entries_sealed": counts["sealed"],
@@ -551,5 +614,25 @@ class KnowledgeBase:
                 "schema_version": self.db.schema_version,
             },
             "home": str(self.settings.home),
+            "principal": self.principal,
+            **self._key_status(),
+            "audit": self.audit.head(),
             "warnings": warnings,
+        }
+
+    def _data_key_states(self) -> dict[str, int]:
+        if self.keys is None:
+            return {}
+        return self.keys.rekey.data_key_counts()
+
+    def _key_status(self) -> dict[str, Any]:
+        """Rotation facts, and where the rows are (issue 5): data keys on the newest
+        KMS key version, entries on active / retired data keys."""
+        if self.keys is None:
+            return {"key_rotation": None, "entries_by_data_key": None}
+        info = self.keys.status()
+        return {
+            "key_rotation": info["key_rotation"],
+            "data_keys_on_newest_key_version": info["data_keys_on_newest_key_version"],
+            "entries_by_data_key": info["entries_by_data_key"],
         }

@@ -76,6 +76,10 @@ class CountingProvider:
         self.encrypts += 1
         return self.inner.encrypt(key_uri, plaintext, context)
 
+    def generate_data_key(self, key_uri: str, context: Mapping[str, str]) -> tuple[bytes, bytes]:
+        self.encrypts += 1  # counts wraps: a new data key is one wrap
+        return self.inner.generate_data_key(key_uri, context)
+
     def decrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
         self.decrypts += 1
         return self.inner.decrypt(key_uri, blob, context)

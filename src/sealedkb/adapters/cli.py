@@ -42,6 +42,7 @@ T = TypeVar("T")
 
 class _State:
     home: Path | None = None
+    principal: str | None = None
 
 
 state = _State()
@@ -59,7 +60,7 @@ def _fail(exc: SealedKBError) -> NoReturn:
 
 
 def _settings() -> Settings:
-    settings = load_settings(state.home)
+    settings = load_settings(state.home, principal=state.principal)
     logging.basicConfig(
         level=settings.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -108,8 +109,17 @@ def _main(
             "--home", help="sealedkb home folder (default $SEALEDKB_HOME or user data dir)."
         ),
     ] = None,
+    principal: Annotated[
+        str | None,
+        typer.Option(
+            "--principal",
+            help="Who is acting, for key policies and the audit trail "
+            "(default $SEALEDKB_PRINCIPAL or admin).",
+        ),
+    ] = None,
 ) -> None:
     state.home = home
+    state.principal = principal
 
 
 @app.command()
@@ -399,6 +409,15 @@ def db_stop() -> None:
 
 
 app.command("doctor")(cli_doctor.doctor)
+
+# Key lifecycle, data keys, re-encryption and the audit trail (issue 5) live in
+# cli_keys.py; imported here, at the end, because it uses the helpers above.
+from sealedkb.adapters import cli_keys  # noqa: E402
+
+app.add_typer(cli_keys.key_app, name="key")
+app.add_typer(cli_keys.datakey_app, name="datakey")
+app.add_typer(cli_keys.audit_app, name="audit")
+app.command("reencrypt")(cli_keys.reencrypt)
 
 
 def main() -> None:

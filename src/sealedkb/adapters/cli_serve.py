@@ -61,9 +61,14 @@ def serve(
         )
         if transport == "http":
             check_bind(opts)  # before touching the database: fail fast, change nothing
-        return KnowledgeBase.open(settings), opts
+        # The server acts as its service principal for key policies; its unwraps are
+        # shared by every caller through the data-key cache.
+        return KnowledgeBase.open(settings, principal=settings.service_principal), opts
 
     kb, opts = cli._run(open_kb)
+    # Key schedule (automatic rotation, destruction after the window) and a signed
+    # audit checkpoint at least every 60 s while serving.
+    housekeeper = kb.start_housekeeping()
     try:
         if transport == "stdio":
             # stdout is the protocol channel: everything else goes to stderr.
@@ -82,6 +87,7 @@ def serve(
     except SealedKBError as exc:
         cli._fail(exc)
     finally:
+        housekeeper.stop()
         kb.close()
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sealedkb.crypto.blind import Blinder
-from sealedkb.crypto.kdf import random_key
 from sealedkb.crypto.sealed import DataKey, FieldOpener, FieldSealer
 from sealedkb.domain import KeyPurpose, WrappedDataKey
 from sealedkb.errors import IntegrityError
@@ -143,9 +142,8 @@ class KeyRing:
 
     def _create(self, namespace: str, purpose: KeyPurpose) -> WrappedDataKey:
         kid = uuid.uuid4()
-        material = random_key()
-        wrapped = self.provider.encrypt(
-            self.kms_key_uri, material, encryption_context(namespace, purpose, kid)
+        material, wrapped = self.provider.generate_data_key(
+            self.kms_key_uri, encryption_context(namespace, purpose, kid)
         )
         rec = self.store.insert_data_key(
             WrappedDataKey(kid, namespace, purpose, self.kms_key_uri, wrapped)
@@ -188,6 +186,18 @@ class KeyRing:
             expires = min(self._keys[i].expires for i in ids if i in self._keys)
             self._writers[namespace] = (sealer, blinder, expires)
         return sealer, blinder
+
+    def forget_active(self, namespace: str | None = None) -> None:
+        """Drop the cached choice of active data keys (all namespaces, or one), so the
+        next write re-reads ``kb_data_keys``: used right after a data-key rotation in
+        this process. Other processes pick the new key up within ``max_age``."""
+        with self._lock:
+            for ns, purpose in list(self._active):
+                if namespace is None or ns == namespace:
+                    del self._active[(ns, purpose)]
+            for ns in list(self._writers):
+                if namespace is None or ns == namespace:
+                    del self._writers[ns]
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
         return self.opener.open(blob, aad)

@@ -11,12 +11,25 @@ Layout (all files 0600, folder 0700):
 
 Data keys are wrapped as ``0x01 | version (4, BE) | keywrap(material_v, dk, aad)``
 with aad = canonical JSON of the key id, the version and the encryption context.
+
+Lifecycle (DESIGN.md §4, AWS KMS semantics): rotation adds a material version
+(old versions stay to unwrap); disable/enable flip the state; scheduled deletion
+waits 7-30 days, then :meth:`LocalKeyProvider.destroy_key_if_due` removes every
+material version from the record (crypto-shredding: wrapped data keys can then
+never be unwrapped, even with the root key). Every record change happens under
+the keystore lock as read-modify-write, so two processes never lose an update.
+
+Each record carries its key policy (keys/policy.py), evaluated against the
+provider's principal before every action. Here that is a guard-rail: whoever
+holds the root key can rewrite the records. The clock is injectable (``now``)
+so tests can step past rotation periods and deletion windows.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import fcntl
 import json
 import logging
@@ -24,11 +37,11 @@ import os
 import stat
 import struct
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from sealedkb.crypto import keywrap
 from sealedkb.crypto.kdf import (
@@ -41,20 +54,40 @@ from sealedkb.crypto.kdf import (
     random_key,
 )
 from sealedkb.errors import (
+    AccessDeniedError,
     ConfigError,
+    ConflictError,
     IntegrityError,
     KeyUnavailableError,
     NotFoundError,
     ValidationError,
 )
-from sealedkb.keys.provider import KeyMetadata, KeyState
+from sealedkb.keys.policy import (
+    DEFAULT_ADMIN,
+    DEFAULT_SERVICE,
+    SYSTEM_PRINCIPAL,
+    Action,
+    KeyPolicy,
+    default_policy,
+    parse_policy,
+    validate_principal,
+)
+from sealedkb.keys.provider import (
+    DEFAULT_PENDING_WINDOW_DAYS,
+    DEFAULT_ROTATION_DAYS,
+    MAX_PENDING_WINDOW_DAYS,
+    MAX_ROTATION_DAYS,
+    MIN_PENDING_WINDOW_DAYS,
+    MIN_ROTATION_DAYS,
+    KeyMetadata,
+    KeyState,
+)
 
 log = logging.getLogger("sealedkb.keys.local")
 
 SCHEME = "local"
 URI_PREFIX = "local:key/"
 FORMAT = 1
-DEFAULT_ROTATION_DAYS = 365
 _CHECK_LABEL = b"sealedkb/keystore/v1/check"
 
 
@@ -130,6 +163,9 @@ class _RootKeys:
     def __init__(self, root: bytes, source: str) -> None:
         self.enc = hkdf(root, b"sealedkb/keystore/v1/enc")
         self.mac = hkdf(root, b"sealedkb/keystore/v1/mac")
+        # Signs audit checkpoints; independent of any KMS key, so the audit trail
+        # stays verifiable after a KMS key is disabled or destroyed.
+        self.audit = hkdf(root, b"sealedkb/keystore/v1/audit")
         self.source = source
 
     def check_value(self) -> bytes:
@@ -142,11 +178,38 @@ class LocalKeyProvider:
 
     scheme = SCHEME
 
-    def __init__(self, keys_dir: Path, source: RootKeySource | None = None) -> None:
+    def __init__(
+        self,
+        keys_dir: Path,
+        source: RootKeySource | None = None,
+        *,
+        principal: str = DEFAULT_ADMIN,
+        service_principal: str = DEFAULT_SERVICE,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
         self.keys_dir = keys_dir
         self._source = source or RootKeySource()
         self._root: _RootKeys | None = None
         self._material: dict[tuple[str, int], bytes] = {}
+        if principal != SYSTEM_PRINCIPAL:
+            validate_principal(principal)
+        self.principal = principal
+        self.service_principal = validate_principal(service_principal)
+        self._now = now or _now
+
+    def for_principal(self, principal: str) -> Self:
+        """A provider acting for ``principal``, sharing the opened root and material
+        (so switching principal costs no Argon2id run and no re-read)."""
+        if principal != SYSTEM_PRINCIPAL:
+            validate_principal(principal)
+        if self._root is None and self.exists():
+            # Open the root now so both instances share it (one Argon2id run). If it
+            # does not open, each instance reports that on first use.
+            with contextlib.suppress(KeyUnavailableError, ConfigError):
+                self._root_keys()
+        other = copy.copy(self)  # shares the material cache dict
+        other.principal = principal
+        return other
 
     # --- keystore set-up -------------------------------------------------
 
@@ -304,11 +367,19 @@ class LocalKeyProvider:
         body["mac"] = _b64(hmac_sha256(self._root_keys().mac, canonical_json(body)))
         write_private(self.keys_dir / f"{rec['key_id']}.json", canonical_json(body))
 
+    @staticmethod
+    def _next_rotation(rec: dict[str, Any]) -> datetime | None:
+        """Anchor + period while rotation is on and the key is Enabled. The anchor is
+        the last automatic rotation or the time rotation was (re-)enabled; on-demand
+        rotations do not move it (as AWS KMS)."""
+        if not rec["rotation_enabled"] or rec["state"] != KeyState.ENABLED.value:
+            return None
+        anchor = datetime.fromisoformat(rec.get("rotation_anchor_at") or rec["created_at"])
+        return anchor + timedelta(days=int(rec["rotation_period_days"]))
+
     def _metadata(self, rec: dict[str, Any]) -> KeyMetadata:
         state = KeyState(rec["state"])
-        last = datetime.fromisoformat(rec["versions"][-1]["created_at"])
         period = int(rec["rotation_period_days"])
-        rotating = bool(rec["rotation_enabled"]) and state == KeyState.ENABLED
         return KeyMetadata(
             key_id=URI_PREFIX + rec["key_id"],
             state=state,
@@ -316,7 +387,7 @@ class LocalKeyProvider:
             description=rec.get("description", ""),
             rotation_enabled=bool(rec["rotation_enabled"]),
             rotation_period_days=period,
-            next_rotation_date=last + timedelta(days=period) if rotating else None,
+            next_rotation_date=self._next_rotation(rec),
             versions=len(rec["versions"]),
             deletion_date=(
                 datetime.fromisoformat(rec["deletion_date"]) if rec.get("deletion_date") else None
@@ -327,9 +398,16 @@ class LocalKeyProvider:
     # --- KeyProvider -----------------------------------------------------
 
     def create_key(self, description: str = "") -> KeyMetadata:
+        """A new symmetric key, Enabled, automatic rotation on (365 days), default policy.
+
+        Creating a key is not governed by a key policy (there is none yet), as in
+        AWS KMS where IAM decides; the new key's policy lets the admin manage it
+        and the service principal use it."""
+        if not isinstance(description, str) or len(description) > 256:
+            raise ValidationError("description is limited to 256 characters", field="description")
         root = self._root_keys()
         kid = str(uuid.uuid4())
-        now = _now().isoformat()
+        now = self._now().isoformat()
         material = random_key()
         rec: dict[str, Any] = {
             "format": FORMAT,
@@ -339,7 +417,9 @@ class LocalKeyProvider:
             "state": KeyState.ENABLED.value,
             "rotation_enabled": True,
             "rotation_period_days": DEFAULT_ROTATION_DAYS,
+            "rotation_anchor_at": now,
             "deletion_date": None,
+            "policy": default_policy(service=self.service_principal).to_dict(),
             "versions": [
                 {
                     "version": 1,
@@ -354,15 +434,40 @@ class LocalKeyProvider:
         return self._metadata(rec)
 
     def describe_key(self, key_uri: str) -> KeyMetadata:
-        return self._metadata(self._load(key_uri))
+        rec = self._load(key_uri)
+        self._authorize(rec, Action.DESCRIBE_KEY)
+        return self._metadata(rec)
 
     def list_keys(self) -> list[KeyMetadata]:
+        """Every key in the keystore. Like AWS ListKeys this is not governed by key
+        policies (it reveals ids and states, never material or policy)."""
         out = []
         for path in sorted(self.keys_dir.glob("*.json")):
             if path.name == "root.json":
                 continue
-            out.append(self.describe_key(URI_PREFIX + path.stem))
+            out.append(self._metadata(self._load(URI_PREFIX + path.stem)))
         return out
+
+    # --- policy ------------------------------------------------------------
+
+    def _policy_of(self, rec: dict[str, Any]) -> KeyPolicy:
+        raw = rec.get("policy")
+        if raw is None:  # records written before key policies existed
+            return default_policy(service=self.service_principal)
+        try:
+            return parse_policy(raw)
+        except ValidationError:
+            raise IntegrityError("the key policy in the keystore record is malformed") from None
+
+    def _authorize(self, rec: dict[str, Any], action: Action) -> None:
+        if self.principal == SYSTEM_PRINCIPAL:
+            return
+        decision = self._policy_of(rec).evaluate(self.principal, action)
+        if not decision.allowed:
+            raise AccessDeniedError(
+                f"principal {self.principal!r} may not {action.value} with "
+                f"{URI_PREFIX + rec['key_id']}: {decision.reason} of the key policy"
+            )
 
     @staticmethod
     def _material_aad(kid: str, version: int) -> bytes:
@@ -372,11 +477,12 @@ class LocalKeyProvider:
     def _wrap_aad(kid: str, version: int, context: Mapping[str, str]) -> bytes:
         return canonical_json({"key": kid, "version": version, "context": dict(context)})
 
-    def _usable(self, key_uri: str) -> dict[str, Any]:
+    def _usable(self, key_uri: str, action: Action) -> dict[str, Any]:
         try:
             rec = self._load(key_uri)
         except NotFoundError:
             raise KeyUnavailableError(f"KMS key {key_uri} is not in the keystore") from None
+        self._authorize(rec, action)
         state = KeyState(rec["state"])
         if state != KeyState.ENABLED:
             raise KeyUnavailableError(f"KMS key {key_uri} is {state.value}")
@@ -388,6 +494,10 @@ class LocalKeyProvider:
             return cached
         for v in rec["versions"]:
             if v["version"] == version:
+                if not v.get("material"):
+                    raise KeyUnavailableError(
+                        f"the key material of {URI_PREFIX + rec['key_id']} was destroyed"
+                    )
                 try:
                     material = keywrap.unwrap(
                         self._root_keys().enc,
@@ -403,17 +513,267 @@ class LocalKeyProvider:
         # Versions are only ever added, so an unknown one means a damaged wrapped key.
         raise IntegrityError("wrapped data key names a key version this KMS key does not have")
 
-    def encrypt(self, key_uri: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
-        rec = self._usable(key_uri)
+    def _wrap(self, rec: dict[str, Any], plaintext: bytes, context: Mapping[str, str]) -> bytes:
+        if len(plaintext) > 4096:
+            raise ValidationError("at most 4 KiB can be wrapped", field="plaintext")
         version = int(rec["versions"][-1]["version"])
         kek = self._version_material(rec, version)
         body = keywrap.wrap(kek, plaintext, self._wrap_aad(rec["key_id"], version, context))
         return b"\x01" + struct.pack(">I", version) + body
 
-    def decrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
-        rec = self._usable(key_uri)
+    def _unwrap(self, rec: dict[str, Any], blob: bytes, context: Mapping[str, str]) -> bytes:
+        version = self.wrapped_version(blob)
+        kek = self._version_material(rec, version)
+        return keywrap.unwrap(kek, blob[5:], self._wrap_aad(rec["key_id"], version, context))
+
+    def wrapped_version(self, blob: bytes) -> int:
         if len(blob) < 5 or blob[0] != 0x01:
             raise IntegrityError("wrapped data key is malformed")
         (version,) = struct.unpack(">I", blob[1:5])
-        kek = self._version_material(rec, version)
-        return keywrap.unwrap(kek, blob[5:], self._wrap_aad(rec["key_id"], version, context))
+        return int(version)
+
+    def encrypt(self, key_uri: str, plaintext: bytes, context: Mapping[str, str]) -> bytes:
+        return self._wrap(self._usable(key_uri, Action.ENCRYPT), plaintext, context)
+
+    def generate_data_key(self, key_uri: str, context: Mapping[str, str]) -> tuple[bytes, bytes]:
+        rec = self._usable(key_uri, Action.GENERATE_DATA_KEY)
+        material = random_key()
+        return material, self._wrap(rec, material, context)
+
+    def decrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
+        return self._unwrap(self._usable(key_uri, Action.DECRYPT), blob, context)
+
+    def re_encrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
+        """Unwrap and re-wrap under the newest version without the caller seeing the key."""
+        rec = self._usable(key_uri, Action.RE_ENCRYPT)
+        return self._wrap(rec, self._unwrap(rec, blob, context), context)
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def _update(
+        self,
+        key_uri: str,
+        action: Action | None,
+        change: Callable[[dict[str, Any]], bool | None],
+    ) -> KeyMetadata:
+        """Read-modify-write one record under the keystore lock. ``change`` validates
+        and mutates (returning False when there is nothing to write); if it raises,
+        nothing is written. ``action`` None = the key service's own schedule (no
+        policy applies)."""
+        with self._locked():
+            rec = self._load(key_uri)
+            if action is not None:
+                self._authorize(rec, action)
+            if change(rec) is not False:
+                self._store(rec)
+        return self._metadata(rec)
+
+    @staticmethod
+    def _require_state(rec: dict[str, Any], action: str, *allowed: KeyState) -> None:
+        state = KeyState(rec["state"])
+        if state not in allowed:
+            uri = URI_PREFIX + rec["key_id"]
+            hint = {
+                KeyState.PENDING_DELETION: "; cancel the deletion first (key cancel-deletion)",
+                KeyState.DISABLED: "; enable it first (key enable)",
+                KeyState.DESTROYED: "; its key material is gone for good",
+            }.get(state, "")
+            raise ConflictError(f"cannot {action}: KMS key {uri} is {state.value}{hint}")
+
+    def _add_version(self, rec: dict[str, Any], now: datetime) -> None:
+        version = max(int(v["version"]) for v in rec["versions"]) + 1
+        material = random_key()
+        rec["versions"].append(
+            {
+                "version": version,
+                "created_at": now.isoformat(),
+                "material": _b64(
+                    keywrap.wrap(
+                        self._root_keys().enc,
+                        material,
+                        self._material_aad(rec["key_id"], version),
+                    )
+                ),
+            }
+        )
+
+    def rotate_key(self, key_uri: str) -> KeyMetadata:
+        def change(rec: dict[str, Any]) -> None:
+            self._require_state(rec, "rotate", KeyState.ENABLED)
+            self._add_version(rec, self._now())
+
+        meta = self._update(key_uri, Action.ROTATE_KEY, change)
+        log.info("KMS key rotated: %s (version %d)", key_uri, meta.versions)
+        return meta
+
+    def _rotation_due(self, rec: dict[str, Any]) -> bool:
+        due = self._next_rotation(rec)
+        return due is not None and self._now() >= due
+
+    def rotate_key_if_due(self, key_uri: str) -> KeyMetadata | None:
+        if not self._rotation_due(self._load(key_uri)):  # the common case: no lock taken
+            return None
+        rotated = False
+
+        def change(rec: dict[str, Any]) -> bool:
+            nonlocal rotated
+            if not self._rotation_due(rec):  # another process rotated meanwhile
+                return False
+            now = self._now()
+            self._add_version(rec, now)
+            rec["rotation_anchor_at"] = now.isoformat()
+            rotated = True
+            return True
+
+        meta = self._update(key_uri, None, change)
+        return meta if rotated else None
+
+    def enable_key_rotation(
+        self, key_uri: str, period_days: int = DEFAULT_ROTATION_DAYS
+    ) -> KeyMetadata:
+        if (
+            isinstance(period_days, bool)
+            or not isinstance(period_days, int)
+            or not MIN_ROTATION_DAYS <= period_days <= MAX_ROTATION_DAYS
+        ):
+            raise ValidationError(
+                f"rotation period must be {MIN_ROTATION_DAYS}-{MAX_ROTATION_DAYS} days",
+                field="period_days",
+            )
+
+        def change(rec: dict[str, Any]) -> None:
+            self._require_state(rec, "enable rotation", KeyState.ENABLED, KeyState.DISABLED)
+            if not rec["rotation_enabled"] or rec["rotation_period_days"] != period_days:
+                rec["rotation_anchor_at"] = (
+                    rec.get("rotation_anchor_at") if rec["rotation_enabled"] else None
+                ) or self._now().isoformat()
+            rec["rotation_enabled"] = True
+            rec["rotation_period_days"] = period_days
+
+        return self._update(key_uri, Action.ENABLE_KEY_ROTATION, change)
+
+    def disable_key_rotation(self, key_uri: str) -> KeyMetadata:
+        def change(rec: dict[str, Any]) -> None:
+            self._require_state(rec, "disable rotation", KeyState.ENABLED, KeyState.DISABLED)
+            rec["rotation_enabled"] = False
+
+        return self._update(key_uri, Action.DISABLE_KEY_ROTATION, change)
+
+    def disable_key(self, key_uri: str) -> KeyMetadata:
+        def change(rec: dict[str, Any]) -> None:
+            self._require_state(rec, "disable", KeyState.ENABLED, KeyState.DISABLED)
+            rec["state"] = KeyState.DISABLED.value
+
+        return self._update(key_uri, Action.DISABLE_KEY, change)
+
+    def enable_key(self, key_uri: str) -> KeyMetadata:
+        def change(rec: dict[str, Any]) -> None:
+            self._require_state(rec, "enable", KeyState.ENABLED, KeyState.DISABLED)
+            rec["state"] = KeyState.ENABLED.value
+
+        return self._update(key_uri, Action.ENABLE_KEY, change)
+
+    def schedule_key_deletion(
+        self, key_uri: str, pending_window_days: int = DEFAULT_PENDING_WINDOW_DAYS
+    ) -> KeyMetadata:
+        if (
+            isinstance(pending_window_days, bool)
+            or not isinstance(pending_window_days, int)
+            or not MIN_PENDING_WINDOW_DAYS <= pending_window_days <= MAX_PENDING_WINDOW_DAYS
+        ):
+            raise ValidationError(
+                f"pending window must be {MIN_PENDING_WINDOW_DAYS}-{MAX_PENDING_WINDOW_DAYS} days",
+                field="pending_window_days",
+            )
+
+        def change(rec: dict[str, Any]) -> None:
+            self._require_state(rec, "schedule deletion", KeyState.ENABLED, KeyState.DISABLED)
+            rec["state"] = KeyState.PENDING_DELETION.value
+            rec["deletion_date"] = (self._now() + timedelta(days=pending_window_days)).isoformat()
+
+        return self._update(key_uri, Action.SCHEDULE_KEY_DELETION, change)
+
+    def cancel_key_deletion(self, key_uri: str) -> KeyMetadata:
+        def change(rec: dict[str, Any]) -> None:
+            self._require_state(rec, "cancel deletion", KeyState.PENDING_DELETION)
+            if self._now() >= datetime.fromisoformat(rec["deletion_date"]):
+                raise ConflictError(
+                    f"cannot cancel deletion: the pending window of {key_uri} has ended and "
+                    "its key material is being destroyed"
+                )
+            rec["state"] = KeyState.DISABLED.value
+            rec["deletion_date"] = None
+
+        return self._update(key_uri, Action.CANCEL_KEY_DELETION, change)
+
+    def _deletion_due(self, rec: dict[str, Any]) -> bool:
+        return rec["state"] == KeyState.PENDING_DELETION.value and self._now() >= (
+            datetime.fromisoformat(rec["deletion_date"])
+        )
+
+    def destroy_key_if_due(self, key_uri: str) -> KeyMetadata | None:
+        if not self._deletion_due(self._load(key_uri)):
+            return None
+        destroyed = False
+
+        def change(rec: dict[str, Any]) -> bool:
+            nonlocal destroyed
+            if not self._deletion_due(rec):
+                return False
+            for v in rec["versions"]:
+                v.pop("material", None)
+            rec["state"] = KeyState.DESTROYED.value
+            rec["destroyed_at"] = self._now().isoformat()
+            rec["deletion_date"] = None
+            destroyed = True
+            return True
+
+        meta = self._update(key_uri, None, change)
+        if destroyed:
+            kid = key_uri[len(URI_PREFIX) :]
+            for cached in [k for k in self._material if k[0] == kid]:
+                del self._material[cached]
+            log.warning("KMS key material destroyed: %s", key_uri)
+            return meta
+        return None
+
+    def get_key_policy(self, key_uri: str) -> dict[str, Any]:
+        rec = self._load(key_uri)
+        self._authorize(rec, Action.GET_KEY_POLICY)
+        return self._policy_of(rec).to_dict()
+
+    def put_key_policy(
+        self, key_uri: str, policy: dict[str, Any], *, bypass_lockout_check: bool = False
+    ) -> KeyMetadata:
+        parsed = parse_policy(policy)
+
+        def change(rec: dict[str, Any]) -> None:
+            # (runs after the caller's PutKeyPolicy permission was checked)
+            if not bypass_lockout_check and not parsed.allows(
+                self.principal, Action.PUT_KEY_POLICY
+            ):
+                # AWS KMS's lockout safety check: a policy that takes PutKeyPolicy away
+                # from the principal installing it would leave the key unmanageable.
+                raise ValidationError(
+                    f"this policy would not let {self.principal!r} change it again "
+                    "(PutKeyPolicy); add a statement for it, or pass --bypass-lockout-check",
+                    field="policy",
+                )
+            self._require_state(
+                rec,
+                "change the policy",
+                KeyState.ENABLED,
+                KeyState.DISABLED,
+                KeyState.PENDING_DELETION,
+            )
+            rec["policy"] = parsed.to_dict()
+
+        return self._update(key_uri, Action.PUT_KEY_POLICY, change)
+
+    # --- audit checkpoints ------------------------------------------------------
+
+    def generate_mac(self, message: bytes) -> bytes:
+        return hmac_sha256(self._root_keys().audit, message)
+
+    def verify_mac(self, message: bytes, mac: bytes) -> bool:
+        return constant_time_eq(self.generate_mac(message), mac)

@@ -8,7 +8,14 @@ Errors a provider raises (from sealedkb.errors):
 - KeyUnavailableError: key disabled, pending deletion, destroyed, unknown,
   provider unreachable, or the root key does not open the keystore;
 - AccessDeniedError: the key policy denies the action;
-- IntegrityError: a wrapped key is malformed or bound to another context.
+- IntegrityError: a wrapped key is malformed or bound to another context;
+- ConflictError: the key is in a state the operation does not allow (AWS's
+  KMSInvalidStateException), e.g. enabling a key that is pending deletion;
+- ValidationError: an argument is out of range (nothing changes).
+
+A provider instance acts for one principal (``principal``); ``for_principal``
+returns one acting for another, sharing caches. The key policy (keys/policy.py)
+is evaluated against that principal for every action.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 
 class KeyState(StrEnum):
@@ -57,9 +64,22 @@ class KeyMetadata:
         }
 
 
+MIN_ROTATION_DAYS = 90
+MAX_ROTATION_DAYS = 2560
+DEFAULT_ROTATION_DAYS = 365
+MIN_PENDING_WINDOW_DAYS = 7
+MAX_PENDING_WINDOW_DAYS = 30
+DEFAULT_PENDING_WINDOW_DAYS = 30
+
+
 @runtime_checkable
 class KeyProvider(Protocol):
     scheme: str
+    principal: str
+
+    def for_principal(self, principal: str) -> Self:
+        """The same provider acting for another principal (policies apply to it)."""
+        ...
 
     def create_key(self, description: str = "") -> KeyMetadata: ...
 
@@ -75,9 +95,69 @@ class KeyProvider(Protocol):
         """Unwrap; the context must equal the one given to encrypt."""
         ...
 
+    def generate_data_key(self, key_uri: str, context: Mapping[str, str]) -> tuple[bytes, bytes]:
+        """A fresh 256-bit data key: (plaintext, wrapped under the newest version)."""
+        ...
+
+    def re_encrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
+        """Unwrap and wrap again under the key's newest version, inside the provider."""
+        ...
+
+    def wrapped_version(self, blob: bytes) -> int:
+        """The key material version a wrapped blob names (read before authentication)."""
+        ...
+
     def warnings(self) -> list[str]:
         """Operator-facing warnings about custody (e.g. a development root key)."""
         ...
+
+    # --- lifecycle (DESIGN.md §4; AWS KMS semantics) ---------------------------
+
+    def rotate_key(self, key_uri: str) -> KeyMetadata:
+        """On-demand rotation: a new material version; old versions keep unwrapping."""
+        ...
+
+    def enable_key_rotation(
+        self, key_uri: str, period_days: int = DEFAULT_ROTATION_DAYS
+    ) -> KeyMetadata: ...
+
+    def disable_key_rotation(self, key_uri: str) -> KeyMetadata: ...
+
+    def disable_key(self, key_uri: str) -> KeyMetadata: ...
+
+    def enable_key(self, key_uri: str) -> KeyMetadata: ...
+
+    def schedule_key_deletion(
+        self, key_uri: str, pending_window_days: int = DEFAULT_PENDING_WINDOW_DAYS
+    ) -> KeyMetadata: ...
+
+    def cancel_key_deletion(self, key_uri: str) -> KeyMetadata:
+        """PendingDeletion -> Disabled (as AWS KMS)."""
+        ...
+
+    def get_key_policy(self, key_uri: str) -> dict[str, Any]: ...
+
+    def put_key_policy(
+        self, key_uri: str, policy: dict[str, Any], *, bypass_lockout_check: bool = False
+    ) -> KeyMetadata: ...
+
+    # --- the key service's own schedule (no policy applies) --------------------
+
+    def rotate_key_if_due(self, key_uri: str) -> KeyMetadata | None:
+        """Automatic rotation: rotate when the period has passed; None if not due."""
+        ...
+
+    def destroy_key_if_due(self, key_uri: str) -> KeyMetadata | None:
+        """Destroy the key material once the pending window has passed; None if not due."""
+        ...
+
+    # --- audit checkpoints ----------------------------------------------------
+
+    def generate_mac(self, message: bytes) -> bytes:
+        """HMAC-SHA256 under the provider's audit key (never leaves the provider)."""
+        ...
+
+    def verify_mac(self, message: bytes, mac: bytes) -> bool: ...
 
 
 def scheme_of(key_uri: str) -> str:

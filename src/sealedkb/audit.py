@@ -1,0 +1,431 @@
+"""The tamper-evident audit trail (DESIGN.md §5; formats in docs/FORMATS.md §11-12).
+
+Every key operation and administrative action, success or failure, appends one
+event to ``kb_audit``: who (principal), what (action), on which key and
+namespace, the outcome and error code, the request it belongs to, and a few
+non-secret details (ids, counts, dates). Never plaintext, never key material.
+
+Integrity, in two layers:
+
+- **Hash chain.** ``hash = SHA-256(prev_hash || canonical_json(event))``. Changing,
+  deleting or reordering a row breaks the chain at that row. The chain is
+  unkeyed, so anyone can check it, and so anyone with SQL write access could
+  rebuild it after an edit. Hence:
+- **Signed checkpoints** outside the database, ``$SEALEDKB_HOME/audit/
+  checkpoint-<seq>.json`` (0600): the head's sequence number and hash and the
+  time, MACed with the key provider's audit key. A rewritten chain no longer
+  matches the checkpoint; deleting the newest events leaves the chain shorter
+  than the checkpoint (truncation). Checkpoints are written after each CLI
+  command that appended events and at least every 60 s by a serving process
+  (lifecycle.Housekeeper).
+
+Where an event is written: in the same database transaction as the change it
+records (``AuditLog.transaction``). Key-store file changes have no database
+transaction of their own, so they happen *inside* the transaction that then
+appends their event; see lifecycle.py for the remaining window.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from psycopg import Connection
+from psycopg.rows import TupleRow
+
+from sealedkb.crypto.digest import GENESIS, canonical_json, chain_hash, mac_equal
+from sealedkb.errors import AccessDeniedError, SealedKBError, ValidationError
+from sealedkb.store.audit import AuditRow, AuditTable
+from sealedkb.store.db import Database
+
+log = logging.getLogger("sealedkb.audit")
+
+CHECKPOINT_FORMAT = 1
+CHECKPOINT_LABEL = b"sealedkb/audit-checkpoint/v1\x00"
+CHECKPOINTS_KEPT = 100
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{20})\.json$")
+OUTCOMES = ("success", "failure", "denied")
+_DETAIL_VALUE = (str, int, bool, type(None))
+
+
+class MacKey(Protocol):
+    """What checkpoints need from the key provider (its audit key never leaves it)."""
+
+    def generate_mac(self, message: bytes) -> bytes: ...
+
+    def verify_mac(self, message: bytes, mac: bytes) -> bool: ...
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+def event_body(row: AuditRow) -> dict[str, Any]:
+    """The hashed part of an event: every column except the two hashes."""
+    return {
+        "seq": row.seq,
+        "time": _utc(row.time).isoformat(),
+        "principal": row.principal,
+        "action": row.action,
+        "key_uri": row.key_uri,
+        "namespace": row.namespace,
+        "outcome": row.outcome,
+        "error_code": row.error_code,
+        "request_id": row.request_id,
+        "details": row.details,
+    }
+
+
+def event_dict(row: AuditRow) -> dict[str, Any]:
+    return {**event_body(row), "prev_hash": row.prev_hash.hex(), "hash": row.hash.hex()}
+
+
+def _check_details(details: dict[str, Any]) -> dict[str, Any]:
+    """Details are flat ids, counts, dates and flags: nothing that could carry
+    entry text or key material, and nothing jsonb would not round-trip exactly."""
+    for k, v in details.items():
+        if not isinstance(k, str) or not isinstance(v, _DETAIL_VALUE):
+            raise TypeError(f"audit detail {k!r} must be a str, int, bool or None")
+    return details
+
+
+@dataclass
+class VerifyReport:
+    ok: bool = True
+    events: int = 0
+    head_seq: int = 0
+    head_hash: str | None = None
+    checkpoint_seq: int | None = None
+    checkpoint_time: str | None = None
+    checkpoints: int = 0
+    first_bad_seq: int | None = None
+    problem: str | None = None  # changed | missing | truncated | checkpoint-mismatch
+    message: str = "audit trail intact"
+    warnings: list[str] = field(default_factory=list)
+
+    def fail(self, seq: int, problem: str, message: str) -> None:
+        if self.first_bad_seq is None or seq < self.first_bad_seq:
+            self.ok = False
+            self.first_bad_seq = seq
+            self.problem = problem
+            self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "events": self.events,
+            "head_seq": self.head_seq,
+            "head_hash": self.head_hash,
+            "checkpoint_seq": self.checkpoint_seq,
+            "checkpoint_time": self.checkpoint_time,
+            "checkpoints": self.checkpoints,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+            "message": self.message,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    seq: int
+    hash: bytes
+    time: str
+    path: Path
+    authentic: bool
+
+
+class AuditLog:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        principal: str,
+        request_id: str | None = None,
+        checkpoint_dir: Path,
+        mac_key: MacKey | None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.table = AuditTable(db)
+        self.db = db
+        self.principal = principal
+        self.request_id = request_id or str(uuid.uuid4())
+        self.checkpoint_dir = checkpoint_dir
+        self.mac_key = mac_key
+        self._now = now or (lambda: datetime.now(UTC))
+        self.appended = 0  # events this process appended since its last checkpoint
+
+    # --- appending -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self, action: str = "audited change") -> Iterator[Connection[TupleRow]]:
+        """A database transaction that holds the audit lock from its first statement;
+        append its events with :meth:`append` before it commits."""
+        with self.db.transaction(action) as conn:
+            AuditTable.lock(conn)
+            yield conn
+
+    def append(
+        self,
+        conn: Connection[TupleRow],
+        action: str,
+        *,
+        outcome: str = "success",
+        key_uri: str | None = None,
+        namespace: str | None = None,
+        error_code: str | None = None,
+        details: dict[str, Any] | None = None,
+        principal: str | None = None,
+    ) -> int:
+        """Append one event in the caller's transaction (opened with
+        :meth:`transaction`, so the lock is held). Returns its sequence number."""
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}")
+        AuditTable.lock(conn)  # re-entrant within a transaction; cheap
+        head = AuditTable.head_in(conn)
+        seq, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        # Microseconds, UTC: what timestamptz stores, so the hash re-computes exactly.
+        row = AuditRow(
+            seq=seq,
+            time=_utc(self._now()),
+            principal=principal or self.principal,
+            action=action,
+            key_uri=key_uri,
+            namespace=namespace,
+            outcome=outcome,
+            error_code=error_code,
+            request_id=self.request_id,
+            details=_check_details(dict(details or {})),
+            prev_hash=prev,
+            hash=b"",
+        )
+        digest = chain_hash(prev, event_body(row))
+        AuditTable.insert(conn, dataclasses.replace(row, hash=digest))
+        self.appended += 1
+        return seq
+
+    def record(self, action: str, **kw: Any) -> int:
+        """Append one event in a transaction of its own (for operations that change
+        nothing in the database: a denied or failed call, an unwrap)."""
+        with self.transaction("audit append") as conn:
+            return self.append(conn, action, **kw)
+
+    def record_error(self, action: str, exc: SealedKBError, **kw: Any) -> None:
+        """Record a failed or denied operation. Never masks the original error: if the
+        event cannot be written, that is logged and the caller re-raises ``exc``."""
+        outcome = "denied" if isinstance(exc, AccessDeniedError) else "failure"
+        try:
+            self.record(action, outcome=outcome, error_code=exc.code, **kw)
+        except SealedKBError as audit_exc:
+            log.error("could not record a failed %s in the audit trail: %s", action, audit_exc)
+
+    # --- reading -------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        since: datetime | None = None,
+        action: str | None = None,
+        limit: int = 100,
+        newest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= 10000:
+            raise ValidationError("limit must be between 1 and 10000", field="limit")
+        rows = self.table.list(since=since, action=action, limit=limit, newest_first=newest_first)
+        return [event_dict(r) for r in rows]
+
+    def head(self) -> dict[str, Any]:
+        head = self.table.head()
+        latest = self._checkpoints(verify=False)[-1:]
+        return {
+            "head_seq": head[0] if head else 0,
+            "head_hash": head[1].hex() if head else None,
+            "last_checkpoint_seq": latest[0].seq if latest else None,
+            "last_checkpoint_time": latest[0].time if latest else None,
+        }
+
+    # --- checkpoints ---------------------------------------------------------
+
+    @staticmethod
+    def _checkpoint_message(body: dict[str, Any]) -> bytes:
+        return CHECKPOINT_LABEL + canonical_json(body)
+
+    def checkpoint(self) -> Path | None:
+        """Write a signed checkpoint of the current head (if it moved). Returns the
+        file, or None when there is nothing new or no audit key (plaintext mode)."""
+        if self.mac_key is None:
+            return None
+        head = self.table.head()
+        if head is None:
+            return None
+        seq, digest = head
+        path = self.checkpoint_dir / f"checkpoint-{seq:020d}.json"
+        if path.exists():
+            self.appended = 0
+            return None
+        body = {
+            "format": CHECKPOINT_FORMAT,
+            "seq": seq,
+            "hash": digest.hex(),
+            "time": _utc(self._now()).isoformat(),
+        }
+        mac = self.mac_key.generate_mac(self._checkpoint_message(body))
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from sealedkb.keys.local import write_private  # atomic 0600 write
+
+        write_private(path, canonical_json({**body, "mac": base64.b64encode(mac).decode()}))
+        self.appended = 0
+        self._prune()
+        return path
+
+    def checkpoint_quietly(self) -> None:
+        """Checkpoint at the end of a command; a failure (e.g. keys unavailable) must
+        not turn a finished command into an error, so it is logged instead."""
+        try:
+            self.checkpoint()
+        except (SealedKBError, OSError) as exc:
+            msg = exc.message if isinstance(exc, SealedKBError) else type(exc).__name__
+            log.warning("audit checkpoint not written: %s", msg)
+
+    def _prune(self) -> None:
+        """Keep the newest checkpoints: the newest one covers the whole chain before
+        it (the hash is cumulative), older ones only narrow down where a rewrite began."""
+        files = sorted(p for p in self.checkpoint_dir.iterdir() if _CHECKPOINT_RE.match(p.name))
+        for old in files[:-CHECKPOINTS_KEPT]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+    def _checkpoints(self, *, verify: bool = True) -> list[Checkpoint]:
+        """Every checkpoint file, oldest first, with whether its MAC verifies
+        (``verify=False``: not checked, for status, which must work without keys)."""
+        out: list[Checkpoint] = []
+        if not self.checkpoint_dir.exists():
+            return out
+        for path in sorted(self.checkpoint_dir.iterdir()):
+            m = _CHECKPOINT_RE.match(path.name)
+            if not m:
+                continue
+            try:
+                doc = json.loads(path.read_bytes())
+                body = {k: doc[k] for k in ("format", "seq", "hash", "time")}
+                mac = base64.b64decode(doc["mac"], validate=True)
+                seq, digest = int(body["seq"]), bytes.fromhex(body["hash"])
+            except (OSError, ValueError, KeyError, TypeError):
+                out.append(Checkpoint(int(m.group(1)), b"", "", path, False))
+                continue
+            authentic = verify and (
+                self.mac_key is not None
+                and seq == int(m.group(1))
+                and self.mac_key.verify_mac(self._checkpoint_message(body), mac)
+            )
+            out.append(Checkpoint(seq, digest, str(body["time"]), path, authentic))
+        return out
+
+    # --- verification ---------------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain from seq 1 and compare it with the checkpoints.
+
+        Reports the *first* bad sequence number and what is wrong with it:
+        ``changed`` (an event's content, order or hash differs from what the chain
+        says), ``missing`` (a sequence number is absent), ``truncated`` (the newest
+        events before a checkpoint are gone), ``checkpoint-mismatch`` (the chain up
+        to a checkpoint was rewritten, or a checkpoint file is not authentic)."""
+        report = VerifyReport()
+        if self.mac_key is None:
+            report.warnings.append(
+                "no audit key (plaintext mode): checkpoints are neither written nor checked"
+            )
+            checkpoints: list[Checkpoint] = []
+        else:
+            checkpoints = self._checkpoints()  # KeyUnavailableError if the key is not there
+        report.checkpoints = len(checkpoints)
+        wanted = {c.seq for c in checkpoints}
+        seen: dict[int, bytes] = {}
+        expected, prev = 1, GENESIS
+        for row in self.table.scan():
+            if row.seq != expected:
+                report.fail(
+                    expected,
+                    "missing",
+                    f"event {expected} is missing"
+                    + (f" (events {expected}-{row.seq - 1})" if row.seq - 1 > expected else ""),
+                )
+                break
+            digest = chain_hash(prev, event_body(row))
+            if row.prev_hash != prev or row.hash != digest:
+                report.fail(row.seq, "changed", f"event {row.seq} was changed, moved or reordered")
+                break
+            if row.seq in wanted:
+                seen[row.seq] = digest
+            report.events += 1
+            report.head_seq, report.head_hash = row.seq, digest.hex()
+            expected, prev = row.seq + 1, digest
+        if not checkpoints:
+            if self.mac_key is not None:
+                report.warnings.append(
+                    "no checkpoint found: deletion of the newest events cannot be detected"
+                )
+            return report
+        latest = checkpoints[-1]
+        report.checkpoint_seq, report.checkpoint_time = latest.seq, latest.time or None
+        # Narrow a rewrite down to after the newest checkpoint that still matches.
+        good_upto = 0
+        for cp in checkpoints:
+            if not cp.authentic:
+                report.fail(
+                    good_upto + 1,
+                    "checkpoint-mismatch",
+                    f"checkpoint file {cp.path.name} is not authentic (edited, or written "
+                    "under another key)",
+                )
+                break
+            if cp.seq > report.head_seq and report.ok:
+                report.fail(
+                    report.head_seq + 1,
+                    "truncated",
+                    f"the chain ends at event {report.head_seq}, but checkpoint "
+                    f"{cp.path.name} vouches for events up to {cp.seq}: the newest events "
+                    "were deleted",
+                )
+                break
+            if cp.seq in seen:
+                if not mac_equal(seen[cp.seq], cp.hash):
+                    report.fail(
+                        good_upto + 1,
+                        "checkpoint-mismatch",
+                        f"events up to {cp.seq} do not match checkpoint {cp.path.name}: the "
+                        f"chain was rewritten after event {good_upto}",
+                    )
+                    break
+                good_upto = cp.seq
+        return report
+
+
+def parse_since(value: str) -> datetime:
+    """An ISO 8601 date or time (UTC if no offset), or a relative age: 30m, 12h, 7d."""
+    from datetime import timedelta
+
+    m = re.fullmatch(r"(\d{1,6})([smhd])", value.strip())
+    if m:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+        return datetime.now(UTC) - timedelta(**{unit: int(m.group(1))})
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(
+            "--since must be an ISO 8601 date/time (2025-01-31, 2025-01-31T12:00:00Z) "
+            "or an age like 30m, 12h, 7d",
+            field="since",
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
