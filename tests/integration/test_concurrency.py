@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,14 +29,20 @@ PROCESSES = 2
 
 _WORKER = """
 import json, sys, time
+from pathlib import Path
 from sealedkb.config import load_settings
 from sealedkb.service import KnowledgeBase
 
-home, url, name, namespace, go, count = sys.argv[1:7]
+home, url, name, namespace, barrier, count = sys.argv[1:7]
 kb = KnowledgeBase.open(load_settings(home, database_url=url))
 ids = []
 try:
-    while time.time() < float(go):
+    # A barrier, not a start time: under load, interpreter start-up can take longer
+    # than any fixed delay. Each worker says it is ready, then waits for all.
+    folder = Path(barrier)
+    (folder / name).touch()
+    deadline = time.time() + 60
+    while len(list(folder.iterdir())) < int(sys.argv[7]) and time.time() < deadline:
         time.sleep(0.001)
     for i in range(int(count)):
         e = kb.add(
@@ -62,7 +67,8 @@ def child_env() -> dict[str, str]:
 
 
 def run_workers(home: Path, url: str, namespace: str) -> dict[str, list[str]]:
-    go = time.time() + 1.5  # after interpreter start-up and KnowledgeBase.open in both
+    barrier = home.parent / f"barrier-{namespace}"
+    barrier.mkdir()
     names = [f"worker{n}" for n in range(PROCESSES)]
     procs = {
         name: subprocess.Popen(
@@ -74,8 +80,9 @@ def run_workers(home: Path, url: str, namespace: str) -> dict[str, list[str]]:
                 url,
                 name,
                 namespace,
-                str(go),
+                str(barrier),
                 str(PER_PROCESS),
+                str(PROCESSES),
             ],
             env=child_env(),
             stdout=subprocess.PIPE,
