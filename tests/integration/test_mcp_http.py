@@ -20,7 +20,6 @@ from tests.mcp_helpers import error_of, http_client, http_server, server_env
 from sealedkb.config import Settings
 from sealedkb.domain import EncryptionMode
 from sealedkb.keys.local import URI_PREFIX
-from sealedkb.runtime import key_provider
 from sealedkb.service import KnowledgeBase
 
 
@@ -102,18 +101,20 @@ def test_namespace_isolation_over_http(
         assert listed.structured_content["entries"] == []
 
 
-def _set_key_state(settings: Settings, kms_key_uri: str, state: str) -> None:
-    """Flip the KMS key's state the way `sealedkb key disable/enable` does (record + MAC)."""
-    provider = key_provider(settings)
-    rec = provider._load(kms_key_uri)
-    rec["state"] = state
-    provider._store(rec)
+def _key_command(home: Path, database_url: str, action: str) -> None:
+    """`sealedkb key disable|enable` as an operator would run it, in another process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sealedkb", "key", action],
+        env=server_env(home, database_url),
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_key_unavailable_then_recovers_without_restart(
     make_settings: Callable[..., Settings], home: Path, database_url: str
 ) -> None:
-    settings = make_settings()
     kb = setup_kb(make_settings)
     entry = kb.add("survives an outage")
     _, token = kb.create_token("agent", "writer", ["default"])
@@ -123,7 +124,7 @@ def test_key_unavailable_then_recovers_without_restart(
     with http_server(home, database_url, SEALEDKB_DATA_KEY_MAX_AGE="1") as (base, _):
         assert httpx.get(base + "/readyz").status_code == 200
         assert not run(call(base, token, "kb_get", {"id": str(entry.id)})).is_error
-        _set_key_state(settings, kms_key, "Disabled")
+        _key_command(home, database_url, "disable")
         time.sleep(1.5)  # the data-key cache bound
         r = run(call(base, token, "kb_get", {"id": str(entry.id)}))
         assert error_of(r)["code"] == "KEY_UNAVAILABLE"
@@ -133,7 +134,7 @@ def test_key_unavailable_then_recovers_without_restart(
         ready = httpx.get(base + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "inaccessible-encryption-credentials"
-        _set_key_state(settings, kms_key, "Enabled")
+        _key_command(home, database_url, "enable")
         r = run(call(base, token, "kb_get", {"id": str(entry.id)}))
         assert not r.is_error and r.structured_content["content"] == "survives an outage"
         assert httpx.get(base + "/readyz").status_code == 200
