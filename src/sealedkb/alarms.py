@@ -567,9 +567,9 @@ class Evaluator:
     def sample(self, now: datetime) -> None:
         t = now.timestamp()
         failures = self.kb.telemetry.key_failures_total()
+        # Gauges first: a probe that fails is then counted in this tick's counters.
         for metric, series in self._series.items():
             if series.counter:
-                series.add(t, self._counter(metric))
                 continue
             last = series.last_time()
             due = last is None or t - last >= self._gauge_every[metric] - 1e-6
@@ -579,10 +579,14 @@ class Evaluator:
                 continue
             value = self._gauge(metric, now)
             if metric == "encryption_unavailable":
-                self._failures_at_probe = failures
+                # after the probe: its own failure must not trigger the next probe
+                self._failures_at_probe = self.kb.telemetry.key_failures_total()
             self.last_values[metric] = value
             if value is not None:
                 series.add(t, value)
+        for metric, series in self._series.items():
+            if series.counter:
+                series.add(t, self._counter(metric))
 
     # --- deciding -------------------------------------------------------------------
 
