@@ -154,6 +154,19 @@ class KnowledgeBaseCollector(Collector):
         for (op, outcome), n in sorted(key_calls.items()):
             calls.add_metric([op, outcome], float(n))
         yield calls
+        # Unlabelled totals, present from the start (alerting on a labelled series that
+        # appears with its first failure would miss that failure: increase() needs two
+        # samples).
+        total = CounterMetricFamily(
+            "sealedkb_key_provider_calls", "Key-provider calls of this process (all outcomes)."
+        )
+        total.add_metric([], float(sum(key_calls.values())))
+        yield total
+        failed = CounterMetricFamily(
+            "sealedkb_key_provider_failures", "Key-provider calls of this process that failed."
+        )
+        failed.add_metric([], float(sum(n for (_, o), n in key_calls.items() if o != "ok")))
+        yield failed
         refusals = CounterMetricFamily(
             "sealedkb_key_state_refusals",
             "Key-provider calls refused because of the KMS key's state (Disabled, "
@@ -310,6 +323,15 @@ class KnowledgeBaseCollector(Collector):
             ok.add_metric([], 1.0 - broken)
             yield ok
         snap = self.queries.newest_automated_snapshot()
+        since = snap.time if snap else self.queries.first_event_time()
+        if since is not None:
+            age = GaugeMetricFamily(
+                "sealedkb_snapshot_age_seconds",
+                "Seconds since the newest successful automated snapshot (or, if there was "
+                "none, since the knowledge base was created).",
+            )
+            age.add_metric([], max(0.0, (datetime.now(UTC) - since).total_seconds()))
+            yield age
         if snap is not None:
             last = GaugeMetricFamily(
                 "sealedkb_snapshot_last_success_timestamp_seconds",
