@@ -23,6 +23,7 @@ under ``namespace="_other"``.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from functools import wraps
@@ -32,6 +33,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -68,13 +70,54 @@ KEY_CALL_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-OPERATION_SECONDS = Histogram(
-    "sealedkb_operation_duration_seconds",
-    "Knowledge-base operation latency (add, get, update, delete, list, stats, search).",
-    ["operation"],
-    registry=REGISTRY,
-    buckets=_LATENCY_BUCKETS,
-)
+
+
+class _OpHistogram:
+    """One operation's latency histogram on the hot path of every operation.
+
+    prometheus-client's Histogram takes a lock per bucket increment (~1.9 µs per
+    observe here); this one does a bisect and two list/float updates (~0.3 µs)
+    and is exported by a collector. Unlocked: under heavy thread contention an
+    observation may rarely be lost, which a latency histogram can afford."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self.sum += seconds
+
+
+class _OperationCollector(Collector):
+    def __init__(self) -> None:
+        self.ops: dict[str, _OpHistogram] = {}
+
+    def labels(self, operation: str) -> _OpHistogram:
+        return self.ops.setdefault(operation, _OpHistogram())
+
+    def collect(self) -> Iterator[Metric]:
+        fam = HistogramMetricFamily(
+            "sealedkb_operation_duration_seconds",
+            "Knowledge-base operation latency (add, get, update, delete, list, stats, search).",
+            labels=["operation"],
+        )
+        for op, h in sorted(self.ops.items()):
+            counts = list(h.counts)
+            cumulative, buckets = 0, []
+            for bound, n in zip((*_LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += n
+                buckets.append(
+                    ("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative))
+                )
+            fam.add_metric([op], buckets, h.sum)
+        yield fam
+
+
+OPERATION_SECONDS = _OperationCollector()
+REGISTRY.register(OPERATION_SECONDS)
 
 
 def _observe_key_call(operation: str, outcome: str, seconds: float) -> None:
