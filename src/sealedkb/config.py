@@ -69,6 +69,20 @@ class Settings(BaseSettings):
     http_rate_per_second: float = Field(default=20.0, gt=0, le=10_000)
     http_rate_burst: int = Field(default=60, ge=1, le=100_000)
     http_max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    # Monitoring and alarms (alarms.py, docs/ENCRYPTION-KEY-MANAGEMENT.md §22).
+    # metrics_enabled=false turns off per-operation timing and key-call latency
+    # histograms (the bench's "off"); counters the alarms need stay on.
+    metrics_enabled: bool = True
+    alarms_enabled: bool = True  # serve evaluates the built-in alarms
+    alarm_interval: float = Field(default=10.0, ge=0.2, le=60.0)  # evaluator tick, seconds
+    alarm_webhook_url: SecretStr | None = None  # may carry a token in its path or query
+    alarm_webhook_secret: SecretStr | None = None  # HMAC-SHA256 signature key
+    alarm_webhook_timeout: float = Field(default=5.0, gt=0, le=60.0)
+    alarm_webhook_retries: int = Field(default=3, ge=0, le=10)
+    alarm_command: str | None = None  # gets the notification JSON on stdin
+    alarm_runbook_base: str = "docs/ENCRYPTION-KEY-MANAGEMENT.md"
+    # Per-alarm overrides: {"SnapshotStale": {"threshold": 7200, "enabled": true}, ...}
+    alarms: dict[str, dict[str, float | int | str | bool]] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -106,10 +120,10 @@ def check_config_file(home: Path) -> None:
     if not mode & 0o077:
         return
     text = path.read_text(encoding="utf-8", errors="replace")
-    if "passphrase" in text or "database_url" in text:
+    if any(s in text for s in ("passphrase", "database_url", "alarm_webhook")):
         raise ConfigError(
-            f"{path} may hold secrets (passphrase, database_url) and is readable by other "
-            f"users; run: chmod 600 {path}",
+            f"{path} may hold secrets (passphrase, database_url, alarm_webhook_*) and is "
+            f"readable by other users; run: chmod 600 {path}",
             field="config_file",
         )
 

@@ -58,10 +58,21 @@ class AccessDeniedError(SealedKBError):
 
 
 class KeyUnavailableError(SealedKBError):
-    """Data keys cannot be unwrapped: key disabled, destroyed, wrong root key, provider down."""
+    """Data keys cannot be unwrapped: key disabled, destroyed, wrong root key, provider down.
+
+    ``key_state`` is the KMS key's state when the provider refused because of it
+    (``Disabled``, ``PendingDeletion``, ``Destroyed``), else None: machine-readable,
+    so monitoring can count attempts to use a disabled key without parsing messages.
+    """
 
     code = "KEY_UNAVAILABLE"
     exit_code = 5
+
+    def __init__(
+        self, message: str, *, field: str | None = None, key_state: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        self.key_state = key_state
 
 
 class IntegrityError(SealedKBError):

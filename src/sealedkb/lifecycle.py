@@ -43,7 +43,7 @@ from sealedkb.errors import (
 )
 from sealedkb.keys.local import URI_PREFIX, LocalKeyProvider
 from sealedkb.keys.policy import SYSTEM_PRINCIPAL, parse_policy_text
-from sealedkb.keys.provider import KeyMetadata, KeyState
+from sealedkb.keys.provider import KeyMetadata, KeyProvider, KeyState
 from sealedkb.store.datakeys import DataKeyTable
 from sealedkb.store.db import Database
 from sealedkb.store.rekey import RekeyTable
@@ -82,7 +82,7 @@ class AuditedKeyUse:
     :class:`AuditedDataKeys` in the transaction that stores it; only a failed call
     is recorded here."""
 
-    def __init__(self, provider: LocalKeyProvider, audit: AuditLog) -> None:
+    def __init__(self, provider: KeyProvider, audit: AuditLog) -> None:
         self.inner = provider
         self.audit = audit
         self.scheme = provider.scheme

@@ -52,6 +52,7 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
+from sealedkb.keys.instrumented import InstrumentedKeyProvider
 from sealedkb.keys.local import LocalKeyProvider
 from sealedkb.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
 from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
@@ -59,6 +60,7 @@ from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
 from sealedkb.store.tokens import TokenRecord, TokenTable
+from sealedkb.telemetry import Telemetry
 
 log = logging.getLogger("sealedkb.service")
 
@@ -104,6 +106,9 @@ class KnowledgeBase:
         self.meta = MetaTable(db)
         self.tokens = TokenTable(db)
         self.keyring: KeyRing | None = None
+        # Process counters (key-provider calls, integrity failures) for metrics and
+        # alarms (monitor.py, alarms.py); plain integers, no metrics library here.
+        self.telemetry = Telemetry()
         # Key lifecycle and audit trail (lifecycle.py, audit.py): every key operation
         # of this process is recorded under its principal.
         self.principal = provider.principal if provider else (principal or settings.principal)
@@ -118,7 +123,7 @@ class KnowledgeBase:
         if mode is EncryptionMode.ON:
             assert provider is not None and kms_key_uri is not None
             self.keyring = KeyRing(
-                AuditedKeyUse(provider, self.audit),
+                AuditedKeyUse(InstrumentedKeyProvider(provider, self.telemetry), self.audit),
                 AuditedDataKeys(self.datakeys, self.audit),
                 kms_key_uri,
                 max_age=settings.data_key_max_age,
@@ -296,6 +301,7 @@ class KnowledgeBase:
         if self.keyring is not None:
             # A plaintext row in an encrypted knowledge base was written around sealedkb
             # (or is a forgery): never serve it as if it were authentic.
+            self.telemetry.integrity_failure()
             raise IntegrityError(f"entry {row.id} is not sealed in an encrypted knowledge base")
         if row.content_plain is None:
             raise IntegrityError("entry holds neither a sealed document nor plaintext")

@@ -339,7 +339,14 @@ def status(json_out: JsonOpt = False) -> None:
 
     def go() -> dict[str, Any]:
         with _kb() as kb:
-            return kb.status()
+            result = kb.status()
+            # Metrics as at /metrics (counters: this CLI process) and alarm states.
+            from sealedkb.adapters.cli_alarms import alarm_summary
+            from sealedkb.monitor import status_metrics
+
+            result["metrics"] = status_metrics(kb, result["availability"])
+            result["alarms"] = alarm_summary(kb.settings)
+            return result
 
     result = _run(go)
     if json_out:
@@ -366,6 +373,8 @@ def status(json_out: JsonOpt = False) -> None:
         + f" · PostgreSQL {dbi['server_version']}"
         f" · pgvector {dbi['pgvector']}",
     )
+    firing = [name for name, st in result["alarms"].items() if st == "ALARM"]
+    table.add_row("alarms", Text(f"ALARM: {', '.join(firing)}" if firing else "none in ALARM"))
     out.print(table)
     for w in result["warnings"]:
         err.print(Text("warning: ", style="yellow") + Text(w), highlight=False)
@@ -418,6 +427,10 @@ app.add_typer(cli_keys.key_app, name="key")
 app.add_typer(cli_keys.datakey_app, name="datakey")
 app.add_typer(cli_keys.audit_app, name="audit")
 app.command("reencrypt")(cli_keys.reencrypt)
+
+from sealedkb.adapters import cli_alarms  # noqa: E402
+
+app.add_typer(cli_alarms.alarms_app, name="alarms")
 
 
 def main() -> None:

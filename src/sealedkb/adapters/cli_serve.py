@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from sealedkb import alarms
 from sealedkb.adapters import cli
 from sealedkb.adapters.http import HttpOptions, TokenVerifier, auth_settings, check_bind, run_http
 from sealedkb.adapters.mcp import build_server
@@ -61,6 +62,7 @@ def serve(
         )
         if transport == "http":
             check_bind(opts)  # before touching the database: fail fast, change nothing
+        alarms.check_settings(settings)
         # The server acts as its service principal for key policies; its unwraps are
         # shared by every caller through the data-key cache.
         return KnowledgeBase.open(settings, principal=settings.service_principal), opts
@@ -69,6 +71,8 @@ def serve(
     # Key schedule (automatic rotation, destruction after the window) and a signed
     # audit checkpoint at least every 60 s while serving.
     housekeeper = kb.start_housekeeping()
+    # Built-in alarms (alarms.py): evaluated in this process, which holds the counters.
+    evaluator = alarms.start_evaluator(kb)  # settings checked in open_kb
     try:
         if transport == "stdio":
             # stdout is the protocol channel: everything else goes to stderr.
@@ -87,6 +91,8 @@ def serve(
     except SealedKBError as exc:
         cli._fail(exc)
     finally:
+        if evaluator is not None:
+            evaluator.stop()
         housekeeper.stop()
         kb.close()
 

@@ -76,6 +76,12 @@ class KeyRing:
         self._writers: dict[str, tuple[FieldSealer, Blinder, float]] = {}
         self.opener = FieldOpener(self._resolve)
         self.unwrap_calls = 0
+        # Data-key cache hits and misses, read by monitor.py (plain ints: crypto/ does
+        # not import a metrics library). Incremented without a lock on the hot path, so
+        # under heavy thread contention a count may rarely be lost; they are metrics.
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.open_failures = 0  # sealed values that failed to open (IntegrityError)
 
     def clear(self) -> None:
         """Forget every unwrapped key (e.g. after a key state change)."""
@@ -103,7 +109,9 @@ class KeyRing:
         with self._lock:
             hit = self._keys.get(rec.id.bytes)
             if hit is not None and hit.expires > now:
+                self.cache_hits += 1
                 return hit.key
+        self.cache_misses += 1
         key = self._unwrap(rec)  # outside the lock: may be a network call
         with self._lock:
             self._keys[rec.id.bytes] = _Cached(key, rec, now + self.max_age)
@@ -114,6 +122,7 @@ class KeyRing:
     def _resolve(self, key_id: bytes) -> DataKey:
         hit = self._keys.get(key_id)  # lock-free read: the hot path of every open
         if hit is not None and hit.expires > self._clock():
+            self.cache_hits += 1
             return hit.key
         rec = hit.record if hit is not None else None
         if rec is None:
@@ -178,6 +187,7 @@ class KeyRing:
         first of their data keys expires (the write path calls this once per entry)."""
         hit = self._writers.get(namespace)  # lock-free read, as in _resolve
         if hit is not None and hit[2] > self._clock():
+            self.cache_hits += 1
             return hit[0], hit[1]
         sealer = self.sealer(namespace, KeyPurpose.CONTENT)
         blinder = self.blinder(namespace)
@@ -200,7 +210,12 @@ class KeyRing:
                     del self._writers[ns]
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
-        return self.opener.open(blob, aad)
+        try:
+            return self.opener.open(blob, aad)
+        except IntegrityError:
+            # Counted for the IntegrityFailures alarm (monitor.py reads it).
+            self.open_failures += 1
+            raise
 
     def check_available(self, namespace: str) -> None:
         """Raise KeyUnavailableError unless this namespace's keys unwrap now (no cache)."""

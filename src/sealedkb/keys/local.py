@@ -485,7 +485,7 @@ class LocalKeyProvider:
         self._authorize(rec, action)
         state = KeyState(rec["state"])
         if state != KeyState.ENABLED:
-            raise KeyUnavailableError(f"KMS key {key_uri} is {state.value}")
+            raise KeyUnavailableError(f"KMS key {key_uri} is {state.value}", key_state=state.value)
         return rec
 
     def _version_material(self, rec: dict[str, Any], version: int) -> bytes:
@@ -496,7 +496,8 @@ class LocalKeyProvider:
             if v["version"] == version:
                 if not v.get("material"):
                     raise KeyUnavailableError(
-                        f"the key material of {URI_PREFIX + rec['key_id']} was destroyed"
+                        f"the key material of {URI_PREFIX + rec['key_id']} was destroyed",
+                        key_state=KeyState.DESTROYED.value,
                     )
                 try:
                     material = keywrap.unwrap(
