@@ -419,6 +419,11 @@ app.add_typer(cli_keys.datakey_app, name="datakey")
 app.add_typer(cli_keys.audit_app, name="audit")
 app.command("reencrypt")(cli_keys.reencrypt)
 
+# Encrypted snapshots (issue 6) live in cli_snapshot.py.
+from sealedkb.adapters import cli_snapshot  # noqa: E402
+
+app.add_typer(cli_snapshot.snapshot_app, name="snapshot")
+
 
 def main() -> None:
     try:
