@@ -63,6 +63,7 @@ from sealedkb.config import Settings
 from sealedkb.crypto.keyring import encryption_context
 from sealedkb.crypto.sealed import DataKey, FieldOpener, field_aad
 from sealedkb.crypto.stream import (
+    DEFAULT_CHUNK_SIZE,
     SnapshotKeys,
     derive_keys,
     new_digest,
@@ -274,10 +275,12 @@ class Snapshots:
         kb: KnowledgeBase | None = None,
         *,
         now: Callable[[], datetime] | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.settings = settings
         self.kb = kb
         self.folder = settings.snapshots_dir
+        self.chunk_size = chunk_size  # plaintext bytes per STREAM chunk (tests use small ones)
         self._now = now or (lambda: datetime.now(UTC))
         self._provider = kb.provider if kb is not None else None
 
@@ -512,6 +515,7 @@ class Snapshots:
                     source=source,
                     schema={"version": max(applied, default=0), "migrations": applied},
                     tables=[t.to_dict() for t in tables],
+                    chunk_size=self.chunk_size,
                     extra={"sealedkb_version": __version__, "encryption_mode": "on"},
                 )
                 try:

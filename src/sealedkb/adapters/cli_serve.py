@@ -17,6 +17,7 @@ from sealedkb.adapters.mcp import build_server
 from sealedkb.domain import DEFAULT_NAMESPACE
 from sealedkb.errors import SealedKBError, ValidationError
 from sealedkb.service import KnowledgeBase
+from sealedkb.snapshots import start_scheduler
 from sealedkb.store.tokens import TokenRecord
 
 log = logging.getLogger("sealedkb.serve")
@@ -69,6 +70,9 @@ def serve(
     # Key schedule (automatic rotation, destruction after the window) and a signed
     # audit checkpoint at least every 60 s while serving.
     housekeeper = kb.start_housekeeping()
+    # Automated encrypted snapshots in the daily window (SEALEDKB_SNAPSHOT_WINDOW), kept
+    # SEALEDKB_SNAPSHOT_RETENTION_DAYS days; None when the window is "off".
+    snapshots = start_scheduler(kb)
     try:
         if transport == "stdio":
             # stdout is the protocol channel: everything else goes to stderr.
@@ -87,6 +91,8 @@ def serve(
     except SealedKBError as exc:
         cli._fail(exc)
     finally:
+        if snapshots is not None:
+            snapshots.stop()
         housekeeper.stop()
         kb.close()
 

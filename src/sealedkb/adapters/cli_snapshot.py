@@ -127,20 +127,21 @@ def snapshot_list(json_out: JsonOpt = False) -> None:
     if json_out:
         _print_json(items)
         return
-    table = Table("id", "kind", "created", "size", "entries", "encrypted", "name")
-    table.add_column("key_id", no_wrap=True)
+    # One line per snapshot (ids and key URIs are too long for a table in 80 columns).
     for i in items:
-        table.add_row(
-            i["id"],
-            i["kind"] or Text("damaged", style="red"),
-            (i["created_at"] or "-")[:19],
-            _size(i["size_bytes"]),
-            _entries(i["row_counts"]),
-            "yes",
-            Text(i["name"] or ""),
-            i["kms_key_id"] or "-",
-        )
-    out.print(table)
+        if i["damaged"]:
+            line = Text(f"{i['id']}  ") + Text(f"damaged: {i['error']}", style="red")
+        else:
+            line = Text(
+                f"{i['id']}  {i['kind']:<9}  {(i['created_at'] or '-')[:19]}  "
+                f"{_size(i['size_bytes']):>9}  {_entries(i['row_counts'])} entries  "
+                f"encrypted  {i['kms_key_id']}"
+            )
+            if i["name"]:
+                line.append(f"  {i['name']}")
+        out.print(line, highlight=False)
+    if not items:
+        err.print("no snapshots", markup=False)
 
 
 @snapshot_app.command("describe")
