@@ -78,6 +78,24 @@ class BinaryRowCounter:
         rows, fields_left = self.rows, self._fields_left
         while True:
             if fields_left == 0:
+                # Fast path: a whole row inside this piece (the common case).
+                try:
+                    (count,) = unpack16(buf, pos)
+                    if count >= 0:
+                        p = pos + 2
+                        for _ in range(count):
+                            (length,) = unpack32(buf, p)
+                            p += 4
+                            if length > 0:
+                                p += length
+                            elif length < -1:
+                                raise CopyFormatError(f"row {rows + 1}: bad field length")
+                        if p <= end:
+                            pos = p
+                            rows += 1
+                            continue
+                except struct.error:
+                    pass  # the row goes on in the next piece: step through it below
                 if pos + 2 > end:
                     break
                 (count,) = unpack16(buf, pos)
