@@ -69,7 +69,8 @@ _PREFIX = struct.Struct(">8sBI")  # magic, version, header length
 _SUFFIX = struct.Struct(">I8s")  # trailer length, end magic
 _U32 = struct.Struct(">I")
 MAX_JSON = 16 * 1024 * 1024  # header / trailer size limit
-BLOCK_SIZE = 256 * 1024  # payload framing block (COPY output is buffered to this)
+BLOCK_SIZE = 256 * 1024  # payload framing block written (COPY output is cut to this)
+MAX_BLOCK = 1024 * 1024  # largest block a reader accepts (the spec's limit)
 ZSTD_LEVEL = 1  # ciphertext dominates and does not compress: favour speed
 
 
@@ -327,20 +328,20 @@ class TableWriter:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._buf += data
-        if len(self._buf) >= BLOCK_SIZE:
-            self._flush()
+        while len(self._buf) >= BLOCK_SIZE:  # a 1 MB entry is one COPY row: cut it up
+            self._emit(bytes(self._buf[:BLOCK_SIZE]))
+            del self._buf[:BLOCK_SIZE]
 
-    def _flush(self) -> None:
-        if self._buf:
-            block = bytes(self._buf)
-            self._buf = bytearray()
-            self._digest.update(block)
-            self.bytes += len(block)
-            self._w._payload(_U32.pack(len(block)) + block)
+    def _emit(self, block: bytes) -> None:
+        self._digest.update(block)
+        self.bytes += len(block)
+        self._w._payload(_U32.pack(len(block)) + block)
 
     def close(self, rows: int) -> TableResult:
         """End the table; ``rows`` is what the server reported for its COPY."""
-        self._flush()
+        if self._buf:
+            self._emit(bytes(self._buf))
+            self._buf = bytearray()
         self._w._payload(_U32.pack(0))
         return TableResult(rows, self._digest.hexdigest(), self.bytes)
 
@@ -517,7 +518,7 @@ class TableStream:
             (length,) = _U32.unpack(self._reader._read_exact(4, part))
             if length == 0:
                 break
-            if length > 4 * BLOCK_SIZE:
+            if length > MAX_BLOCK:
                 raise SnapshotIntegrityError(part, f"table {self.name}: bad block length")
             block = self._reader._read_exact(length, part)
             self._digest.update(block)

@@ -1201,3 +1201,26 @@ def test_disaster_recovery_of_the_embedded_server(tmp_path: Path) -> None:
         expect(cli("audit", "verify"), 0)
     finally:
         EmbeddedPostgres(home / "pgdata").stop()
+
+
+def test_largest_entries_round_trip(
+    kb: KnowledgeBase,
+    settings: Settings,
+    scratch_names: Callable[[], str],
+    pg_server: EmbeddedPostgres,
+) -> None:
+    """A 1 MB entry is one COPY row larger than a payload block: it is cut into blocks
+    on the way in and joined again on the way out."""
+    big = kb.add("x" * (1024 * 1024 - 10), metadata={"k": "v" * 60000}, tags=["big"])
+    small = kb.add("small one")
+    snaps = Snapshots(settings, kb)
+    info = snaps.create()
+    assert snaps.verify(info.id)["tables"]["kb_entries"]["rows"] == 2
+    target = scratch_names()
+    snaps.restore(info.id, target)
+    rkb = open_restored(settings, pg_server.uri(target))
+    try:
+        assert rkb.get(big.id).to_dict() == kb.get(big.id).to_dict()
+        assert rkb.get(small.id).content == "small one"
+    finally:
+        rkb.close()
