@@ -31,8 +31,10 @@ import contextlib
 import io
 import json
 import os
+import queue
 import struct
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
@@ -70,6 +72,7 @@ _SUFFIX = struct.Struct(">I8s")  # trailer length, end magic
 _U32 = struct.Struct(">I")
 MAX_JSON = 16 * 1024 * 1024  # header / trailer size limit
 BLOCK_SIZE = 256 * 1024  # payload framing block written (COPY output is cut to this)
+QUEUE_BLOCKS = 16  # blocks in flight between the COPY reader and the writer thread
 MAX_BLOCK = 1024 * 1024  # largest block a reader accepts (the spec's limit)
 ZSTD_LEVEL = 1  # ciphertext dominates and does not compress: favour speed
 
@@ -347,9 +350,22 @@ class TableWriter:
 
 
 class SnapshotWriter:
-    """Writes one snapshot file: header now, tables in header order, trailer at the end."""
+    """Writes one snapshot file: header now, tables in header order, trailer at the end.
 
-    def __init__(self, fh: IO[bytes], header: dict[str, Any], keys: SnapshotKeys) -> None:
+    With ``pipeline`` (the default) compression, sealing and file writes run in a
+    worker thread fed through a bounded queue (at most ``QUEUE_BLOCKS`` blocks of
+    256 KiB in flight), so they overlap with reading COPY from PostgreSQL instead of
+    adding to it; zstd, hashing and file I/O release the GIL. Call :meth:`finish`
+    on success or :meth:`abort` on failure, so the worker always ends."""
+
+    def __init__(
+        self,
+        fh: IO[bytes],
+        header: dict[str, Any],
+        keys: SnapshotKeys,
+        *,
+        pipeline: bool = True,
+    ) -> None:
         self.fh = fh
         self.header = _check_header(header)
         self.header_bytes = canonical_json(header)
@@ -370,10 +386,46 @@ class SnapshotWriter:
         self.payload_bytes = 0
         self.tables: dict[str, TableResult] = {}
         self._next = 0
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        if pipeline:
+            self._queue = queue.Queue(maxsize=QUEUE_BLOCKS)
+            self._thread = threading.Thread(
+                target=self._work, name="sealedkb-snapshot-writer", daemon=True
+            )
+            self._thread.start()
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        try:
+            while (item := self._queue.get()) is not None:
+                self._sink.write(self._zstd.compress(item))
+        except BaseException as exc:  # handed to the producer on its next call
+            self._error = exc
+            while self._queue.get() is not None:  # let the producer finish or abort
+                pass
+
+    def _raise_worker_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _payload(self, data: bytes) -> None:
         self.payload_bytes += len(data)
-        self._sink.write(self._zstd.compress(data))
+        if self._queue is None:
+            self._sink.write(self._zstd.compress(data))
+            return
+        self._raise_worker_error()
+        self._queue.put(data)
+
+    def _stop_worker(self) -> None:
+        if self._queue is not None and self._thread is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def abort(self) -> None:
+        """Stop the worker after a failure (the caller discards the file)."""
+        self._stop_worker()
 
     def table(self, name: str) -> TableWriter:
         """The writer of the next table; tables must come in header order."""
@@ -389,6 +441,8 @@ class SnapshotWriter:
     def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         if self._next != len(self.header["tables"]) or len(self.tables) != self._next:
             raise ValueError("not every table was written")
+        self._stop_worker()
+        self._raise_worker_error()
         self._sink.write(self._zstd.flush())
         self._sink.finish()
         trailer = {
@@ -426,7 +480,6 @@ class _DecryptedStream(io.RawIOBase):
         self.total = env.chunk_count()
         self.buf = memoryview(b"")
         self.chunks_opened = 0
-        self.on_chunk: Callable[[int, bytes], None] | None = None  # (index, plaintext)
         fh.seek(env.stream_offset)
 
     def readable(self) -> bool:
@@ -453,8 +506,6 @@ class _DecryptedStream(io.RawIOBase):
                 "check: the snapshot was altered, damaged, truncated or its chunks reordered",
             ) from None
         self.chunks_opened += 1
-        if self.on_chunk is not None:
-            self.on_chunk(i, plain)
         self.buf = memoryview(plain)
         return True
 
@@ -591,10 +642,6 @@ class SnapshotReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def on_chunk(self, hook: Callable[[int, bytes], None]) -> None:
-        """Call ``hook(index, plaintext)`` for every chunk opened (copy uses it)."""
-        self._plain.on_chunk = hook
-
     def _read_exact(self, n: int, part: str) -> bytes:
         while len(self._buf) < n:
             try:
@@ -635,16 +682,6 @@ class SnapshotReader:
             raise SnapshotIntegrityError(
                 "payload", "the payload is not the size the manifest records"
             )
-
-
-def open_chunks(env: Envelope, keys: SnapshotKeys) -> Iterator[bytes]:
-    """Every chunk's plaintext (the compressed payload), opened and checked in order."""
-    authenticate(env, keys)
-    with env.path.open("rb") as fh:
-        stream = _DecryptedStream(env, keys, fh)
-        while stream._next_chunk():
-            yield bytes(stream.buf)
-            stream.buf = memoryview(b"")
 
 
 def new_header(

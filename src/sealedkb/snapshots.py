@@ -477,6 +477,7 @@ class Snapshots:
         salt, prefix = random_salt(), random_nonce_prefix()
         skeys = derive_keys(material, salt)
         out: _FileOut | None = None
+        writers: builtins.list[SnapshotWriter] = []
         with (
             mapped_errors("snapshot"),
             connect(kb.target.url, allow_insecure=self.settings.database_allow_insecure) as conn,
@@ -484,7 +485,10 @@ class Snapshots:
             try:
                 sio.pin_session(conn)
                 facts = sio.source_facts(conn)
-                kb_id = sio.meta_set_default(conn, "kb_id", str(uuid.uuid4()))
+                try:  # the knowledge base's identity, kept across restores
+                    kb_id: str | None = sio.meta_set_default(conn, "kb_id", str(uuid.uuid4()))
+                except psycopg.Error:  # a read-only database (e.g. a standby)
+                    kb_id = sio.meta_value(conn, "kb_id")
                 sio.begin_consistent_read(conn)
                 tables = sio.list_tables(conn)
                 applied = sio.applied_migrations(conn)
@@ -525,6 +529,7 @@ class Snapshots:
                         f"cannot write in {folder}: {exc.strerror}"
                     ) from None
                 writer = SnapshotWriter(out.fh, header, skeys)
+                writers.append(writer)
                 for table in tables:
                     tw = writer.table(table.name)
                     rows = sio.copy_out(conn, table, tw.write)
@@ -533,12 +538,16 @@ class Snapshots:
                 writer.finish({"completed_at": _utc_iso(self._now())})
                 final = out.commit()
             except OSError as exc:
+                for w in writers:
+                    w.abort()
                 if out is not None:
                     out.discard()
                 raise SnapshotStorageError(
                     f"cannot write the snapshot in {folder}: {exc.strerror}"
                 ) from None
             except BaseException:
+                for w in writers:
+                    w.abort()
                 if out is not None:
                     out.discard()
                 raise
@@ -943,6 +952,7 @@ class Snapshots:
             out = _FileOut(folder, copy_id)
         except OSError as exc:
             raise SnapshotStorageError(f"cannot write in {folder}: {exc.strerror}") from None
+        writer: SnapshotWriter | None = None
         try:
             writer = SnapshotWriter(out.fh, header, new_keys)
             with SnapshotReader(env, old) as reader:
@@ -968,11 +978,15 @@ class Snapshots:
             self._verify_env(tmp_env, new_keys)
             final = out.commit()
         except OSError as exc:
+            if writer is not None:
+                writer.abort()
             out.discard()
             raise SnapshotStorageError(
                 f"cannot write the copy in {folder}: {exc.strerror}"
             ) from None
         except BaseException:
+            if writer is not None:
+                writer.abort()
             out.discard()
             raise
         return self._info(final)
