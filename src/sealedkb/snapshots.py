@@ -1208,12 +1208,20 @@ _COUNTER: Any = None
 _COUNTER_LOCK = threading.Lock()
 
 
-def _count(outcome: str) -> None:
+def _counter() -> Any:
+    """``sealedkb_snapshots_automated_total{outcome}`` on /metrics (made on first use,
+    with both outcomes at 0, so a scrape shows the series before the first window)."""
     global _COUNTER
     with _COUNTER_LOCK:
         if _COUNTER is None:
             _COUNTER = _metrics()
-    _COUNTER.labels(outcome=outcome).inc()
+            for outcome in ("success", "failure"):
+                _COUNTER.labels(outcome=outcome)
+    return _COUNTER
+
+
+def _count(outcome: str) -> None:
+    _counter().labels(outcome=outcome).inc()
 
 
 class SnapshotScheduler:
@@ -1318,6 +1326,7 @@ class SnapshotScheduler:
                 return
 
     def start(self) -> SnapshotScheduler:
+        _counter()
         self._thread = threading.Thread(target=self._loop, name="sealedkb-snapshots", daemon=True)
         self._thread.start()
         return self

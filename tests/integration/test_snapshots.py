@@ -888,9 +888,19 @@ def test_scheduler_takes_one_per_window_and_retries_a_failure(
     window = DailyWindow.parse("03:00-04:00")
     assert window is not None and kb.keys is not None
     scheduler = SnapshotScheduler(snaps, window, 7, now=clock, retry_after=300)
+    from sealedkb.monitor import REGISTRY
+
+    def metric(outcome: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "sealedkb_snapshots_automated_total", {"outcome": outcome}
+        )
+        return value or 0.0
+
+    failures_before, successes_before = metric("failure"), metric("success")
     kb.keys.disable()
     assert scheduler.tick() == "failed"
     assert scheduler.failures == 1 and scheduler.last_error
+    assert metric("failure") == failures_before + 1
     assert snaps.list() == []
     clock.now += timedelta(minutes=2)
     assert scheduler.tick() == "waiting"  # retried after retry_after, not at once
@@ -904,6 +914,7 @@ def test_scheduler_takes_one_per_window_and_retries_a_failure(
     assert scheduler.tick() == "outside-window"
     clock.now = day.replace(hour=3, minute=1) + timedelta(days=1)
     assert scheduler.tick() == "created"  # the next day's window
+    assert metric("success") == successes_before + 2
     events = audit_rows(database_url, "CreateSnapshot")
     assert [(e["outcome"], e["details"]["kind"]) for e in events] == [
         ("failure", "automated"),
