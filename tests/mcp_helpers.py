@@ -31,6 +31,8 @@ def free_port() -> int:
 
 def server_env(home: Path, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
+    # No automated snapshot when a test happens to run in the default window.
+    env["SEALEDKB_SNAPSHOT_WINDOW"] = "off"
     env.update(
         SEALEDKB_HOME=str(home),
         SEALEDKB_DATABASE_URL=database_url,

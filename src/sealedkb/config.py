@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -83,6 +83,22 @@ class Settings(BaseSettings):
     alarm_runbook_base: str = "docs/ENCRYPTION-KEY-MANAGEMENT.md"
     # Per-alarm overrides: {"SnapshotStale": {"threshold": 7200, "enabled": true}, ...}
     alarms: dict[str, dict[str, float | int | str | bool]] = Field(default_factory=dict)
+    # Encrypted snapshots (docs/SNAPSHOT-FORMAT.md): the folder (default <home>/snapshots),
+    # the daily UTC window for automated snapshots while serving ("off": none) and how
+    # many days automated snapshots are kept (manual ones stay until deleted).
+    snapshot_dir: Path | None = None
+    snapshot_window: str = Field(
+        default="03:00-04:00",
+        pattern=r"^(off|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)$",
+    )
+    snapshot_retention_days: int = Field(default=7, ge=1, le=35)
+
+    @field_validator("snapshot_window")
+    @classmethod
+    def _window_has_length(cls, value: str) -> str:
+        if value != "off" and value[:5] == value[6:]:
+            raise ValueError("the snapshot window must not start and end at the same minute")
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -108,6 +124,10 @@ class Settings(BaseSettings):
     @property
     def audit_dir(self) -> Path:
         return self.home / "audit"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.snapshot_dir if self.snapshot_dir is not None else self.home / "snapshots"
 
 
 def check_config_file(home: Path) -> None:

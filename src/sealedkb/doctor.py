@@ -508,8 +508,8 @@ def _permissions(state: _State) -> Check:
 @_check("snapshots.folder", "settings")
 def _snapshots(state: _State) -> Check:
     assert state.settings is not None
-    folder = state.settings.home / "snapshots"
-    fix = f"make {folder} a folder writable by this user (or set SEALEDKB_HOME)"
+    folder = state.settings.snapshots_dir
+    fix = f"make {folder} a folder writable by this user (or set SEALEDKB_SNAPSHOT_DIR)"
     if folder.exists():
         if not folder.is_dir():
             return Check("snapshots.folder", Status.FAIL, f"{folder} is not a folder", fix)

@@ -432,6 +432,11 @@ from sealedkb.adapters import cli_alarms  # noqa: E402
 
 app.add_typer(cli_alarms.alarms_app, name="alarms")
 
+# Encrypted snapshots (issue 6) live in cli_snapshot.py.
+from sealedkb.adapters import cli_snapshot  # noqa: E402
+
+app.add_typer(cli_snapshot.snapshot_app, name="snapshot")
+
 
 def main() -> None:
     try:

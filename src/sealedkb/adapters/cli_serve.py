@@ -18,6 +18,7 @@ from sealedkb.adapters.mcp import build_server
 from sealedkb.domain import DEFAULT_NAMESPACE
 from sealedkb.errors import SealedKBError, ValidationError
 from sealedkb.service import KnowledgeBase
+from sealedkb.snapshots import start_scheduler
 from sealedkb.store.tokens import TokenRecord
 
 log = logging.getLogger("sealedkb.serve")
@@ -73,6 +74,9 @@ def serve(
     housekeeper = kb.start_housekeeping()
     # Built-in alarms (alarms.py): evaluated in this process, which holds the counters.
     evaluator = alarms.start_evaluator(kb)  # settings checked in open_kb
+    # Automated encrypted snapshots in the daily window (SEALEDKB_SNAPSHOT_WINDOW), kept
+    # SEALEDKB_SNAPSHOT_RETENTION_DAYS days; None when the window is "off".
+    snapshots = start_scheduler(kb)
     try:
         if transport == "stdio":
             # stdout is the protocol channel: everything else goes to stderr.
@@ -93,6 +97,8 @@ def serve(
     finally:
         if evaluator is not None:
             evaluator.stop()
+        if snapshots is not None:
+            snapshots.stop()
         housekeeper.stop()
         kb.close()
 

@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from importlib import resources
 
 import psycopg
@@ -85,8 +85,11 @@ def migrations() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = max(v for v, _, _ in migrations())
 
 
-def apply_migrations(conn: Connection[TupleRow]) -> int:
-    """Apply pending migrations, each in its own transaction; safe to run concurrently."""
+def apply_migrations(conn: Connection[TupleRow], only: Collection[int] | None = None) -> int:
+    """Apply pending migrations, each in its own transaction; safe to run concurrently.
+
+    ``only``: apply just these versions (a snapshot restore first builds the schema
+    the snapshot was taken at, loads it, then applies the rest)."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
         conn.execute(
@@ -96,7 +99,7 @@ def apply_migrations(conn: Connection[TupleRow]) -> int:
         )
         done = {r[0] for r in conn.execute("SELECT version FROM kb_schema_migrations")}
         for version, name, sql in migrations():
-            if version in done:
+            if version in done or (only is not None and version not in only):
                 continue
             conn.execute(sql.encode())
             conn.execute(
