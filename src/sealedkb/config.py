@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     data_key_max_age: float = Field(default=300.0, ge=1.0, le=3600.0)
     pool_max_size: int = Field(default=8, ge=1, le=100)
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Embedding model for semantic search: minilm (local ONNX, default), hash (a
+    # model-free test embedder) or none (keyword search only).
+    embedder: str = Field(default="minilm", pattern=r"^(minilm|hash|none)$")
 
     @classmethod
     def settings_customise_sources(

@@ -16,6 +16,7 @@ import uuid
 from typing import Any
 
 from sealedkb.codec import EntryDoc, decode_doc, encode_doc
+from sealedkb.embed import load_embedder
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import field_aad
@@ -48,9 +49,11 @@ from sealedkb.errors import (
 )
 from sealedkb.keys.local import LocalKeyProvider
 from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
+from sealedkb.search import SearchEngine, SearchIndexer, SearchResult
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
+from sealedkb.store.search import SearchTable
 
 log = logging.getLogger("sealedkb.service")
 
@@ -97,6 +100,13 @@ class KnowledgeBase:
             self.keyring = KeyRing(
                 provider, self.datakeys, kms_key_uri, max_age=settings.data_key_max_age
             )
+        # Search (search.py): the model loads lazily, on the first text to embed.
+        self.embedder = load_embedder(settings.embedder)
+        self.search_table = SearchTable(db)
+        self.indexer = SearchIndexer(self.keyring, self.embedder)
+        self.engine = SearchEngine(
+            self.search_table, self.keyring, self.embedder, self._open_sealed
+        )
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -214,16 +224,19 @@ class KnowledgeBase:
             "tags_plain": list(doc.tags),
         }
 
+    def _open_sealed(self, namespace: str, entry_id: uuid.UUID, blob: bytes) -> EntryDoc:
+        if self.keyring is None:
+            raise KeyUnavailableError("row is sealed but this knowledge base has no key")
+        aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
+        try:
+            return decode_doc(self.keyring.open(blob, aad))
+        except IntegrityError:
+            # Ids are not secret; naming the entry tells the operator which row to check.
+            raise IntegrityError(f"entry {entry_id} failed its integrity check") from None
+
     def _open_doc(self, row: EntryRow) -> EntryDoc:
         if row.doc_sealed is not None:
-            if self.keyring is None:
-                raise KeyUnavailableError("row is sealed but this knowledge base has no key")
-            aad = field_aad(row.namespace, TABLE, DOC_COLUMN, str(row.id))
-            try:
-                return decode_doc(self.keyring.open(row.doc_sealed, aad))
-            except IntegrityError:
-                # Ids are not secret; naming the entry tells the operator which row to check.
-                raise IntegrityError(f"entry {row.id} failed its integrity check") from None
+            return self._open_sealed(row.namespace, row.id, row.doc_sealed)
         if self.keyring is not None:
             # A plaintext row in an encrypted knowledge base was written around sealedkb
             # (or is a forgery): never serve it as if it were authentic.
@@ -273,7 +286,10 @@ class KnowledgeBase:
         source: str | None = None,
         metadata: dict[str, Any] | None = None,
         verified: bool = False,
+        force: bool = False,
     ) -> Entry:
+        """Add an entry. Identical content (after normalising whitespace) already in
+        the namespace returns the existing entry instead, unless ``force``."""
         new = NewEntry(
             namespace=validate_namespace(namespace),
             content=validate_content(content),
@@ -284,13 +300,21 @@ class KnowledgeBase:
             metadata=validate_metadata(metadata if metadata is not None else {}),
             verified=bool(verified),
         )
-        return self.add_entry(new)
+        return self.add_entry(new, force=force)
 
-    def add_entry(self, new: NewEntry) -> Entry:
+    def add_entry(self, new: NewEntry, *, force: bool = False) -> Entry:
         entry_id = uuid.uuid4()
         doc = EntryDoc(new.title, new.content, new.source, new.metadata, new.tags)
-        # Seal before touching the database: nothing is ever half-encrypted.
+        vectors = self.indexer.embed([(doc.title, doc.content)])
+        # Seal and index before touching the database: nothing is ever half-encrypted.
         cols = self._store_columns(new.namespace, entry_id, doc)
+        search_cols = self.indexer.columns(
+            new.namespace,
+            entry_id,
+            doc,
+            vectors[0] if vectors is not None else None,
+            with_fingerprint=not force,
+        )
         row = EntryRow(
             id=entry_id,
             namespace=new.namespace,
@@ -298,7 +322,8 @@ class KnowledgeBase:
             verified=new.verified,
             **cols,
         )
-        return self._to_entry(self.entries.insert(row), doc)
+        stored, created = self.search_table.insert(row, search_cols, dedup=not force)
+        return self._to_entry(stored, doc if created else None)
 
     def get(self, entry_id: str | uuid.UUID) -> Entry:
         eid = parse_entry_id(entry_id)
@@ -348,10 +373,30 @@ class KnowledgeBase:
             changes: dict[str, Any] = dict(flags)
             doc = self._open_doc(row)
             if values:
+                old = doc
                 doc = doc._replace(**values)
                 changes.update(self._store_columns(row.namespace, eid, doc))
+                if (doc.title, doc.content) != (old.title, old.content):
+                    changes.update(self._search_changes(conn, row.namespace, eid, doc))
             updated = self.entries.update(conn, eid, changes)
         return self._to_entry(updated, doc)
+
+    def _search_changes(
+        self, conn: Any, namespace: str, eid: uuid.UUID, doc: EntryDoc
+    ) -> dict[str, Any]:
+        """Search columns for changed title/content: tokens, vector, fingerprint (kept
+        only while no other live entry of the namespace has the same content)."""
+        vectors = self.indexer.embed([(doc.title, doc.content)])
+        cols = self.indexer.columns(
+            namespace, eid, doc, vectors[0] if vectors is not None else None
+        )
+        if cols.fingerprint and self.search_table.fingerprint_taken(
+            conn, namespace, cols.fingerprint, eid
+        ):
+            cols.fingerprint = None
+        changes = cols.as_changes()
+        del changes["import_key"], changes["import_hash"]  # an edited chunk stays imported
+        return changes
 
     def delete(self, entry_id: str | uuid.UUID) -> None:
         eid = parse_entry_id(entry_id)
@@ -392,6 +437,12 @@ class KnowledgeBase:
             ListFilter(ns, et, tag_token, tag_plain, include_archived, limit, offset)
         )
         return [self._to_entry(r) for r in rows]
+
+    # --- search, import (search.py, importer.py) --------------------------------
+
+    def search(self, query: str, **options: Any) -> SearchResult:
+        """Hybrid (default), semantic or keyword search; see SearchEngine.search."""
+        return self.engine.search(query, **options)
 
     # --- status ----------------------------------------------------------------
 
