@@ -125,8 +125,8 @@ def test_two_processes_lose_nothing(
     assert len(rows) == PROCESSES * PER_PROCESS
     assert {r[0] for r in rows} == set(all_ids)
     assert {r[1] for r in rows} == {namespace}
-    # one content key and one index key: the loser of the race adopted the winner's
-    assert keys == [("content", 1, 1), ("index", 1, 1)]
+    # one content, index and vector key each: the loser of the race adopted the winner's
+    assert keys == [("content", 1, 1), ("index", 1, 1), ("vector", 1, 1)]
 
     with KnowledgeBase.open(make_settings()) as reader:
         entries = reader.list(namespace=namespace, limit=1000)
