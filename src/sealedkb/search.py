@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -48,8 +48,11 @@ from sealedkb.domain import (
     validate_tags,
 )
 from sealedkb.embed import Embedder
-from sealedkb.errors import EmbeddingError, IntegrityError, SealedKBError, ValidationError
+from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
 from sealedkb.store.search import HitRow, SearchColumns, SearchFilter, SearchTable
+
+if TYPE_CHECKING:
+    from sealedkb.service import KnowledgeBase
 
 log = logging.getLogger("sealedkb.search")
 
@@ -239,9 +242,7 @@ def snippet(content: str, stems: set[str], words: int = SNIPPET_WORDS) -> str:
     spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\w+", content)]
     if not spans:
         return _WS_RE.sub(" ", content).strip()[:240]
-    hits = [
-        1 if stems and text.stem(text.normalize(w)) in stems else 0 for _, _, w in spans
-    ]
+    hits = [1 if stems and text.stem(text.normalize(w)) in stems else 0 for _, _, w in spans]
     best, best_score, score = 0, -1, 0
     for i in range(len(spans)):
         score += hits[i]
@@ -445,11 +446,17 @@ class SearchEngine:
         if self.keyring is not None:
             raise IntegrityError(f"entry {r.id} is not sealed in an encrypted knowledge base")
         return EntryDoc(
-            r.title_plain or "", r.content_plain or "", r.source_plain, {}, tuple(r.tags_plain or ())
+            r.title_plain or "",
+            r.content_plain or "",
+            r.source_plain,
+            {},
+            tuple(r.tags_plain or ()),
         )
 
 
-def rrf(lists: Sequence[Sequence[tuple[uuid.UUID, float]]], k: int = RRF_K) -> list[tuple[uuid.UUID, float]]:
+def rrf(
+    lists: Sequence[Sequence[tuple[uuid.UUID, float]]], k: int = RRF_K
+) -> list[tuple[uuid.UUID, float]]:
     """Reciprocal rank fusion: score(d) = sum over lists of 1 / (k + rank_d), rank from 1."""
     scores: dict[uuid.UUID, float] = {}
     for lst in lists:
@@ -458,12 +465,45 @@ def rrf(lists: Sequence[Sequence[tuple[uuid.UUID, float]]], k: int = RRF_K) -> l
     return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
 
 
-__all__ = [
-    "SealedKBError",
-    "SearchEngine",
-    "SearchHit",
-    "SearchIndexer",
-    "SearchMode",
-    "SearchResult",
-    "rrf",
-]
+REEMBED_BATCH = 32
+
+
+def reembed(
+    kb: KnowledgeBase,
+    *,
+    namespace: str | None = None,
+    redo_all: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Recompute the vectors of live entries whose vector is missing or was made by
+    another model (``redo_all``: every entry), a batch per transaction.
+
+    Resumable: each committed batch is done, and a rerun selects only what still
+    differs from the current model. An entry updated meanwhile keeps the vector its
+    own update wrote.
+    """
+    emb = kb.embedder
+    if emb is None:
+        raise EmbeddingError("no embedder is configured (SEALEDKB_EMBEDDER=none)")
+    check_embedder(emb)
+    ns = validate_namespace(namespace) if namespace is not None else None
+    done = 0
+    after: uuid.UUID | None = None
+    while True:
+        rows = kb.search_table.needing_embedding(
+            emb.model_id, emb.dim, ns, after, REEMBED_BATCH, redo_all=redo_all
+        )
+        if not rows:
+            break
+        after = rows[-1].id
+        docs = [kb._open_doc(r) for r in rows]
+        vectors = emb.embed([embedding_text(d.title, d.content) for d in docs])
+        with kb.db.transaction("reembed") as conn:
+            for r, v in zip(rows, vectors, strict=True):
+                cols = SearchColumns()
+                kb.indexer.set_vector(cols, r.namespace, r.id, v)
+                if kb.search_table.set_embedding(conn, r.id, r.version, cols):
+                    done += 1
+        if progress is not None:
+            progress(done)
+    return {"reembedded": done, "model": emb.model_id, "dim": emb.dim}

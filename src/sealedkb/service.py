@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sealedkb.codec import EntryDoc, decode_doc, encode_doc
-from sealedkb.embed import load_embedder
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import field_aad
@@ -38,6 +38,7 @@ from sealedkb.domain import (
     validate_tags,
     validate_title,
 )
+from sealedkb.embed import load_embedder
 from sealedkb.errors import (
     ConflictError,
     IntegrityError,
@@ -47,9 +48,10 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
+from sealedkb.importer import Importer, ImportSummary
 from sealedkb.keys.local import LocalKeyProvider
 from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
-from sealedkb.search import SearchEngine, SearchIndexer, SearchResult
+from sealedkb.search import SearchEngine, SearchIndexer, SearchResult, reembed
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
@@ -443,6 +445,29 @@ class KnowledgeBase:
     def search(self, query: str, **options: Any) -> SearchResult:
         """Hybrid (default), semantic or keyword search; see SearchEngine.search."""
         return self.engine.search(query, **options)
+
+    def import_paths(
+        self,
+        paths: Sequence[str],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        entry_type: str = "doc",
+        tags: Sequence[str] = (),
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ImportSummary:
+        """Import Markdown, text and HTML files and folders as chunked entries."""
+        importer = Importer(self, namespace=namespace, entry_type=entry_type, tags=tags)
+        return importer.run(paths, progress)
+
+    def reembed(
+        self,
+        *,
+        namespace: str | None = None,
+        redo_all: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """Recompute vectors made by another model (or missing); resumable."""
+        return reembed(self, namespace=namespace, redo_all=redo_all, progress=progress)
 
     # --- status ----------------------------------------------------------------
 

@@ -174,9 +174,12 @@ def add(
     namespace: NamespaceOpt = "default",
     source: Annotated[str | None, typer.Option("--source", help="Path, URL or reference.")] = None,
     metadata: Annotated[str | None, typer.Option("--metadata", help="JSON object.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Add even if identical content exists.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add an entry; prints its id."""
+    """Add an entry; prints its id (an identical entry's id unless --force)."""
 
     def go() -> Entry:
         content = _read_content(text, file)
@@ -190,6 +193,7 @@ def add(
                 namespace=namespace,
                 source=source,
                 metadata=meta,
+                force=force,
             )
 
     entry = _run(go)
@@ -393,6 +397,12 @@ def db_stop() -> None:
 
     stopped = _run(go)
     sys.stdout.write("stopped\n" if stopped else "not running\n")
+
+
+# search, import, reembed (issue 3)
+from sealedkb.adapters import cli_search  # noqa: E402
+
+cli_search.register(app)
 
 
 def main() -> None:

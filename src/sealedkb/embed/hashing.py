@@ -8,6 +8,7 @@ implements the same :class:`sealedkb.embed.Embedder` Protocol as the real model.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ class HashingEmbedder:
     def _vector(self, text: str) -> NDArray[np.float32]:
         v = np.zeros(self._dim, dtype=np.float32)
         ts = terms(text)
-        feats = ts + [a + " " + b for a, b in zip(ts, ts[1:], strict=False)]
+        feats = ts + [a + " " + b for a, b in itertools.pairwise(ts)]
         for f in feats:
             h = hashlib.blake2b(f.encode(), digest_size=8).digest()
             idx = int.from_bytes(h[:4], "little") % self._dim

@@ -160,14 +160,17 @@ class SearchTable:
         return r is not None
 
     def set_embedding(
-        self, conn: Connection[TupleRow], entry_id: uuid.UUID, cols: SearchColumns
-    ) -> None:
-        """Replace only the vector columns (reembed): no new version for the entry."""
+        self, conn: Connection[TupleRow], entry_id: uuid.UUID, version: int, cols: SearchColumns
+    ) -> bool:
+        """Replace only the vector columns (reembed), unless the entry changed since it
+        was read (its own update already wrote a fresh vector). No new entry version."""
         changes = cols.as_changes(embedding_only=True)
         sets = ", ".join(f"{k} = %s" for k in changes)
-        conn.execute(
-            f"UPDATE kb_entries SET {sets} WHERE id = %s", [*changes.values(), entry_id]
+        cur = conn.execute(
+            f"UPDATE kb_entries SET {sets} WHERE id = %s AND version = %s AND deleted_at IS NULL",
+            [*changes.values(), entry_id, version],
         )
+        return cur.rowcount == 1
 
     def soft_delete_many(self, conn: Connection[TupleRow], ids: Sequence[uuid.UUID]) -> int:
         cur = conn.execute(
@@ -264,7 +267,10 @@ class SearchTable:
                     col = "kw_tokens"
                 else:
                     # plainto_tsquery ANDs the words; OR them, as the blind query does.
-                    q = "CAST(replace(plainto_tsquery('english', %s)::text, ' & ', ' | ') AS tsquery)"
+                    q = (
+                        "CAST(replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')"
+                        " AS tsquery)"
+                    )
                     col = "kw_plain"
                 stmt = (
                     f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q"
@@ -295,7 +301,11 @@ class SearchTable:
                     args = [vector, *args]
                 rows = conn.execute(stmt, args, binary=True).fetchall()
                 vec = [
-                    (r[0], None if r[1] is None else float(r[1]), None if r[2] is None else bytes(r[2]))
+                    (
+                        r[0],
+                        None if r[1] is None else float(r[1]),
+                        None if r[2] is None else bytes(r[2]),
+                    )
                     for r in rows
                 ]
         return kw, vec
