@@ -341,8 +341,9 @@ class SearchEngine:
                 warnings.append(f"semantic search unavailable, keyword results only: {exc.message}")
                 log.warning("hybrid search fell back to keyword: %s", exc.code)
 
-        depth = window if used is not SearchMode.HYBRID else max(MIN_FUSION_DEPTH, 2 * window)
-        depth = min(depth, 2 * MAX_WINDOW)
+        # One more than the page tells whether another page exists; hybrid fuses deeper
+        # lists, since an entry ranked low in one list may rank high in the other.
+        depth = window + 1 if used is not SearchMode.HYBRID else max(MIN_FUSION_DEPTH, 2 * window)
         kw_query: str | None = None
         if used is not SearchMode.SEMANTIC and stems:
             if self.keyring is not None:
