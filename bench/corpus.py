@@ -12,7 +12,9 @@ inference for ~7,000 chunks on 2 cores is paid once per machine.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -76,27 +78,36 @@ class EmbeddingCache:
             for k, v in zip(data["keys"], data["vectors"], strict=True):
                 self.table[str(k)] = v
         self.embedder = MiniLMEmbedder()
+        self.dirty = False
+        atexit.register(self.save)
         self.seconds = 0.0
         self.embedded = 0
 
     def save(self) -> None:
+        """Merge with what is on disk (another bench may have added vectors), then
+        replace atomically."""
+        if not self.dirty:
+            return
         CACHE.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            data = np.load(self.path)
+            for k, v in zip(data["keys"], data["vectors"], strict=True):
+                self.table.setdefault(str(k), v)
         keys = np.array(list(self.table), dtype="U64")
         vecs = np.stack(list(self.table.values())) if self.table else np.zeros((0, 384))
-        tmp = self.path.with_suffix(".tmp.npz")
+        tmp = self.path.with_name(f"{self.path.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, keys=keys, vectors=vecs.astype(np.float32))
         tmp.replace(self.path)
+        self.dirty = False
 
     def vectors(self, texts: Sequence[str], *, label: str = "texts") -> NDArray[np.float32]:
         keys = [text_key(t) for t in texts]
         missing = sorted(
             {k: t for k, t in zip(keys, texts, strict=True) if k not in self.table}.items()
         )
+        if len(missing) > 1:
+            print(f"bench: embedding {len(missing)} {label} with MiniLM...", file=sys.stderr)
         if missing:
-            print(
-                f"bench: embedding {len(missing)} {label} with MiniLM (cached after)...",
-                file=sys.stderr,
-            )
             t0 = time.perf_counter()
             step = 256
             for i in range(0, len(missing), step):
@@ -104,10 +115,13 @@ class EmbeddingCache:
                 vecs = self.embedder.embed([t for _k, t in part])
                 for (k, _t), v in zip(part, vecs, strict=True):
                     self.table[k] = v
-                self.save()
+                self.dirty = True
+                if len(part) >= 16:
+                    self.save()
                 done = min(i + step, len(missing))
                 rate = done / (time.perf_counter() - t0)
-                print(f"  {done}/{len(missing)} ({rate:.1f}/s)", file=sys.stderr)
+                if len(missing) > 1:
+                    print(f"  {done}/{len(missing)} ({rate:.1f}/s)", file=sys.stderr)
             self.seconds += time.perf_counter() - t0
             self.embedded += len(missing)
         return np.stack([self.table[k] for k in keys])

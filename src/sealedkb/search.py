@@ -16,7 +16,7 @@ Where plaintext meets crypto for search, next to service.py:
   keyword-only when the embedder fails.
 
 β, oversample and ef_search were chosen by measurement (docs/SEARCH.md,
-bench/bench_vectors.py): with β = 1.0 and oversample 2, recall@10 against exact
+bench/bench_vectors.py): with β = 1.0 and oversample 4, recall@10 against exact
 plaintext search was >= 0.99 on real MiniLM vectors and on 100k synthetic ones.
 """
 
@@ -62,7 +62,7 @@ DB_DIM = 384  # vector(384) columns of migration 003
 
 # DCPE and ANN settings, chosen by measurement (docs/SEARCH.md).
 DCPE_BETA = 1.0
-OVERSAMPLE = 2
+OVERSAMPLE = 4
 EF_SEARCH_MIN = 40
 RRF_K = 60
 
