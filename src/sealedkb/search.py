@@ -65,6 +65,7 @@ DCPE_BETA = 1.0
 OVERSAMPLE = 4
 EF_SEARCH_MIN = 40
 RRF_K = 60
+MATCH_BUDGET = 0.05  # keyword search ranks the rows of its rarest words, up to ~5 % of rows
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 50  # hits per page
@@ -194,7 +195,7 @@ class SearchIndexer:
             blinder = self.keyring.blinder(namespace)
             lexemes = text.positioned_terms(doc.title, doc.content)
             tok = blinder.word_token
-            cols.kw_tokens = text.tsvector_literal((tok(t), p) for t, p in lexemes.items())
+            cols.kw_tokens = text.tsvector_literal([(tok(t), p) for t, p in lexemes.items()])
             if with_fingerprint:
                 cols.fingerprint = blinder.fingerprint(norm)
         elif with_fingerprint:
@@ -344,13 +345,23 @@ class SearchEngine:
         # One more than the page tells whether another page exists; hybrid fuses deeper
         # lists, since an entry ranked low in one list may rank high in the other.
         depth = window + 1 if used is not SearchMode.HYBRID else max(MIN_FUSION_DEPTH, 2 * window)
-        kw_query: str | None = None
+        kw_query = kw_filter = None
         if used is not SearchMode.SEMANTIC and stems:
             if self.keyring is not None:
                 tok = self.keyring.blinder(ns).word_token
-                kw_query = " | ".join(tok(s) for s in stems)
+                lexemes = [tok(s) for s in stems]
+                kw_query = " | ".join(lexemes)
+                freqs = self.table.term_frequencies("kw_tokens")
             else:
+                lexemes = [f"'{s}'" for s in stems]  # \w+ stems: nothing to escape
                 kw_query = query
+                freqs = self.table.term_frequencies("kw_plain")
+            kw_filter = " | ".join(
+                match_terms(
+                    lexemes,
+                    [freqs.get(s) for s in (lexemes if self.keyring is not None else stems)],
+                )
+            )
         vec_arg: NDArray[np.float32] | None = None
         fetch = depth
         if qvec is not None:
@@ -365,6 +376,7 @@ class SearchEngine:
             filt,
             encrypted=self.keyring is not None,
             keyword_query=kw_query,
+            keyword_filter=kw_filter,
             keyword_depth=depth,
             vector=vec_arg,
             model_id=self.embedder.model_id if self.embedder is not None else None,
@@ -453,6 +465,29 @@ class SearchEngine:
             {},
             tuple(r.tags_plain or ()),
         )
+
+
+def match_terms(lexemes: Sequence[str], freqs: Sequence[float | None]) -> list[str]:
+    """The query lexemes whose rows are ranked: the rarest first, adding more while the
+    share of rows they select stays within MATCH_BUDGET (at least one lexeme). Lexemes
+    without a statistic are rarer than every listed one, so they are always kept.
+
+    ts_rank_cd still scores with every query word; only rows that hold nothing but
+    very common words (say "object" and "method" in a Python manual) go unranked —
+    what an IDF weighting would rank last anyway — and ranking stays ~10x cheaper.
+    """
+    if not freqs or all(f is None for f in freqs):
+        return list(lexemes)
+    order = sorted(range(len(lexemes)), key=lambda i: freqs[i] or 0.0)
+    keep: list[str] = []
+    share = 0.0
+    for i in order:
+        f = freqs[i] or 0.0
+        if keep and share + f > MATCH_BUDGET:
+            break
+        keep.append(lexemes[i])
+        share += f
+    return keep
 
 
 def rrf(

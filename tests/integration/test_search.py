@@ -19,7 +19,14 @@ from sealedkb.crypto.sealed import field_aad
 from sealedkb.domain import EncryptionMode, EntryPatch
 from sealedkb.embed.hashing import HashingEmbedder
 from sealedkb.errors import EmbeddingError, ValidationError
-from sealedkb.search import EMBEDDING_COLUMN, TABLE, SearchMode, rrf, vector_from_bytes
+from sealedkb.search import (
+    EMBEDDING_COLUMN,
+    TABLE,
+    SearchMode,
+    match_terms,
+    rrf,
+    vector_from_bytes,
+)
 from sealedkb.service import KnowledgeBase
 
 
@@ -275,3 +282,23 @@ def test_real_model_semantic_search(make_settings: Callable[..., Settings]) -> N
         assert r.hits[0].score > r.hits[1].score + 0.2
     finally:
         kb.close()
+
+
+def test_match_terms_keeps_the_rarest_within_budget() -> None:
+    assert match_terms(["a", "b", "c"], [None, None, None]) == ["a", "b", "c"]
+    assert match_terms(["common", "rare", "mid"], [0.5, None, 0.04]) == ["rare", "mid"]
+    assert match_terms(["x", "y"], [0.6, 0.7]) == ["x"]  # at least one: the rarest
+
+
+def test_keyword_search_with_statistics(any_kb: KnowledgeBase) -> None:
+    for i in range(60):
+        any_kb.add(f"Every object here is number {i}, filler{i}.", title=f"Object {i}")
+    target = any_kb.add("Object lifetime and the rare word zygote.", title="Lifetimes")
+    sql(any_kb.db.url, "ANALYZE kb_entries")
+    column = "kw_tokens" if any_kb.encrypted else "kw_plain"
+    freqs = any_kb.search_table.term_frequencies(column, max_age=0)
+    assert max(freqs.values()) > 0.9  # "object" is everywhere
+    r = any_kb.search("zygote object", mode="keyword")
+    assert r.hits[0].id == target.id
+    assert len(r.hits) == 1  # rows holding only the everywhere-word are not ranked
+    assert len(any_kb.search("object", mode="keyword", limit=50).hits) == 50  # still answered

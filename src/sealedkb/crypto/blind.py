@@ -29,13 +29,21 @@ class Blinder:
 
         self._token = _token
         self._key = key
+        self._words: dict[str, str] = {}
+        self._words_max = cache_size
 
     def tag_token(self, tag: str) -> str:
         """Token of an already-normalised tag (see domain.validate_tags)."""
         return self._token("tag", tag)
 
     def word_token(self, word: str) -> str:
-        return self._token("word", word)
+        tok = self._words.get(word)  # a plain dict first: called for every lexeme written
+        if tok is None:
+            tok = self._token("word", word)
+            if len(self._words) >= self._words_max:
+                self._words.clear()
+            self._words[word] = tok
+        return tok
 
     def digest(self, domain: str, data: bytes) -> str:
         """A 16-byte keyed digest (hex) in its own domain; not cached (inputs are large)."""
