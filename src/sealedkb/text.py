@@ -66,6 +66,12 @@ def stem(word: str) -> str:
     return str(_stemmer.stemWord(word))
 
 
+def term_of(word: str) -> str | None:
+    """Cached stem of one normalised word, None for a stop word or an over-long word."""
+    t = _STEMS.get(word, _MISSING)
+    return _stem_slow(word) if t is _MISSING else t
+
+
 def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
