@@ -368,12 +368,13 @@ class SearchEngine:
                 lexemes = [f"'{s}'" for s in stems]  # \w+ stems: nothing to escape
                 kw_query = query
                 freqs = self.table.term_frequencies("kw_plain")
-            kw_filter = " | ".join(
-                match_terms(
-                    lexemes,
-                    [freqs.get(s) for s in (lexemes if self.keyring is not None else stems)],
-                )
+            keep = match_terms(
+                lexemes, [freqs.get(s) for s in (lexemes if self.keyring is not None else stems)]
             )
+            # No pruning: the ranking query selects the rows itself (in plaintext mode
+            # PostgreSQL's parser may make lexemes, e.g. 'sys.path', that our split
+            # does not).
+            kw_filter = " | ".join(keep) if len(keep) < len(lexemes) else None
         vec_arg: NDArray[np.float32] | None = None
         fetch = depth
         if qvec is not None:

@@ -302,3 +302,9 @@ def test_keyword_search_with_statistics(any_kb: KnowledgeBase) -> None:
     assert r.hits[0].id == target.id
     assert len(r.hits) == 1  # rows holding only the everywhere-word are not ranked
     assert len(any_kb.search("object", mode="keyword", limit=50).hits) == 50  # still answered
+
+
+def test_keyword_search_on_dotted_names(any_kb: KnowledgeBase) -> None:
+    # PostgreSQL's parser keeps 'sys.path' as one lexeme; the blind pipeline splits it
+    e = any_kb.add("Append the folder to sys.path before importing.", title="Module search")
+    assert any_kb.search("sys.path", mode="keyword").hits[0].id == e.id

@@ -299,12 +299,19 @@ class SearchTable:
                         " AS tsquery)"
                     )
                     col = "kw_plain"
-                stmt = (
-                    f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q,"
-                    " CAST(%s AS tsquery) AS f"
-                    f" WHERE {col} @@ f AND {where} ORDER BY r DESC, id LIMIT %s"
-                )
-                args = [keyword_query, keyword_filter, *params, keyword_depth]
+                if keyword_filter:
+                    stmt = (
+                        f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q,"
+                        " CAST(%s AS tsquery) AS f"
+                        f" WHERE {col} @@ f AND {where} ORDER BY r DESC, id LIMIT %s"
+                    )
+                    args = [keyword_query, keyword_filter, *params, keyword_depth]
+                else:
+                    stmt = (
+                        f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q"
+                        f" WHERE {col} @@ q AND {where} ORDER BY r DESC, id LIMIT %s"
+                    )
+                    args = [keyword_query, *params, keyword_depth]
                 rows = conn.execute(stmt, args).fetchall()
                 kw = [(r[0], float(r[1])) for r in rows]
             if vector is not None:
