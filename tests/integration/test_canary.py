@@ -11,8 +11,10 @@ starts an embedded server in ``<home>/pgdata`` (crash-safe settings, as users ge
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,13 +33,20 @@ ENTRIES = 20
 
 
 @pytest.fixture
-def embedded_home(tmp_path: Path) -> Iterator[Path]:
-    """A home of its own; whatever server starts in it is stopped afterwards."""
-    home = tmp_path / "home"
+def embedded_home() -> Iterator[Path]:
+    """A home of its own; whatever server starts in it is stopped afterwards.
+
+    Not under pytest's basetemp: as root, another pytest session starting meanwhile
+    resets /tmp/pytest-of-root to 0700 and cuts the server user off (PANIC on
+    pg_control), as conftest.py notes for the shared server.
+    """
+    base = Path(tempfile.mkdtemp(prefix="sealedkb-canary-"))
+    home = base / "home"
     try:
         yield home
     finally:
         EmbeddedPostgres(home / "pgdata").stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def needles(marker: str) -> list[bytes]:
