@@ -108,7 +108,10 @@ def main() -> int:
                 conn.execute("CREATE DATABASE bench_enc")
             kbs: dict[str, KnowledgeBase] = {}
             for mode, dbname in (("plaintext", "bench_plain"), ("encrypted", "bench_enc")):
-                settings = load_settings(base / f"home-{mode}", database_url=server.uri(dbname))
+                # CRUD without embeddings (search has its own benchmark: bench_search_perf.py)
+                settings = load_settings(
+                    base / f"home-{mode}", database_url=server.uri(dbname), embedder="none"
+                )
                 enc = EncryptionMode.ON if mode == "encrypted" else EncryptionMode.OFF
                 kbs[mode], _ = KnowledgeBase.init(settings, enc)
             results = run(kbs, corpus, tags, args, rng)

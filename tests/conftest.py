@@ -81,6 +81,9 @@ def home(tmp_path: Path) -> Path:
 def make_settings(home: Path, database_url: str) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         overrides.setdefault("database_url", database_url)
+        # The deterministic hashing embedder keeps tests fast; tests of the real
+        # model ask for embedder="minilm".
+        overrides.setdefault("embedder", "hash")
         return load_settings(home, **overrides)
 
     return make

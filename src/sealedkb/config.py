@@ -64,7 +64,12 @@ class Settings(BaseSettings):
     # Seconds between signed audit checkpoints (and key-schedule checks) while serving.
     audit_checkpoint_interval: float = Field(default=60.0, ge=1.0, le=60.0)
     pool_max_size: int = Field(default=8, ge=1, le=100)
+    # Server-side folder that the MCP kb_import tool may read from (unset: disabled).
+    import_root: Path | None = None
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    # Embedding model for semantic search: minilm (local ONNX, default), hash (a
+    # model-free test embedder) or none (keyword search only).
+    embedder: str = Field(default="minilm", pattern=r"^(minilm|hash|none)$")
     # HTTP MCP server limits, per bearer token.
     http_rate_per_second: float = Field(default=20.0, gt=0, le=10_000)
     http_rate_burst: int = Field(default=60, ge=1, le=100_000)

@@ -118,6 +118,13 @@ class DatabaseError(SealedKBError):
     exit_code = 1
 
 
+class EmbeddingError(SealedKBError):
+    """The embedding model is missing, fails its checksum, or failed on this input."""
+
+    code = "EMBEDDING_ERROR"
+    exit_code = 1
+
+
 class NotInitializedError(SealedKBError):
     code = "NOT_INITIALIZED"
     exit_code = 1

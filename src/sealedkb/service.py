@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ from sealedkb.domain import (
     validate_tags,
     validate_title,
 )
+from sealedkb.embed import load_embedder
 from sealedkb.errors import (
     ConflictError,
     IntegrityError,
@@ -52,13 +53,16 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
+from sealedkb.importer import Importer, ImportSummary
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
 from sealedkb.keys.local import LocalKeyProvider
 from sealedkb.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
 from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
+from sealedkb.search import SearchEngine, SearchIndexer, SearchResult, reembed
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
+from sealedkb.store.search import SearchTable
 from sealedkb.store.tokens import TokenRecord, TokenTable
 from sealedkb.telemetry import Telemetry
 
@@ -129,6 +133,13 @@ class KnowledgeBase:
                 max_age=settings.data_key_max_age,
             )
             self.keys = KeyLifecycle(db, provider, kms_key_uri, self.audit, self.keyring)
+        # Search (search.py): the model loads lazily, on the first text to embed.
+        self.embedder = load_embedder(settings.embedder)
+        self.search_table = SearchTable(db)
+        self.indexer = SearchIndexer(self.keyring, self.embedder)
+        self.engine = SearchEngine(
+            self.search_table, self.keyring, self.embedder, self._open_sealed
+        )
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -288,16 +299,19 @@ class KnowledgeBase:
             "tags_plain": list(doc.tags),
         }
 
+    def _open_sealed(self, namespace: str, entry_id: uuid.UUID, blob: bytes) -> EntryDoc:
+        if self.keyring is None:
+            raise KeyUnavailableError("row is sealed but this knowledge base has no key")
+        aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
+        try:
+            return decode_doc(self.keyring.open(blob, aad))
+        except IntegrityError:
+            # Ids are not secret; naming the entry tells the operator which row to check.
+            raise IntegrityError(f"entry {entry_id} failed its integrity check") from None
+
     def _open_doc(self, row: EntryRow) -> EntryDoc:
         if row.doc_sealed is not None:
-            if self.keyring is None:
-                raise KeyUnavailableError("row is sealed but this knowledge base has no key")
-            aad = field_aad(row.namespace, TABLE, DOC_COLUMN, str(row.id))
-            try:
-                return decode_doc(self.keyring.open(row.doc_sealed, aad))
-            except IntegrityError:
-                # Ids are not secret; naming the entry tells the operator which row to check.
-                raise IntegrityError(f"entry {row.id} failed its integrity check") from None
+            return self._open_sealed(row.namespace, row.id, row.doc_sealed)
         if self.keyring is not None:
             # A plaintext row in an encrypted knowledge base was written around sealedkb
             # (or is a forgery): never serve it as if it were authentic.
@@ -348,7 +362,10 @@ class KnowledgeBase:
         source: str | None = None,
         metadata: dict[str, Any] | None = None,
         verified: bool = False,
+        force: bool = False,
     ) -> Entry:
+        """Add an entry. Identical content (after normalising whitespace) already in
+        the namespace returns the existing entry instead, unless ``force``."""
         new = NewEntry(
             namespace=validate_namespace(namespace),
             content=validate_content(content),
@@ -359,13 +376,21 @@ class KnowledgeBase:
             metadata=validate_metadata(metadata if metadata is not None else {}),
             verified=bool(verified),
         )
-        return self.add_entry(new)
+        return self.add_entry(new, force=force)
 
-    def add_entry(self, new: NewEntry) -> Entry:
+    def add_entry(self, new: NewEntry, *, force: bool = False) -> Entry:
         entry_id = uuid.uuid4()
         doc = EntryDoc(new.title, new.content, new.source, new.metadata, new.tags)
-        # Seal before touching the database: nothing is ever half-encrypted.
+        vectors = self.indexer.embed([(doc.title, doc.content)])
+        # Seal and index before touching the database: nothing is ever half-encrypted.
         cols = self._store_columns(new.namespace, entry_id, doc)
+        search_cols = self.indexer.columns(
+            new.namespace,
+            entry_id,
+            doc,
+            vectors[0] if vectors is not None else None,
+            with_fingerprint=not force,
+        )
         row = EntryRow(
             id=entry_id,
             namespace=new.namespace,
@@ -373,7 +398,8 @@ class KnowledgeBase:
             verified=new.verified,
             **cols,
         )
-        return self._to_entry(self.entries.insert(row), doc)
+        stored, created = self.search_table.insert(row, search_cols, dedup=not force)
+        return self._to_entry(stored, doc if created else None)
 
     def get(self, entry_id: str | uuid.UUID) -> Entry:
         eid = parse_entry_id(entry_id)
@@ -423,10 +449,30 @@ class KnowledgeBase:
             changes: dict[str, Any] = dict(flags)
             doc = self._open_doc(row)
             if values:
+                old = doc
                 doc = doc._replace(**values)
                 changes.update(self._store_columns(row.namespace, eid, doc))
+                if (doc.title, doc.content) != (old.title, old.content):
+                    changes.update(self._search_changes(conn, row.namespace, eid, doc))
             updated = self.entries.update(conn, eid, changes)
         return self._to_entry(updated, doc)
+
+    def _search_changes(
+        self, conn: Any, namespace: str, eid: uuid.UUID, doc: EntryDoc
+    ) -> dict[str, Any]:
+        """Search columns for changed title/content: tokens, vector, fingerprint (kept
+        only while no other live entry of the namespace has the same content)."""
+        vectors = self.indexer.embed([(doc.title, doc.content)])
+        cols = self.indexer.columns(
+            namespace, eid, doc, vectors[0] if vectors is not None else None
+        )
+        if cols.fingerprint and self.search_table.fingerprint_taken(
+            conn, namespace, cols.fingerprint, eid
+        ):
+            cols.fingerprint = None
+        changes = cols.as_changes()
+        del changes["import_key"], changes["import_hash"]  # an edited chunk stays imported
+        return changes
 
     def delete(self, entry_id: str | uuid.UUID) -> None:
         eid = parse_entry_id(entry_id)
@@ -552,6 +598,35 @@ class KnowledgeBase:
             return None
         scopes = None if ALL_NAMESPACES in rec.namespaces else frozenset(rec.namespaces)
         return Principal(rec.name, Role(rec.role), scopes)
+
+    # --- search, import (search.py, importer.py) --------------------------------
+
+    def search(self, query: str, **options: Any) -> SearchResult:
+        """Hybrid (default), semantic or keyword search; see SearchEngine.search."""
+        return self.engine.search(query, **options)
+
+    def import_paths(
+        self,
+        paths: Sequence[str],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        entry_type: str = "doc",
+        tags: Sequence[str] = (),
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ImportSummary:
+        """Import Markdown, text and HTML files and folders as chunked entries."""
+        importer = Importer(self, namespace=namespace, entry_type=entry_type, tags=tags)
+        return importer.run(paths, progress)
+
+    def reembed(
+        self,
+        *,
+        namespace: str | None = None,
+        redo_all: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """Recompute vectors made by another model (or missing); resumable."""
+        return reembed(self, namespace=namespace, redo_all=redo_all, progress=progress)
 
     # --- status ----------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Acceptance: entries holding a unique marker are added; after CHECKPOINT the marker
+"""Acceptance: entries holding a unique marker are added (and, since issue 3, keyword
+indexed, tagged, embedded and imported from a file, and searched); after CHECKPOINT the marker
 appears nowhere under the PostgreSQL data directory (tables, WAL, everything) nor
 in a pg_dump of the database. With ``--encryption off`` the same test finds it in
 both places, which shows the search can fail.
@@ -10,8 +11,10 @@ starts an embedded server in ``<home>/pgdata`` (crash-safe settings, as users ge
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,22 +27,31 @@ from sealedkb.domain import EncryptionMode, EntryPatch
 from sealedkb.runtime import EMBEDDED_DBNAME
 from sealedkb.service import KnowledgeBase
 from sealedkb.store.embedded import EmbeddedPostgres, pg_bin
+from sealedkb.text import stem
 
 ENTRIES = 20
 
 
 @pytest.fixture
-def embedded_home(tmp_path: Path) -> Iterator[Path]:
-    """A home of its own; whatever server starts in it is stopped afterwards."""
-    home = tmp_path / "home"
+def embedded_home() -> Iterator[Path]:
+    """A home of its own; whatever server starts in it is stopped afterwards.
+
+    Not under pytest's basetemp: as root, another pytest session starting meanwhile
+    resets /tmp/pytest-of-root to 0700 and cuts the server user off (PANIC on
+    pg_control), as conftest.py notes for the shared server.
+    """
+    base = Path(tempfile.mkdtemp(prefix="sealedkb-canary-"))
+    home = base / "home"
     try:
         yield home
     finally:
         EmbeddedPostgres(home / "pgdata").stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def needles(marker: str) -> list[bytes]:
-    forms = {marker, marker.lower(), marker.upper(), marker.casefold()}
+    # the stem is what a keyword index would store
+    forms = {marker, marker.lower(), marker.upper(), marker.casefold(), stem(marker.casefold())}
     return sorted(f.encode() for f in forms)
 
 
@@ -85,6 +97,24 @@ def add_marked_entries(kb: KnowledgeBase, marker: str) -> None:
     assert len(kb.list(limit=100)) == ENTRIES - 1
 
 
+def search_and_import_marker(kb: KnowledgeBase, marker: str, folder: Path) -> None:
+    """The marker goes through the keyword index, tag tokens, the embedder and import."""
+    assert kb.embedder is not None and kb.embedder.model_id.startswith("all-MiniLM")
+    for mode in ("keyword", "hybrid", "semantic"):
+        hits = kb.search(f"{marker} passing", mode=mode, limit=20).hits
+        assert hits and all(marker in h.title for h in hits[:5]), mode
+    tagged = kb.search("entry", tags=[f"{marker}-tag"], mode="keyword", limit=50).hits
+    assert len(tagged) == 11  # 13 in "default", less #1 (re-tagged) and #2 (deleted)
+    folder.mkdir()
+    (folder / f"{marker}.md").write_text(
+        f"# Imported {marker}\n\n## Section {marker}\n\nThe {marker} appears in a file.\n"
+    )
+    summary = kb.import_paths([str(folder)], tags=[f"{marker}-import"])
+    assert summary.imported == 1 and summary.chunks_added == 1
+    (hit,) = kb.search(marker, tags=[f"{marker}-import"], mode="keyword").hits
+    assert hit.source is not None and marker in hit.source
+
+
 def checkpoint(uri: str) -> None:
     with psycopg.connect(uri, autocommit=True) as conn:
         conn.execute("CHECKPOINT")
@@ -113,6 +143,7 @@ def test_marker_never_reaches_disk_or_dump(embedded_home: Path, mode: Encryption
         assert kb.target.kind == "embedded"
         assert kb.target.transport.kind == "unix-socket"
         add_marked_entries(kb, marker)
+        search_and_import_marker(kb, marker, embedded_home.parent / "import-src")
         # the entries still read back whole
         e = kb.list(namespace="canary-ns", limit=100)[-1]
         assert marker in e.content and marker in e.title and e.metadata["marker"] == marker

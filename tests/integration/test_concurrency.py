@@ -61,6 +61,7 @@ print(json.dumps(ids))
 
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
+    env["SEALEDKB_EMBEDDER"] = "hash"  # concurrency, not the model, is under test here
     src = str(Path(sealedkb.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return env
@@ -132,8 +133,8 @@ def test_two_processes_lose_nothing(
     assert len(rows) == PROCESSES * PER_PROCESS
     assert {r[0] for r in rows} == set(all_ids)
     assert {r[1] for r in rows} == {namespace}
-    # one content key and one index key: the loser of the race adopted the winner's
-    assert keys == [("content", 1, 1), ("index", 1, 1)]
+    # one content, index and vector key each: the loser of the race adopted the winner's
+    assert keys == [("content", 1, 1), ("index", 1, 1), ("vector", 1, 1)]
 
     with KnowledgeBase.open(make_settings()) as reader:
         entries = reader.list(namespace=namespace, limit=1000)

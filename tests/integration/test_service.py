@@ -484,7 +484,8 @@ def test_encrypted_mode_data_keys_per_namespace(kb: KnowledgeBase) -> None:
         "SELECT purpose, count(*) FILTER (WHERE active), count(*) FROM kb_data_keys"
         " WHERE namespace = 'ns1' GROUP BY purpose ORDER BY purpose",
     )
-    assert rows == [("content", 1, 1), ("index", 1, 1)]
+    # the vector key (DCPE rotation) comes with the first embedded entry
+    assert rows == [("content", 1, 1), ("index", 1, 1), ("vector", 1, 1)]
     for r in keys:
         assert len(bytes(r[3])) > 32  # wrapped, not a bare 256-bit key
 

@@ -109,7 +109,7 @@ def test_crud_and_status_through_verified_tls(
     assert not any("TLS" in w for w in status["warnings"])
     human = expect(cli("status", url=url), 0).stdout
     assert f"tls ({protocol}, {db['tls_cipher']})" in human
-    assert counts(database_url) == (1, 2)
+    assert counts(database_url) == (1, 3)  # data keys: content, index, vector
 
 
 @pytest.mark.db_transports("socket")  # even under --db-transport=tls

@@ -185,9 +185,12 @@ def add(
     namespace: NamespaceOpt = "default",
     source: Annotated[str | None, typer.Option("--source", help="Path, URL or reference.")] = None,
     metadata: Annotated[str | None, typer.Option("--metadata", help="JSON object.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Add even if identical content exists.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Add an entry; prints its id."""
+    """Add an entry; prints its id (an identical entry's id unless --force)."""
 
     def go() -> Entry:
         content = _read_content(text, file)
@@ -201,6 +204,7 @@ def add(
                 namespace=namespace,
                 source=source,
                 metadata=meta,
+                force=force,
             )
 
     entry = _run(go)
@@ -436,6 +440,11 @@ app.add_typer(cli_alarms.alarms_app, name="alarms")
 from sealedkb.adapters import cli_snapshot  # noqa: E402
 
 app.add_typer(cli_snapshot.snapshot_app, name="snapshot")
+
+# search, import, reembed (issue 3)
+from sealedkb.adapters import cli_search  # noqa: E402
+
+cli_search.register(app)
 
 
 def main() -> None:

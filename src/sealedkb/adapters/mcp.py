@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, TypeVar, cast
 
 import anyio.to_thread
@@ -26,7 +27,7 @@ from pydantic import Field
 from sealedkb import __version__
 from sealedkb.access import OPERATOR, Action, Principal, Role
 from sealedkb.domain import DEFAULT_NAMESPACE, Entry, EntryPatch, EntryType
-from sealedkb.errors import NotFoundError, SealedKBError, ValidationError
+from sealedkb.errors import AccessDeniedError, NotFoundError, SealedKBError, ValidationError
 from sealedkb.monitor import TOOL_SECONDS
 from sealedkb.service import KnowledgeBase
 
@@ -324,6 +325,80 @@ def register_search_tools(
     call: Callable[..., Any],
     principal: Callable[[], Principal],
 ) -> None:
-    """kb_search and kb_import, once the knowledge base has search (issue 3)."""
+    """kb_search and kb_import (the search issue's API)."""
     if not hasattr(kb, "search"):
         return
+
+    @server.tool(
+        description="Search the knowledge base. mode: hybrid (default: keywords + meaning, "
+        "fused), semantic or keyword. Filters: namespace, entry_type, tags (all must match), "
+        "since (ISO date). Returns hits with id, title, score, snippet, type, tags and "
+        "source; use kb_get for the full content. Page with offset/next_offset."
+    )
+    async def kb_search(
+        query: Annotated[str, Field(description="What to look for, in plain words.")],
+        mode: str = "hybrid",
+        namespace: str = DEFAULT_NAMESPACE,
+        entry_type: str | None = None,
+        tags: list[str] | None = None,
+        since: Annotated[str | None, Field(description="Only entries created since.")] = None,
+        limit: Annotated[int, Field(ge=1, le=50)] = 10,
+        offset: Annotated[int, Field(ge=0, le=1000)] = 0,
+    ) -> dict[str, Any]:
+        p = principal()
+
+        def go() -> dict[str, Any]:
+            p.require(Action.SEARCH, namespace)
+            result = kb.search(
+                query,
+                mode=mode,
+                limit=limit,
+                offset=offset,
+                namespace=namespace,
+                entry_type=entry_type,
+                tags=tags or (),
+                since=since,
+            )
+            out: dict[str, Any] = result.to_dict()
+            return out
+
+        return cast(dict[str, Any], await call("kb_search", go))
+
+    @server.tool(
+        description="Import Markdown, text or HTML files or folders that are on the server, "
+        "under its allowed import root (SEALEDKB_IMPORT_ROOT), as chunked entries. "
+        "Re-importing an unchanged file adds nothing; a changed one replaces its chunks."
+    )
+    async def kb_import(
+        paths: Annotated[list[str], Field(description="Paths relative to the import root.")],
+        namespace: str = DEFAULT_NAMESPACE,
+        entry_type: str = "doc",
+        tags: list[str] | None = None,
+    ) -> dict[str, Any]:
+        p = principal()
+
+        def go() -> dict[str, Any]:
+            p.require(Action.IMPORT, namespace)
+            resolved = [str(_under_import_root(kb, raw)) for raw in paths]
+            summary = kb.import_paths(
+                resolved, namespace=namespace, entry_type=entry_type, tags=tags or ()
+            )
+            out: dict[str, Any] = summary.to_dict()
+            return out
+
+        return cast(dict[str, Any], await call("kb_import", go))
+
+
+def _under_import_root(kb: KnowledgeBase, raw: str) -> Path:
+    """Resolve a requested path and refuse anything outside the import root (symlinks
+    and '..' included): an agent must not read arbitrary server files into the KB."""
+    root = kb.settings.import_root
+    if root is None:
+        raise AccessDeniedError(
+            "kb_import is disabled: the operator has not set SEALEDKB_IMPORT_ROOT"
+        )
+    base = root.resolve()
+    candidate = (base / raw).resolve()
+    if not candidate.is_relative_to(base):
+        raise AccessDeniedError("path is outside the import root", field="paths")
+    return candidate

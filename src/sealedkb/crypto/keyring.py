@@ -19,6 +19,7 @@ from typing import Protocol
 
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.sealed import DataKey, FieldOpener, FieldSealer
+from sealedkb.crypto.vectors import VectorCipher
 from sealedkb.domain import KeyPurpose, WrappedDataKey
 from sealedkb.errors import IntegrityError
 from sealedkb.keys.provider import KeyProvider
@@ -73,6 +74,7 @@ class KeyRing:
         self._active: dict[tuple[str, KeyPurpose], uuid.UUID] = {}
         self._sealers: dict[bytes, FieldSealer] = {}
         self._blinders: dict[bytes, Blinder] = {}
+        self._vector_ciphers: dict[tuple[bytes, int, float], VectorCipher] = {}
         self._writers: dict[str, tuple[FieldSealer, Blinder, float]] = {}
         self.opener = FieldOpener(self._resolve)
         self.unwrap_calls = 0
@@ -90,6 +92,7 @@ class KeyRing:
             self._active.clear()
             self._sealers.clear()
             self._blinders.clear()
+            self._vector_ciphers.clear()
             self._writers.clear()
             self.opener.clear()
 
@@ -181,6 +184,18 @@ class KeyRing:
             if blinder is None:
                 blinder = self._blinders[key.key_id] = Blinder(key.material)
             return blinder
+
+    def vector_cipher(self, namespace: str, dim: int, beta: float) -> VectorCipher:
+        """DCPE under the namespace's ``vector`` data key (rotation derived once, cached)."""
+        rec = self._active_record(namespace, KeyPurpose.VECTOR)
+        key = self._cached(rec)
+        cache_key = (key.key_id, dim, beta)
+        cipher = self._vector_ciphers.get(cache_key)
+        if cipher is None:
+            cipher = VectorCipher(key.material, dim, beta)
+            with self._lock:
+                self._vector_ciphers[cache_key] = cipher
+        return cipher
 
     def writer(self, namespace: str) -> tuple[FieldSealer, Blinder]:
         """The content sealer and tag blinder of a namespace, cached together until the

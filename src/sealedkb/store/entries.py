@@ -57,6 +57,19 @@ _GET_FOR_UPDATE = (
 )
 # Columns a caller may set on update (identity, timestamps and version are managed here).
 MUTABLE = frozenset(COLUMNS) - {"id", "namespace", "created_at", "updated_at", "version"}
+# Search columns (migration 003, store/search.py): written with the entry on update,
+# never read by get/list.
+MUTABLE |= {
+    "kw_tokens",
+    "embedding_enc",
+    "embedding_sealed",
+    "embedding_plain",
+    "embed_model",
+    "embed_dim",
+    "fingerprint",
+    "import_key",
+    "import_hash",
+}
 
 
 def _from_db(r: Sequence[Any]) -> EntryRow:

@@ -1,0 +1,313 @@
+"""Search latency and ingest throughput, encrypted vs plaintext, on >= 10k entries.
+
+Method (DESIGN.md §9): both modes in one process against one embedded
+PostgreSQL 18 + pgvector (durable default settings), same entries, same
+queries, interleaved in small rounds with alternating order; ratios of medians.
+
+Entries: every chunk of the Python 3.11 documentation (Debian python3.11-doc,
+chunked by sealedkb's importer, ~6,750 chunks of <= 1,500 characters) with its
+real MiniLM vector (bench/.cache), topped up to ``--entries`` (default 10,000)
+with variants of random real chunks: the chunk's sentences in another order
+plus a marker word, and its vector plus Gaussian noise (sigma 0.02 per
+dimension), re-normalised. The entries are added with ``KnowledgeBase.add`` (the
+full write path: validation, keyword tokens, DCPE, sealing, dedup check, HNSW
+and GIN insertion) with the embeddings supplied by a lookup embedder in both
+modes, so the ingest ratio measures what encryption costs; embedding time is
+measured separately (real model, uncached).
+
+Queries: the FAQ questions plus section headings of the documentation
+(``--queries``, default 300), their vectors precomputed (the same in both
+modes), run as hybrid (the goal), keyword and semantic searches with limit 10.
+Query embedding time is measured separately on the real model. Semantic recall@10
+against exact plaintext search is reported for both modes, so the latency
+comparison is at equal recall (ef_search / over-fetch as configured in search.py).
+
+    python bench/bench_search_perf.py [--entries 10000] [--queries 300] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from corpus import EmbeddingCache, LookupEmbedder, chunk_texts, doc_chunks
+
+from sealedkb.config import load_settings
+from sealedkb.domain import EncryptionMode
+from sealedkb.embed.cache import CachingEmbedder
+from sealedkb.embed.minilm import MiniLMEmbedder
+from sealedkb.search import EF_SEARCH_MIN, OVERSAMPLE, SearchMode, embedding_text
+from sealedkb.service import KnowledgeBase
+from sealedkb.store.embedded import EmbeddedPostgres
+
+MODES = ("plaintext", "encrypted")
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def build_entries(n: int, cache: EmbeddingCache) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    chunks = doc_chunks()
+    vecs = cache.vectors(chunk_texts(chunks), label="chunks")
+    rng = random.Random(5)
+    nrng = np.random.default_rng(5)
+    entries = [
+        {
+            "title": c.title,
+            "content": c.content,
+            "source": c.source,
+            "vector": vecs[i],
+            "real": True,
+        }
+        for i, c in enumerate(chunks)
+    ]
+    while len(entries) < n:
+        i = rng.randrange(len(chunks))
+        c = chunks[i]
+        sents = c.content.split(". ")
+        rng.shuffle(sents)
+        v = vecs[i] + nrng.normal(0, 0.02, vecs.shape[1]).astype(np.float32)
+        entries.append(
+            {
+                "title": f"{c.title} (variant {len(entries)})",
+                "content": ". ".join(sents) + f" variant{len(entries)}",
+                "source": c.source,
+                "vector": v / np.linalg.norm(v),
+                "real": False,
+            }
+        )
+    rng.shuffle(entries)
+    info = {"real_chunks": len(chunks), "variants": n - len(chunks), "entries": n}
+    return entries, info
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--entries", type=int, default=10_000)
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=3, help="passes over the queries per mode")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    cache = EmbeddingCache()
+    entries, info = build_entries(args.entries, cache)
+    table = {}
+    for e in entries:
+        table[embedding_text(e["title"], e["content"])] = e["vector"]
+
+    class Supplied(LookupEmbedder):
+        def embed(self, texts):  # type: ignore[no-untyped-def]
+            return np.stack([table[t] for t in texts])
+
+    supplied = Supplied(cache)
+
+    chunks = doc_chunks(["faq"])
+    faq_q = sorted({c.heading for c in chunks if c.heading.endswith("?")})
+    others = sorted({e["title"].split(" › ")[-1] for e in entries if e["real"]})
+    rng = random.Random(9)
+    queries = faq_q + rng.sample(others, max(0, args.queries - len(faq_q)))
+    queries = queries[: args.queries]
+    qvecs = cache.vectors(queries, label="queries")
+    for q, v in zip(queries, qvecs, strict=True):
+        table[q] = v
+    query_embedder = CachingEmbedder(supplied, max_entries=100_000)
+
+    # query embedding time, real model, uncached (identical in both modes)
+    model = MiniLMEmbedder()
+    model.load()
+    emb_times = [timed(lambda q=q: model.embed([q])) for q in queries[:100]]
+    sample = [embedding_text(e["title"], e["content"]) for e in entries[:64]]
+    t0 = time.perf_counter()
+    model.embed(sample)
+    chunk_embed_s = (time.perf_counter() - t0) / len(sample)
+
+    results: dict[str, Any] = {"corpus": info, "queries": len(queries)}
+    with tempfile.TemporaryDirectory(prefix="sealedkb-pbench-") as tmp:
+        base = Path(tmp)
+        server = EmbeddedPostgres(base / "pgdata")  # durable defaults, as users run it
+        server.start()
+        try:
+            with psycopg.connect(server.uri(), autocommit=True) as conn:
+                for m in MODES:
+                    conn.execute(f"CREATE DATABASE perf_{m}")
+            kbs: dict[str, KnowledgeBase] = {}
+            for m in MODES:
+                settings = load_settings(base / f"home-{m}", database_url=server.uri(f"perf_{m}"))
+                kb, _ = KnowledgeBase.init(
+                    settings, EncryptionMode.ON if m == "encrypted" else EncryptionMode.OFF
+                )
+                kb.embedder = kb.indexer.embedder = supplied
+                kb.engine.embedder = query_embedder
+                kbs[m] = kb
+            results["ingest"] = ingest(kbs, entries)
+            for m in MODES:
+                with psycopg.connect(server.uri(f"perf_{m}"), autocommit=True) as conn:
+                    conn.execute("VACUUM ANALYZE kb_entries")
+            for q in queries:  # warm: query vectors cached, plans, data keys
+                for m in MODES:
+                    kbs[m].search(q, limit=10)
+            # Equal recall (DESIGN.md §9): the encrypted mode runs with the shipped
+            # settings; the plaintext mode's ef_search is raised until its semantic
+            # recall@10 against exact search is at least the encrypted mode's.
+            recall = semantic_recall(kbs, queries, qvecs, entries)
+            tuning = [{"plaintext_ef_search": EF_SEARCH_MIN, "recall@10": recall["plaintext"]}]
+            for ef in (48, 64, 80, 100, 128, 160, 200):
+                if recall["plaintext"] >= recall["encrypted"]:
+                    break
+                kbs["plaintext"].engine.ef_search_min = ef
+                recall["plaintext"] = semantic_recall(
+                    {"plaintext": kbs["plaintext"]}, queries, qvecs, entries
+                )["plaintext"]
+                tuning.append({"plaintext_ef_search": ef, "recall@10": recall["plaintext"]})
+            results["semantic_recall@10"] = recall
+            results["plaintext_ef_tuning"] = tuning
+            results["search"] = latency(kbs, queries, args.rounds)
+            for kb in kbs.values():
+                kb.close()
+        finally:
+            server.stop()
+    results["embedding"] = {
+        "query_p50_ms": statistics.median(emb_times) * 1e3,
+        "query_p95_ms": pct(emb_times, 0.95) * 1e3,
+        "chunk_ms_batch64": chunk_embed_s * 1e3,
+    }
+    results["settings"] = {
+        "oversample": OVERSAMPLE,
+        "encrypted_ef_search": f"max({EF_SEARCH_MIN}, candidates)",
+        "plaintext_ef_search": tuning[-1]["plaintext_ef_search"],
+    }
+    if args.json:
+        json.dump(results, sys.stdout, indent=2, default=float)
+        sys.stdout.write("\n")
+    else:
+        report(results)
+    return 0
+
+
+def ingest(kbs: dict[str, KnowledgeBase], entries: list[dict[str, Any]]) -> dict[str, Any]:
+    secs = dict.fromkeys(kbs, 0.0)
+    per: dict[str, list[float]] = {m: [] for m in kbs}
+    round_size = 50
+    for start in range(0, len(entries), round_size):
+        order = list(kbs) if (start // round_size) % 2 == 0 else list(kbs)[::-1]
+        batch = entries[start : start + round_size]
+        for m in order:
+            kb = kbs[m]
+            t0 = time.perf_counter()
+            for e in batch:
+                t1 = time.perf_counter()
+                kb.add(e["content"], title=e["title"], source=e["source"], entry_type="doc")
+                per[m].append(time.perf_counter() - t1)
+            secs[m] += time.perf_counter() - t0
+    out: dict[str, Any] = {}
+    for m in kbs:
+        out[m] = {
+            "entries_per_s": len(entries) / secs[m],
+            "add_p50_ms": statistics.median(per[m]) * 1e3,
+            "add_p95_ms": pct(per[m], 0.95) * 1e3,
+        }
+    out["throughput_ratio"] = out["encrypted"]["entries_per_s"] / out["plaintext"]["entries_per_s"]
+    return out
+
+
+def latency(kbs: dict[str, KnowledgeBase], queries: list[str], rounds: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for mode in (SearchMode.HYBRID, SearchMode.KEYWORD, SearchMode.SEMANTIC):
+        times: dict[str, list[float]] = {m: [] for m in kbs}
+        for r in range(rounds):
+            for start in range(0, len(queries), 20):
+                order = list(kbs) if ((start // 20) + r) % 2 == 0 else list(kbs)[::-1]
+                for m in order:
+                    kb = kbs[m]
+                    for q in queries[start : start + 20]:
+                        times[m].append(
+                            timed(lambda kb=kb, q=q, mode=mode: kb.search(q, mode=mode, limit=10))
+                        )
+        row = {}
+        for m in kbs:
+            row[f"{m}_p50_ms"] = statistics.median(times[m]) * 1e3
+            row[f"{m}_p95_ms"] = pct(times[m], 0.95) * 1e3
+        row["ratio_p50"] = row["encrypted_p50_ms"] / row["plaintext_p50_ms"]
+        row["ratio_p95"] = row["encrypted_p95_ms"] / row["plaintext_p95_ms"]
+        out[mode.value] = row
+    return out
+
+
+def semantic_recall(
+    kbs: dict[str, KnowledgeBase],
+    queries: list[str],
+    qvecs: np.ndarray,
+    entries: list[dict[str, Any]],
+) -> dict[str, float]:
+    """recall@10 of each mode's semantic search against exact plaintext search."""
+    data = np.stack([e["vector"] for e in entries])
+    titles = [e["title"] for e in entries]
+    out = {}
+    for m, kb in kbs.items():
+        hits = 0
+        for q, v in zip(queries, qvecs, strict=True):
+            truth = {titles[i] for i in np.argsort(-(data @ v))[:10]}
+            got = {h.title for h in kb.search(q, mode="semantic", limit=10).hits}
+            hits += len(truth & got)
+        out[m] = hits / (10 * len(queries))
+    return out
+
+
+def report(r: dict[str, Any]) -> None:
+    c = r["corpus"]
+    print(
+        f"corpus: {c['entries']} entries ({c['real_chunks']} real python3.11-doc chunks + "
+        f"{c['variants']} variants); {r['queries']} queries; durable embedded PostgreSQL 18"
+    )
+    ing = r["ingest"]
+    print(
+        f"ingest (embeddings supplied): plaintext {ing['plaintext']['entries_per_s']:.0f}/s "
+        f"(add p50 {ing['plaintext']['add_p50_ms']:.2f} ms), encrypted "
+        f"{ing['encrypted']['entries_per_s']:.0f}/s (p50 {ing['encrypted']['add_p50_ms']:.2f} ms)"
+        f" -> throughput ratio {ing['throughput_ratio']:.3f}"
+    )
+    print(
+        f"{'search':<10}{'plain p50':>10}{'p95':>8}{'enc p50':>9}{'p95':>8}{'ratio p50':>11}{'ratio p95':>11}"
+    )
+    for mode, row in r["search"].items():
+        print(
+            f"{mode:<10}{row['plaintext_p50_ms']:>8.2f}ms{row['plaintext_p95_ms']:>6.2f}ms"
+            f"{row['encrypted_p50_ms']:>7.2f}ms{row['encrypted_p95_ms']:>6.2f}ms"
+            f"{row['ratio_p50']:>11.3f}{row['ratio_p95']:>11.3f}"
+        )
+    rec = r["semantic_recall@10"]
+    st = r["settings"]
+    print(
+        f"semantic recall@10 vs exact: plaintext {rec['plaintext']:.3f} (ef_search "
+        f"{st['plaintext_ef_search']}), encrypted {rec['encrypted']:.3f} (oversample "
+        f"{st['oversample']}, ef_search {st['encrypted_ef_search']})"
+    )
+    e = r["embedding"]
+    print(
+        f"embedding (real MiniLM, 2 cores): query p50 {e['query_p50_ms']:.1f} ms, "
+        f"p95 {e['query_p95_ms']:.1f} ms; chunk {e['chunk_ms_batch64']:.1f} ms each in batches"
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

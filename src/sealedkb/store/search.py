@@ -1,0 +1,364 @@
+"""SQL for hybrid search, dedup and import (migration 003). No crypto here.
+
+The store sees blind tokens, DCPE ciphertexts, sealed bytes and opaque digests
+in encrypted mode, and plaintext only in plaintext mode. The search columns are
+written in the same INSERT/UPDATE as the entry (one row version, one round
+trip) but are never read by get/list: a get stays as cheap as before.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from psycopg import Connection
+from psycopg.rows import TupleRow
+
+from sealedkb.store.db import Database
+from sealedkb.store.entries import _INSERT_COLS, _SELECT, EntryRow, _adapt, _from_db
+
+
+@dataclass(slots=True)
+class SearchColumns:
+    """Search-side columns of one entry, as the service computed them."""
+
+    kw_tokens: str | None = None  # tsvector text of blind tokens (encrypted mode)
+    embedding_enc: NDArray[np.float32] | None = None  # DCPE ciphertext
+    embedding_sealed: bytes | None = None  # exact embedding, sealed
+    embedding_plain: NDArray[np.float32] | None = None  # plaintext mode
+    embed_model: str | None = None
+    embed_dim: int | None = None
+    fingerprint: str | None = None
+    import_key: str | None = None
+    import_hash: str | None = None
+
+    def as_changes(self, *, embedding_only: bool = False) -> dict[str, Any]:
+        names = _EMBEDDING_COLS if embedding_only else SEARCH_COLS
+        return {n: getattr(self, n) for n in names}
+
+
+SEARCH_COLS = tuple(f.name for f in fields(SearchColumns))
+_EMBEDDING_COLS = (
+    "embedding_enc",
+    "embedding_sealed",
+    "embedding_plain",
+    "embed_model",
+    "embed_dim",
+)
+_CASTS = {"kw_tokens": "%s::tsvector"}
+_ALL_INSERT = [*_INSERT_COLS, *SEARCH_COLS]
+_VALUES = ", ".join(_CASTS.get(c, "%s") for c in _ALL_INSERT)
+_INSERT = f"INSERT INTO kb_entries ({', '.join(_ALL_INSERT)}) VALUES ({_VALUES})"
+_RETURNING = f" RETURNING {_SELECT}"
+# Dedup without a race: the partial unique index decides, in the same statement.
+_ON_DUP = (
+    " ON CONFLICT (namespace, fingerprint)"
+    " WHERE deleted_at IS NULL AND fingerprint IS NOT NULL DO NOTHING"
+)
+_BY_FINGERPRINT = (
+    f"SELECT {_SELECT} FROM kb_entries WHERE namespace = %s AND fingerprint = %s"
+    " AND deleted_at IS NULL"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchFilter:
+    namespace: str
+    entry_type: str | None = None
+    tag_tokens: tuple[str, ...] = ()  # all must be present (encrypted mode)
+    tags_plain: tuple[str, ...] = ()  # all must be present (plaintext mode)
+    since: datetime | None = None
+
+    def where(self) -> tuple[str, list[Any]]:
+        where = ["namespace = %s", "deleted_at IS NULL"]
+        params: list[Any] = [self.namespace]
+        if self.entry_type is not None:
+            where.append("entry_type = %s")
+            params.append(self.entry_type)
+        if self.tag_tokens:
+            where.append("tag_tokens @> %s::text[]")
+            params.append(list(self.tag_tokens))
+        if self.tags_plain:
+            where.append("tags_plain @> %s::text[]")
+            params.append(list(self.tags_plain))
+        if self.since is not None:
+            where.append("created_at >= %s")
+            params.append(self.since)
+        return " AND ".join(where), params
+
+
+@dataclass(slots=True)
+class HitRow:
+    """What a search hit needs from its row (the sealed doc or the plaintext)."""
+
+    id: uuid.UUID
+    namespace: str
+    entry_type: str
+    doc_sealed: bytes | None
+    title_plain: str | None
+    content_plain: str | None
+    source_plain: str | None
+    tags_plain: list[str] | None
+    created_at: datetime
+
+
+_HIT_COLS = ", ".join(f.name for f in fields(HitRow))
+
+
+class SearchTable:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._common: dict[str, tuple[float, dict[str, float]]] = {}
+
+    def term_frequencies(self, column: str, max_age: float = 60.0) -> dict[str, float]:
+        """Fraction of rows holding each of the most common lexemes of ``kw_tokens`` or
+        ``kw_plain``, from ANALYZE's statistics (pg_stats.most_common_elems; empty
+        before the first ANALYZE). Cached for ``max_age`` seconds. The database knows
+        these frequencies anyway: they are statistics over the stored column."""
+        if column not in ("kw_tokens", "kw_plain"):
+            raise ValueError("not a keyword column")
+        now = time.monotonic()
+        hit = self._common.get(column)
+        if hit is not None and now - hit[0] < max_age:
+            return hit[1]
+        with self.db.transaction("search statistics") as conn:
+            r = conn.execute(
+                "SELECT most_common_elems::text::text[], most_common_elem_freqs FROM pg_stats"
+                " WHERE schemaname = current_schema() AND tablename = 'kb_entries'"
+                " AND attname = %s",
+                (column,),
+            ).fetchone()
+        freqs = dict(zip(r[0], r[1], strict=False)) if r and r[0] else {}
+        self._common[column] = (now, freqs)
+        return freqs
+
+    # --- writes ------------------------------------------------------------
+
+    def insert(
+        self,
+        row: EntryRow,
+        cols: SearchColumns,
+        *,
+        dedup: bool,
+        conn: Connection[TupleRow] | None = None,
+    ) -> tuple[EntryRow, bool]:
+        """Insert the entry with its search columns. With ``dedup`` and a live entry of
+        the same fingerprint in the namespace, insert nothing and return that entry.
+        Returns (row, created)."""
+        values = [_adapt(c, getattr(row, c)) for c in _INSERT_COLS]
+        if row.tag_tokens is None:
+            values[_INSERT_COLS.index("tag_tokens")] = []
+        values.extend(getattr(cols, c) for c in SEARCH_COLS)
+        stmt = _INSERT + (_ON_DUP if dedup and cols.fingerprint else "") + _RETURNING
+        if conn is None:
+            with self.db.transaction("add") as c:
+                return self._insert(c, stmt, values, row.namespace, cols.fingerprint)
+        return self._insert(conn, stmt, values, row.namespace, cols.fingerprint)
+
+    @staticmethod
+    def _insert(
+        conn: Connection[TupleRow], stmt: str, values: list[Any], ns: str, fp: str | None
+    ) -> tuple[EntryRow, bool]:
+        r = conn.execute(stmt, values, binary=True).fetchone()
+        if r is not None:
+            return _from_db(r), True
+        existing = conn.execute(_BY_FINGERPRINT, (ns, fp), binary=True).fetchone()
+        if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
+            raise RuntimeError("dedup conflict without a live entry")
+        return _from_db(existing), False
+
+    def fingerprint_taken(
+        self, conn: Connection[TupleRow], namespace: str, fingerprint: str, other_than: uuid.UUID
+    ) -> bool:
+        r = conn.execute(
+            "SELECT 1 FROM kb_entries WHERE namespace = %s AND fingerprint = %s"
+            " AND deleted_at IS NULL AND id <> %s",
+            (namespace, fingerprint, other_than),
+        ).fetchone()
+        return r is not None
+
+    def set_embedding(
+        self, conn: Connection[TupleRow], entry_id: uuid.UUID, version: int, cols: SearchColumns
+    ) -> bool:
+        """Replace only the vector columns (reembed), unless the entry changed since it
+        was read (its own update already wrote a fresh vector). No new entry version."""
+        changes = cols.as_changes(embedding_only=True)
+        sets = ", ".join(f"{k} = %s" for k in changes)
+        cur = conn.execute(
+            f"UPDATE kb_entries SET {sets} WHERE id = %s AND version = %s AND deleted_at IS NULL",
+            [*changes.values(), entry_id, version],
+        )
+        return cur.rowcount == 1
+
+    def soft_delete_many(self, conn: Connection[TupleRow], ids: Sequence[uuid.UUID]) -> int:
+        cur = conn.execute(
+            "UPDATE kb_entries SET deleted_at = now(), updated_at = now(), version = version + 1"
+            " WHERE id = ANY(%s) AND deleted_at IS NULL",
+            (list(ids),),
+        )
+        return cur.rowcount
+
+    # --- import --------------------------------------------------------------
+
+    def chunks_of(self, namespace: str, import_key: str) -> list[tuple[uuid.UUID, str | None]]:
+        """(id, import_hash) of the live chunks imported from one file."""
+        with self.db.transaction("import lookup") as conn:
+            rows = conn.execute(
+                "SELECT id, import_hash FROM kb_entries WHERE namespace = %s"
+                " AND import_key = %s AND deleted_at IS NULL",
+                (namespace, import_key),
+            ).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    # --- reembed -----------------------------------------------------------
+
+    def needing_embedding(
+        self,
+        model_id: str,
+        dim: int,
+        namespace: str | None,
+        after: uuid.UUID | None,
+        limit: int,
+        *,
+        redo_all: bool = False,
+    ) -> list[EntryRow]:
+        """Live entries whose vector is missing or from another model, in id order
+        (keyset pagination: a rerun resumes where the last one stopped)."""
+        where = ["deleted_at IS NULL"]
+        params: list[Any] = []
+        if not redo_all:
+            where.append("(embed_model IS DISTINCT FROM %s OR embed_dim IS DISTINCT FROM %s)")
+            params.extend([model_id, dim])
+        if namespace is not None:
+            where.append("namespace = %s")
+            params.append(namespace)
+        if after is not None:
+            where.append("id > %s")
+            params.append(after)
+        stmt = f"SELECT {_SELECT} FROM kb_entries WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
+        with self.db.transaction("reembed scan") as conn:
+            rows = conn.execute(stmt, [*params, limit], binary=True).fetchall()
+        return [_from_db(r) for r in rows]
+
+    def embedding_counts(self, model_id: str, dim: int) -> dict[str, int]:
+        with self.db.transaction("status") as conn:
+            r = conn.execute(
+                "SELECT count(*) FILTER (WHERE embed_model = %s AND embed_dim = %s),"
+                " count(*) FILTER (WHERE embed_model IS NULL),"
+                " count(*) FILTER (WHERE embed_model IS DISTINCT FROM %s"
+                "   AND embed_model IS NOT NULL)"
+                " FROM kb_entries WHERE deleted_at IS NULL",
+                (model_id, dim, model_id),
+            ).fetchone()
+        assert r is not None
+        return {"current": r[0], "missing": r[1], "other_model": r[2]}
+
+    # --- search ------------------------------------------------------------
+
+    def candidates(
+        self,
+        f: SearchFilter,
+        *,
+        encrypted: bool,
+        keyword_query: str | None,
+        keyword_filter: str | None,
+        keyword_depth: int,
+        vector: NDArray[np.float32] | None,
+        model_id: str | None,
+        vector_depth: int,
+        ef_search: int,
+    ) -> tuple[list[tuple[uuid.UUID, float]], list[tuple[uuid.UUID, float | None, bytes | None]]]:
+        """Keyword and vector candidates in one transaction.
+
+        keyword: (id, ts_rank_cd) best first. ``keyword_query`` is a tsquery of
+        blind tokens (encrypted) or the raw query text for plainto_tsquery (plaintext);
+        it ranks. ``keyword_filter`` (a tsquery of some of its lexemes) selects the rows
+        to rank: ranking every row that holds a very common word would cost ~10 µs a row.
+        vector: (id, cosine similarity or None, sealed exact embedding or None),
+        nearest first by the HNSW index on the DCPE ciphertexts (encrypted) or the
+        plain vectors.
+        """
+        where, params = f.where()
+        kw: list[tuple[uuid.UUID, float]] = []
+        vec: list[tuple[uuid.UUID, float | None, bytes | None]] = []
+        with self.db.transaction("search") as conn:
+            if keyword_query:
+                if encrypted:
+                    q = "CAST(%s AS tsquery)"
+                    col = "kw_tokens"
+                else:
+                    # plainto_tsquery ANDs the words; OR them, as the blind query does.
+                    q = (
+                        "CAST(replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')"
+                        " AS tsquery)"
+                    )
+                    col = "kw_plain"
+                if keyword_filter:
+                    stmt = (
+                        f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q,"
+                        " CAST(%s AS tsquery) AS f"
+                        f" WHERE {col} @@ f AND {where} ORDER BY r DESC, id LIMIT %s"
+                    )
+                    args = [keyword_query, keyword_filter, *params, keyword_depth]
+                else:
+                    stmt = (
+                        f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q"
+                        f" WHERE {col} @@ q AND {where} ORDER BY r DESC, id LIMIT %s"
+                    )
+                    args = [keyword_query, *params, keyword_depth]
+                rows = conn.execute(stmt, args).fetchall()
+                kw = [(r[0], float(r[1])) for r in rows]
+            if vector is not None:
+                conn.execute(
+                    "SELECT set_config('hnsw.ef_search', %s, true),"
+                    " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+                    (str(ef_search),),
+                )
+                if encrypted:
+                    stmt = (
+                        "SELECT id, NULL, embedding_sealed FROM kb_entries"
+                        f" WHERE embedding_enc IS NOT NULL AND embed_model = %s AND {where}"
+                        " ORDER BY embedding_enc <=> %s LIMIT %s"
+                    )
+                else:
+                    stmt = (
+                        "SELECT id, 1 - (embedding_plain <=> %s), NULL FROM kb_entries"
+                        f" WHERE embedding_plain IS NOT NULL AND embed_model = %s AND {where}"
+                        " ORDER BY embedding_plain <=> %s LIMIT %s"
+                    )
+                args = [model_id, *params, vector, vector_depth]
+                if not encrypted:
+                    args = [vector, *args]
+                rows = conn.execute(stmt, args, binary=True).fetchall()
+                vec = [
+                    (
+                        r[0],
+                        None if r[1] is None else float(r[1]),
+                        None if r[2] is None else bytes(r[2]),
+                    )
+                    for r in rows
+                ]
+        return kw, vec
+
+    def hit_rows(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, HitRow]:
+        if not ids:
+            return {}
+        with self.db.transaction("search") as conn:
+            rows = conn.execute(
+                f"SELECT {_HIT_COLS} FROM kb_entries WHERE id = ANY(%s) AND deleted_at IS NULL",
+                (list(ids),),
+                binary=True,
+            ).fetchall()
+        out = {}
+        for r in rows:
+            h = HitRow(*r)
+            if h.doc_sealed is not None:
+                h.doc_sealed = bytes(h.doc_sealed)
+            out[h.id] = h
+        return out

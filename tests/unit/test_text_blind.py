@@ -1,0 +1,81 @@
+"""Keyword pipeline and blind tokens: known-answer tests (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from sealedkb import text
+from sealedkb.crypto.blind import Blinder, TextHasher
+
+KEY = bytes(range(32))
+
+
+def test_pipeline_normalises_drops_stop_words_and_stems() -> None:
+    got = text.terms("The Running Dogs were running QUICKLY to the Straße, ＡＢＣ!")
+    # NFKC (full-width ABC), casefold (ß -> ss), stop words (the, were, to), Snowball stems
+    assert got == ["run", "dog", "run", "quick", "strass", "abc"]
+
+
+def test_pipeline_splits_on_non_word_characters() -> None:
+    assert text.terms("sys.path/foo-bar_baz:qux") == ["sys", "path", "foo", "bar_baz", "qux"]
+    assert text.terms("the and of") == []
+    assert text.terms("x" * 65 + " kept") == ["kept"]  # over-long "words" are dropped
+
+
+def test_query_terms_are_distinct_and_bounded() -> None:
+    assert text.query_terms("running run runs dog") == ["run", "dog"]
+    many = " ".join(f"w{i}x" for i in range(100))
+    assert len(text.query_terms(many)) == text.MAX_QUERY_TERMS
+
+
+def test_positions_title_first_then_content_after_a_gap() -> None:
+    got = text.positioned_terms("Running dogs", "dogs run and run")
+    assert got == {"run": ["1A", "5", "6"], "dog": ["2A", "4"]}
+
+
+def test_positions_are_clamped_and_capped() -> None:
+    content = " ".join(["alpha"] * 300 + ["filler"] * 17000 + ["omega", "omega"])
+    got = text.positioned_terms("", content)
+    assert len(got["alpha"]) == text.MAX_POSITIONS_PER_TERM
+    # past 16383 every position is 16383, kept once
+    assert got["omega"] == [str(text.MAX_POSITION)]
+
+
+def test_tsvector_literal_weights_title_positions() -> None:
+    lit = text.tsvector_literal([("ab12", ["1A", "5"]), ("cd34", ["2"])])
+    assert lit == "ab12:1A,5 cd34:2"
+
+
+def test_word_token_known_answers() -> None:
+    b = Blinder(KEY)
+    assert b.word_token("run") == "c88a8a4ed7f08b6dfe35"
+    assert b.word_token("dog") == "2168dafa8e0e893e557e"
+    assert b.word_token("strass") == "b6d763ceb01082e86991"
+    # = first 10 bytes of HMAC-SHA256(index key, b"word\0" + stem), hex
+    ref = hmac.new(KEY, b"word\x00run", hashlib.sha256).digest()[:10].hex()
+    assert b.word_token("run") == ref
+
+
+def test_domains_are_separated() -> None:
+    b = Blinder(KEY)
+    assert b.tag_token("run") == "5ce0c277dd009c1278b3" != b.word_token("run")
+    assert b.fingerprint("hello world") == "808af553e56ab15ff209d47fd3199f27"
+    assert b.file_token("/a/b.md") == "7fe9a9b3664efbbb1f4e0efe0b630776"
+    assert b.fingerprint("x") != b.file_token("x") != b.digest("file-content", b"x")
+    assert Blinder(bytes(32)).word_token("run") != b.word_token("run")  # keyed
+
+
+def test_word_tokens_are_cached_with_a_bound() -> None:
+    b = Blinder(KEY, cache_size=4)
+    assert b.word_token("alpha") == b.word_token("alpha")
+    assert b._token.cache_info().misses == 1  # the HMAC ran once
+    for w in ("b", "c", "d", "e", "f"):
+        b.word_token(w)
+    assert len(b._words) <= 4
+
+
+def test_text_hasher_is_keyed_per_instance() -> None:
+    a, b = TextHasher(), TextHasher()
+    assert a("same") == a("same") != b("same")
+    assert a("same") != hashlib.sha256(b"same").digest()
