@@ -33,6 +33,7 @@ def server_env(home: Path, database_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
     # No automated snapshot when a test happens to run in the default window.
     env["SEALEDKB_SNAPSHOT_WINDOW"] = "off"
+    env["SEALEDKB_EMBEDDER"] = "hash"  # fast, deterministic; tests may override
     env.update(
         SEALEDKB_HOME=str(home),
         SEALEDKB_DATABASE_URL=database_url,

@@ -206,3 +206,42 @@ def test_concurrent_update_conflict_over_http(
     conflicts = [r for r in results if r.is_error]
     assert len(ok) == 1
     assert {error_of(r)["code"] for r in conflicts} == {"CONFLICT"}
+
+
+def test_search_and_import_tools(kb: KnowledgeBase, tmp_path: Path) -> None:
+    kb.add("Rotate the KMS key every year; re-wrap data keys online.", title="Key rotation")
+    hidden = kb.add("team B rotation secrets", namespace="team-b")
+    root = tmp_path / "imports"
+    (root / "docs").mkdir(parents=True)
+    (root / "docs" / "guide.md").write_text("# Backups\n\nSnapshots are encrypted.\n")
+    (tmp_path / "outside.md").write_text("# Outside\n\nnot allowed\n")
+    kb.settings = kb.settings.model_copy(update={"import_root": root})
+    a_writer = Principal("a", Role.WRITER, frozenset({"default"}))
+    reader = Principal("r", Role.READER, frozenset({"default"}))
+
+    async def go() -> None:
+        async with Client(build_server(kb, principal=lambda: a_writer)) as c:
+            for mode in ("hybrid", "keyword", "semantic"):
+                r = await c.call_tool("kb_search", {"query": "key rotation", "mode": mode})
+                assert not r.is_error, r
+                ids = [h["id"] for h in r.structured_content["hits"]]
+                assert str(hidden.id) not in ids
+            r = await c.call_tool("kb_search", {"query": "rotation", "namespace": "team-b"})
+            assert error_of(r)["code"] == "ACCESS_DENIED"
+            bad = await c.call_tool("kb_search", {"query": "x", "mode": "fuzzy"})
+            assert error_of(bad)["code"] == "VALIDATION_ERROR"
+            imp = await c.call_tool("kb_import", {"paths": ["docs"]})
+            assert not imp.is_error, imp
+            assert imp.structured_content["chunks_added"] >= 1
+            again = await c.call_tool("kb_import", {"paths": ["docs"]})
+            assert again.structured_content["chunks_added"] == 0
+            for escape in ("../outside.md", str(tmp_path / "outside.md")):
+                out = await c.call_tool("kb_import", {"paths": [escape]})
+                assert error_of(out)["code"] == "ACCESS_DENIED"
+            found = await c.call_tool("kb_search", {"query": "snapshots encrypted"})
+            assert found.structured_content["hits"]
+        async with Client(build_server(kb, principal=lambda: reader)) as c:
+            r = await c.call_tool("kb_import", {"paths": ["docs"]})
+            assert error_of(r)["code"] == "ACCESS_DENIED"
+
+    run(go())

@@ -50,6 +50,9 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "offset": st.integers(0, 5),
     "include_content": st.booleans(),
     "archived": st.booleans(),
+    "query": st.text(min_size=1, max_size=60),
+    "mode": st.sampled_from(["hybrid", "keyword", "semantic"]),
+    "since": st.sampled_from(["2020-01-01", "2026-11-01T00:00:00+00:00"]),
 }
 PARAMS = {
     "kb_add": ["content", "title", "entry_type", "tags", "namespace", "source", "metadata"],
@@ -59,6 +62,7 @@ PARAMS = {
     "kb_list": ["namespace", "entry_type", "tag", "limit", "offset", "include_content"],
     "kb_stats": ["namespace"],
     "kb_health": [],
+    "kb_search": ["query", "mode", "namespace", "entry_type", "tags", "since", "limit", "offset"],
 }
 
 

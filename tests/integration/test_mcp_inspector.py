@@ -107,3 +107,18 @@ def test_inspector_cli_lists_and_calls_tools(
             f"id={entry['id']}",  # type: ignore[index]
         )
         assert got["structuredContent"]["content"] == "Inspector was here"  # type: ignore[index]
+        found = inspect(
+            cli,
+            url,
+            token,
+            "--method",
+            "tools/call",
+            "--tool-name",
+            "kb_search",
+            "--tool-arg",
+            "query=inspector",
+            "--tool-arg",
+            "mode=keyword",
+        )
+        hits = found["structuredContent"]["hits"]  # type: ignore[index]
+        assert [h["id"] for h in hits] == [entry["id"]]  # type: ignore[index]
