@@ -29,6 +29,9 @@ from sealedkb.search import (
 )
 from sealedkb.service import KnowledgeBase
 
+# Search runs over the Unix socket and through the verified-TLS endpoint (issue 8).
+pytestmark = pytest.mark.db_transports("socket", "tls")
+
 
 def sql(url: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     with psycopg.connect(url, autocommit=True) as conn:

@@ -596,6 +596,10 @@ def test_restore_round_trip_10k(
         assert got == expected
         for eid in ids[2:5]:
             assert rkb.get(eid).to_dict() == expected[eid]
+        # search works on the restored database: keyword, semantic and hybrid
+        for mode in ("keyword", "semantic", "hybrid"):
+            hits = rkb.search("title 5 body 5", mode=mode, limit=10, namespace="default").hits
+            assert ids[5] in {str(h.id) for h in hits}, mode
         with pytest.raises(NotFoundError):
             rkb.get(ids[1])  # deleted before the snapshot: still deleted
         assert rkb.stats() == stats
