@@ -16,71 +16,19 @@ import random
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from measure import WORDS, pct, sentences, timed
 
 from sealedkb.config import load_settings
 from sealedkb.domain import EncryptionMode
 from sealedkb.service import KnowledgeBase
 from sealedkb.store.embedded import EmbeddedPostgres
 
-WORDS = [
-    "deploy",
-    "rollback",
-    "cluster",
-    "index",
-    "vacuum",
-    "replica",
-    "schema",
-    "migration",
-    "token",
-    "latency",
-    "cache",
-    "runbook",
-    "incident",
-    "decision",
-    "pattern",
-    "retry",
-    "backoff",
-    "timeout",
-    "queue",
-    "worker",
-    "lease",
-    "shard",
-    "partition",
-    "snapshot",
-    "restore",
-    "verify",
-    "rotate",
-    "policy",
-    "audit",
-    "alarm",
-    "threshold",
-    "baseline",
-]
-
 
 def make_text(rng: random.Random, approx_bytes: int) -> str:
-    lines = []
-    size = 0
-    while size < approx_bytes:
-        line = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))).capitalize() + "."
-        lines.append(line)
-        size += len(line) + 1
-    return "# " + " ".join(rng.choice(WORDS) for _ in range(4)) + "\n\n" + "\n".join(lines)
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    body = sentences(rng, approx_bytes)
+    return "# " + " ".join(rng.choice(WORDS) for _ in range(4)) + "\n\n" + body
 
 
 def main() -> int:

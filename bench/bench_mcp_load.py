@@ -28,6 +28,7 @@ import httpx2 as httpx
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
+from measure import pct
 
 from sealedkb.config import load_settings
 from sealedkb.domain import EncryptionMode
@@ -82,11 +83,6 @@ async def client_loop(
             out["lat"].setdefault(tool, []).append(dt)
             if tool == "kb_add":
                 out["added"].append(r.structured_content["id"])
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def main() -> int:

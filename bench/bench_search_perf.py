@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import EmbeddingCache, LookupEmbedder, chunk_texts, doc_chunks
+from measure import pct, timed
 
 from sealedkb.config import load_settings
 from sealedkb.domain import EncryptionMode
@@ -53,17 +53,6 @@ from sealedkb.service import KnowledgeBase
 from sealedkb.store.embedded import EmbeddedPostgres
 
 MODES = ("plaintext", "encrypted")
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def build_entries(n: int, cache: EmbeddingCache) -> tuple[list[dict[str, Any]], dict[str, Any]]:

@@ -27,12 +27,12 @@ import random
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from measure import WORDS as ALL_WORDS
+from measure import pct, timed
 from tests.tlsserver import TlsEndpoints, find_pgbouncer
 
 from sealedkb.config import load_settings
@@ -43,19 +43,7 @@ from sealedkb.store.embedded import EmbeddedPostgres
 from sealedkb.store.tls import session_of
 
 TRANSPORTS = ("socket", "tcp", "tls")
-WORDS = [
-    "deploy",
-    "rollback",
-    "cluster",
-    "index",
-    "vacuum",
-    "replica",
-    "schema",
-    "migration",
-    "token",
-    "latency",
-    "cache",
-]
+WORDS = ALL_WORDS[:11]  # deploy ... cache
 
 
 def make_text(rng: random.Random, approx_bytes: int) -> str:
@@ -63,17 +51,6 @@ def make_text(rng: random.Random, approx_bytes: int) -> str:
     while sum(len(s) + 1 for s in out) < approx_bytes:
         out.append(" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 14))) + ".")
     return "\n".join(out)
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main() -> int:
