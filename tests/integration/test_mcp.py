@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
 from mcp import Client, StdioServerParameters
 from tests.mcp_helpers import error_of, http_client, http_server, server_env
 
@@ -65,6 +67,35 @@ def test_tools_in_process(kb: KnowledgeBase) -> None:
 async def roundtrip_inproc(kb: KnowledgeBase) -> None:
     async with Client(build_server(kb, principal=lambda: OPERATOR)) as client:
         await roundtrip(client)
+
+
+def test_integrity_and_internal_errors(kb: KnowledgeBase, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The two codes bad input cannot reach: a tampered row, and an unexpected crash
+    (answered without details, so nothing of the failure leaks)."""
+    e = kb.add("tamper target")
+    with psycopg.connect(kb.db.url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE kb_entries SET doc_sealed = set_byte(doc_sealed, 60,"
+            " get_byte(doc_sealed, 60) # 1) WHERE id = %s",
+            (e.id,),
+        )
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("SELECT secret FROM somewhere")
+
+    async def go() -> None:
+        async with Client(build_server(kb, principal=lambda: OPERATOR)) as c:
+            err = error_of(await c.call_tool("kb_get", {"id": str(e.id)}))
+            assert err["code"] == "INTEGRITY_ERROR"
+            assert "tamper target" not in json.dumps(err)
+            monkeypatch.setattr(kb, "stats", boom)
+            crash = error_of(await c.call_tool("kb_stats", {}))
+            assert crash == {
+                "code": "INTERNAL_ERROR",
+                "message": "internal error; see the server log",
+            }
+
+    run(go())
 
 
 def test_error_codes_are_structured(kb: KnowledgeBase) -> None:

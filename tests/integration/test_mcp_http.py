@@ -131,6 +131,8 @@ def test_key_unavailable_then_recovers_without_restart(
         assert error_of(run(call(base, token, "kb_add", {"content": "x"})))["code"] == (
             "KEY_UNAVAILABLE"
         )
+        found = run(call(base, token, "kb_search", {"query": "outage"}))
+        assert error_of(found)["code"] == "KEY_UNAVAILABLE"
         ready = httpx.get(base + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["status"] == "inaccessible-encryption-credentials"
