@@ -57,6 +57,7 @@ from sealedkb.importer import Importer, ImportSummary
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
 from sealedkb.keys.local import LocalKeyProvider
 from sealedkb.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
+from sealedkb.migration_guard import GUARD, MARKER, check_open_allowed, guard_allows_keystore
 from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database
 from sealedkb.search import SearchEngine, SearchIndexer, SearchResult, reembed
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
@@ -74,10 +75,14 @@ ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256
 MAX_LIST_LIMIT = 1000
 
 
-def _refuse_plaintext_with_keystore(settings: Settings) -> None:
+def _refuse_plaintext_with_keystore(settings: Settings, meta: MetaTable) -> None:
     """kb_meta says plaintext, but this home holds a keystore: someone with SQL access
-    may have flipped the mode to make new writes land in clear. Refuse."""
-    if (settings.keys_dir / "root.json").exists():
+    may have flipped the mode to make new writes land in clear. Refuse, unless an
+    in-place migration guard MACed under that keystore says it is the migration's
+    (migration_guard.py)."""
+    if (settings.keys_dir / "root.json").exists() and not guard_allows_keystore(
+        settings, meta.get(GUARD)
+    ):
         raise IntegrityError(
             "the database says encryption is off, but this home has a keystore; refusing "
             "to store plaintext (check kb_meta, or use a separate home for a plaintext KB)"
@@ -176,7 +181,7 @@ class KnowledgeBase:
             kms_key_uri = None
             new_key_uri = None
             if mode is EncryptionMode.OFF:
-                _refuse_plaintext_with_keystore(settings)
+                _refuse_plaintext_with_keystore(settings, meta)
             if mode is EncryptionMode.ON:
                 provider = key_provider(settings, now=now)
                 bound_key = meta.get("kms_key_uri")
@@ -235,9 +240,10 @@ class KnowledgeBase:
             mode_value = meta.get("encryption")
             if mode_value is None:
                 raise NotInitializedError("the database has no knowledge base; run 'sealedkb init'")
+            check_open_allowed(meta.get(MARKER))
             mode = EncryptionMode(mode_value)
             if mode is EncryptionMode.OFF:
-                _refuse_plaintext_with_keystore(settings)
+                _refuse_plaintext_with_keystore(settings, meta)
             provider = (
                 key_provider(settings, principal=principal, now=now)
                 if mode is EncryptionMode.ON

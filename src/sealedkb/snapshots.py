@@ -455,6 +455,23 @@ class Snapshots:
         )
         return info
 
+    def create_rollback_point(self, kms_key_uri: str, *, name: str) -> SnapshotInfo:
+        """The snapshot an in-place migration takes of a *plaintext* knowledge base
+        before changing anything, sealed under the KMS key the migration created
+        (migration.py). Otherwise like :meth:`create`; kind ``manual``."""
+        if self.kb is None:
+            raise ValidationError("this needs an initialised knowledge base ('sealedkb init')")
+        now = self._now()
+        sid = new_snapshot_id(now)
+        details: dict[str, Any] = {"snapshot_id": sid, "kind": "manual", "purpose": "migration"}
+        try:
+            info = self._create(self.kb, kms_key_uri, sid, name, "manual", now)
+        except SealedKBError as exc:
+            self._record_error(CREATE, exc, kms_key_uri, details)
+            raise
+        self._record(CREATE, kms_key_uri, {**details, "size_bytes": info.size_bytes})
+        return info
+
     def _create(
         self,
         kb: KnowledgeBase,
@@ -520,7 +537,7 @@ class Snapshots:
                     schema={"version": max(applied, default=0), "migrations": applied},
                     tables=[t.to_dict() for t in tables],
                     chunk_size=self.chunk_size,
-                    extra={"sealedkb_version": __version__, "encryption_mode": "on"},
+                    extra={"sealedkb_version": __version__, "encryption_mode": kb.mode.value},
                 )
                 try:
                     out = _FileOut(folder, sid)
@@ -743,6 +760,51 @@ class Snapshots:
                 self._drop(dbname)
             raise
 
+    def restore_over(
+        self,
+        ref: str,
+        url: str,
+        *,
+        keep: frozenset[str] = frozenset({"kb_audit"}),
+        after_load: Callable[[Connection[TupleRow]], None] | None = None,
+        sample: int = RESTORE_SAMPLE,
+    ) -> dict[str, Any]:
+        """Replace the live sealedkb tables of the database at ``url`` by the snapshot,
+        in one transaction (migration rollback). Tables in ``keep`` stay as they are:
+        the audit trail is append-only, a rollback is recorded in it, not rewound.
+        ``after_load`` runs in the same transaction. Readers block on the table locks
+        and then see either the old or the restored tables, never a mix."""
+        path = self.resolve(ref)
+        sid = path.name[: -len(SUFFIX)]
+        details: dict[str, Any] = {"snapshot_id": sid, "kind": None, "purpose": "rollback"}
+        key_uri: str | None = None
+        try:
+            env = read_envelope(path)
+            details["kind"] = env.header["kind"]
+            key_uri = env.header["kms_key_id"]
+            wanted = self._check_schema(env)
+            keys = self._unwrap(env)
+            authenticate(env, keys)  # before anything is touched
+            with (
+                mapped_errors("restore"),
+                connect(url, allow_insecure=self.settings.database_allow_insecure) as conn,
+            ):
+                sio.pin_session(conn)
+                with conn.transaction():
+                    for t in sio.list_tables(conn):
+                        if t.name not in keep:
+                            sio.drop_table(conn, t.name)
+                    result = self._load_into(conn, env, keys, wanted, sample, keep)
+                    if after_load is not None:
+                        after_load(conn)
+        except SealedKBError as exc:
+            self._record_error(RESTORE, exc, key_uri, details)
+            raise
+        self._record(
+            RESTORE, key_uri, {**details, "entries": result["row_counts"].get(ENTRIES_TABLE)}
+        )
+        return result
+
     def _drop(self, dbname: str) -> None:
         try:
             with self._admin() as admin, mapped_errors("drop database"):
@@ -753,8 +815,6 @@ class Snapshots:
     def _load(
         self, env: Envelope, keys: SnapshotKeys, wanted: set[int], url: str, sample: int
     ) -> dict[str, Any]:
-        tables = [sio.TableInfo.from_dict(t) for t in env.header["tables"]]
-        expected = env.trailer["tables"]
         with (
             mapped_errors("restore"),
             connect(url, allow_insecure=self.settings.database_allow_insecure) as conn,
@@ -768,56 +828,78 @@ class Snapshots:
                         "restore only goes into a new or empty database",
                         field="target",
                     )
-                newer = sorted(set(sio.applied_migrations(conn)) - wanted)
-                if newer:
-                    raise ConflictError(
-                        "the target database has schema migrations the snapshot does not "
-                        f"({', '.join(map(str, newer))}); restore into a new database "
-                        "(--target NAME) or an empty, unmigrated one",
-                        field="target",
-                    )
-                apply_migrations(conn, only=wanted)
-                present = {t.name: t for t in sio.list_tables(conn)}
-                for t in tables:
-                    if t.name not in present or present[t.name].columns != t.columns:
-                        raise ValidationError(
-                            f"table {t.name} of the snapshot does not match the schema this "
-                            "sealedkb builds for its migrations; restore with the sealedkb "
-                            "version that took it",
-                            field="snapshot",
-                        )
-                triggers = sio.user_trigger_tables(conn, [t.name for t in tables])
-                for name in triggers:
-                    sio.set_user_triggers(conn, name, enabled=False)
-                # The snapshot's own migration rows replace those just written.
-                sio.truncate(conn, sio.MIGRATIONS_TABLE)
-                by_name = {t.name: t for t in tables}
-                with SnapshotReader(env, keys) as reader:
-                    for ts in reader.tables():
-                        loaded = sio.copy_in(conn, by_name[ts.name], ts.blocks(count=False))
-                        ts.require_match(loaded_rows=loaded)
-                for name in triggers:
-                    sio.set_user_triggers(conn, name, enabled=True)
-                for t in tables:
-                    sio.reset_sequences(conn, t)
-                # Recompute counts and digests from the restored rows themselves.
-                counts: dict[str, int] = {}
-                for t in tables:
-                    digest = new_digest()
-                    rows = sio.copy_out(conn, t, digest.update)
-                    exp = expected[t.name]
-                    if (
-                        rows != exp["rows"]
-                        or sio.count_rows(conn, t.name) != exp["rows"]
-                        or digest.hexdigest() != exp["sha256"]
-                    ):
-                        raise SnapshotIntegrityError(
-                            f"table {t.name}",
-                            f"table {t.name}: the restored rows do not match the manifest",
-                        )
-                    counts[t.name] = rows
-                proof = self._prove_keys(conn, sample)
-                apply_migrations(conn)  # bring the schema up to this code
+                return self._load_into(conn, env, keys, wanted, sample)
+
+    def _load_into(
+        self,
+        conn: Connection[TupleRow],
+        env: Envelope,
+        keys: SnapshotKeys,
+        wanted: set[int],
+        sample: int,
+        keep: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """Load the snapshot in the caller's transaction. Tables in ``keep`` are not
+        loaded (their stream is still read and checked against the manifest)."""
+        tables = [sio.TableInfo.from_dict(t) for t in env.header["tables"]]
+        expected = env.trailer["tables"]
+        newer = sorted(set(sio.applied_migrations(conn)) - wanted)
+        if newer:
+            raise ConflictError(
+                "the target database has schema migrations the snapshot does not "
+                f"({', '.join(map(str, newer))}); restore into a new database "
+                "(--target NAME) or an empty, unmigrated one",
+                field="target",
+            )
+        apply_migrations(conn, only=wanted)
+        present = {t.name: t for t in sio.list_tables(conn)}
+        for t in tables:
+            if t.name not in present or present[t.name].columns != t.columns:
+                raise ValidationError(
+                    f"table {t.name} of the snapshot does not match the schema this "
+                    "sealedkb builds for its migrations; restore with the sealedkb "
+                    "version that took it",
+                    field="snapshot",
+                )
+        triggers = sio.user_trigger_tables(conn, [t.name for t in tables])
+        for name in triggers:
+            sio.set_user_triggers(conn, name, enabled=False)
+        # The snapshot's own migration rows replace those just written.
+        sio.truncate(conn, sio.MIGRATIONS_TABLE)
+        by_name = {t.name: t for t in tables}
+        with SnapshotReader(env, keys) as reader:
+            for ts in reader.tables():
+                if ts.name in keep:
+                    for _block in ts.blocks(count=True):
+                        pass
+                    ts.require_match()
+                    continue
+                loaded = sio.copy_in(conn, by_name[ts.name], ts.blocks(count=False))
+                ts.require_match(loaded_rows=loaded)
+        for name in triggers:
+            sio.set_user_triggers(conn, name, enabled=True)
+        for t in tables:
+            sio.reset_sequences(conn, t)
+        # Recompute counts and digests from the restored rows themselves.
+        counts: dict[str, int] = {}
+        for t in tables:
+            if t.name in keep:
+                continue
+            digest = new_digest()
+            rows = sio.copy_out(conn, t, digest.update)
+            exp = expected[t.name]
+            if (
+                rows != exp["rows"]
+                or sio.count_rows(conn, t.name) != exp["rows"]
+                or digest.hexdigest() != exp["sha256"]
+            ):
+                raise SnapshotIntegrityError(
+                    f"table {t.name}",
+                    f"table {t.name}: the restored rows do not match the manifest",
+                )
+            counts[t.name] = rows
+        proof = self._prove_keys(conn, sample)
+        apply_migrations(conn)  # bring the schema up to this code
         return {"ok": True, "row_counts": counts, **proof}
 
     def _prove_keys(self, conn: Connection[TupleRow], sample: int) -> dict[str, int]:

@@ -287,6 +287,10 @@ def reset_sequences(conn: Connection[TupleRow], table: TableInfo) -> None:
             )
 
 
+def drop_table(conn: Connection[TupleRow], name: str) -> None:
+    conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(name)))
+
+
 def truncate(conn: Connection[TupleRow], name: str) -> None:
     conn.execute(sql.SQL("DELETE FROM {}").format(sql.Identifier(name)))
 
