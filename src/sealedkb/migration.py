@@ -669,8 +669,8 @@ class Migrator:
                 marker is not None
                 and marker.get("kind") == "foreign"
                 and marker.get("source_id") == source_id
-                and marker.get("state") == COPYING
-            )
+                and marker.get("state") in (COPYING, COMPLETE)
+            )  # a rerun after completion picks up rows added to the source since
             if marker is not None and marker.get("state") in (COPYING, SWITCHED) and not same:
                 raise ConflictError(
                     "another migration is in progress in this knowledge base; finish it or "
@@ -696,6 +696,7 @@ class Migrator:
                     msql.create_rows_table(conn)
                     write_marker(conn, marker)
             assert marker is not None
+            marker["state"] = COPYING
             self._copy_foreign(kb, mapping, source_id, marker, total)
             marker = {**marker, "state": COMPLETE, "finished_at": _now_iso(), "rows": total}
             with kb.db.transaction("migration") as conn:
