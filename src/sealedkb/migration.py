@@ -928,19 +928,29 @@ class Migrator:
                 }
             if not sid:
                 raise NotFoundError("the migration has no rollback snapshot", field="migration")
-            snaps = Snapshots(self.settings)
-            snaps.resolve(sid)  # NotFoundError if it was deleted: rollback is no longer possible
-            write_marker(conn, {**marker, "state": ROLLING_BACK})
+            kb = KnowledgeBase.open(self.settings)  # records the restore in its audit trail
         try:
-            result = snaps.restore_over(
-                sid,
-                target.url,
-                after_load=lambda c: _after_rollback(c, marker),
+            snaps = Snapshots(self.settings, kb)
+            snaps.resolve(sid)  # NotFoundError if it was deleted: rollback is no longer possible
+            with mapped_errors("migration rollback"), self._connect(target.url) as conn:
+                write_marker(conn, {**marker, "state": ROLLING_BACK})
+            try:
+                result = snaps.restore_over(
+                    sid,
+                    target.url,
+                    after_load=lambda c: _after_rollback(c, marker),
+                )
+            except BaseException:
+                with mapped_errors("migration rollback"), self._connect(target.url) as conn:
+                    write_marker(conn, marker)  # the restore rolled back: state as before
+                raise
+            kb.audit.record(
+                "MigrateRollback",
+                key_uri=marker.get("key_uri"),
+                details={"kind": str(marker["kind"]), "snapshot_id": str(sid)},
             )
-        except BaseException:
-            with self._connect(target.url) as conn:
-                write_marker(conn, marker)  # the restore rolled back: state as before
-            raise
+        finally:
+            kb.close()
         return {
             "kind": marker["kind"],
             "restored_snapshot": sid,

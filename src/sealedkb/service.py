@@ -75,14 +75,12 @@ ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256
 MAX_LIST_LIMIT = 1000
 
 
-def _refuse_plaintext_with_keystore(settings: Settings, meta: MetaTable) -> None:
+def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> None:
     """kb_meta says plaintext, but this home holds a keystore: someone with SQL access
     may have flipped the mode to make new writes land in clear. Refuse, unless an
     in-place migration guard MACed under that keystore says it is the migration's
     (migration_guard.py)."""
-    if (settings.keys_dir / "root.json").exists() and not guard_allows_keystore(
-        settings, meta.get(GUARD)
-    ):
+    if (settings.keys_dir / "root.json").exists() and not guard_allows_keystore(settings, guard):
         raise IntegrityError(
             "the database says encryption is off, but this home has a keystore; refusing "
             "to store plaintext (check kb_meta, or use a separate home for a plaintext KB)"
@@ -181,7 +179,7 @@ class KnowledgeBase:
             kms_key_uri = None
             new_key_uri = None
             if mode is EncryptionMode.OFF:
-                _refuse_plaintext_with_keystore(settings, meta)
+                _refuse_plaintext_with_keystore(settings, meta.get(GUARD))
             if mode is EncryptionMode.ON:
                 provider = key_provider(settings, now=now)
                 bound_key = meta.get("kms_key_uri")
@@ -236,20 +234,24 @@ class KnowledgeBase:
             allow_insecure=settings.database_allow_insecure,
         )
         try:
-            meta = MetaTable(db)
-            mode_value = meta.get("encryption")
+            # One read of kb_meta: a consistent view even while a migration switches or
+            # a rollback restores the database (they rewrite kb_meta in one transaction).
+            values = MetaTable(db).all()
+            mode_value = values.get("encryption")
             if mode_value is None:
                 raise NotInitializedError("the database has no knowledge base; run 'sealedkb init'")
-            check_open_allowed(meta.get(MARKER))
+            check_open_allowed(values.get(MARKER))
             mode = EncryptionMode(mode_value)
             if mode is EncryptionMode.OFF:
-                _refuse_plaintext_with_keystore(settings, meta)
+                _refuse_plaintext_with_keystore(settings, values.get(GUARD))
             provider = (
                 key_provider(settings, principal=principal, now=now)
                 if mode is EncryptionMode.ON
                 else None
             )
-            kms_key_uri = meta.get("kms_key_uri") if mode is EncryptionMode.ON else None
+            kms_key_uri = values.get("kms_key_uri") if mode is EncryptionMode.ON else None
+            if mode is EncryptionMode.ON and kms_key_uri is None:
+                raise IntegrityError("the database says encryption is on but names no KMS key")
             kb = cls(
                 settings, target, db, mode, provider, kms_key_uri, principal=principal, now=now
             )

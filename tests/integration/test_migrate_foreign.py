@@ -63,7 +63,10 @@ def source_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-GOOD_MAP = "id=id,content=content,entry_type=entry_type,tags=tags,created_at=created_at,updated_at=updated_at"
+GOOD_MAP = (
+    "id=id,content=content,entry_type=entry_type,tags=tags,"
+    "created_at=created_at,updated_at=updated_at"
+)
 
 
 def _digest(rows: list[tuple[str, str, list[str], datetime]]) -> str:
