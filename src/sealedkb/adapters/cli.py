@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -398,6 +399,9 @@ def _print_summary(result: dict[str, Any]) -> None:
             style="bold green" if ok else "bold red",
         ),
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,  # a KMS key id and its state fit on one 80-column line
     )
     for c in result["summary"]:
         label = {True: "OK", False: "FAIL", None: "WARN"}[c["ok"]]
