@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 AUDIT_VERIFY_MAX_EVENTS = 100_000
 # What a snapshot header must say for the file to count as encrypted.
 SNAPSHOT_CIPHER = "AES-256-GCM STREAM"
-# Rotation this late is overdue (the schedule runs in ``serve`` and key commands).
+# Rotation this late is overdue (the schedule runs at every open and in ``serve``,
+# so an overdue rotation means the scheduled one failed).
 ROTATION_GRACE_DAYS = 1
 
 
