@@ -424,7 +424,8 @@ def _transport(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
     if kind == "tls":
         if proto is None:
             return Check("transport", False, "verify-full configured, no TLS session", detail)
-        return Check("transport", True, f"verified TLS ({proto}, {t.sslmode})", detail)
+        cipher = dbi.get("tls_cipher") or "cipher unknown"
+        return Check("transport", True, f"tls ({proto}, {cipher}) verified", detail)
     if kind == "insecure-tcp":
         return Check(
             "transport",
