@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -337,9 +338,25 @@ def list_(
     out.print(table)
 
 
+_SUMMARY_STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red"}
+
+
 @app.command()
-def status(json_out: JsonOpt = False) -> None:
-    """Encryption and health summary."""
+def status(
+    json_out: JsonOpt = False,
+    detail: Annotated[
+        bool, typer.Option("--detail", help="Also print the detailed fields below the summary.")
+    ] = False,
+    full_audit: Annotated[
+        bool,
+        typer.Option(
+            "--full-audit",
+            help="Verify the whole audit chain however long it is (default: up to "
+            "100,000 events; beyond, only its head against the newest checkpoint).",
+        ),
+    ] = False,
+) -> None:
+    """Encryption and health: an auditor summary (one line per question), --json for all."""
 
     def go() -> dict[str, Any]:
         with _kb() as kb:
@@ -347,15 +364,56 @@ def status(json_out: JsonOpt = False) -> None:
             # Metrics as at /metrics (counters: this CLI process) and alarm states.
             from sealedkb.adapters.cli_alarms import alarm_summary
             from sealedkb.monitor import status_metrics
+            from sealedkb.summary import AUDIT_VERIFY_MAX_EVENTS, build_summary, summary_json
 
             result["metrics"] = status_metrics(kb, result["availability"])
             result["alarms"] = alarm_summary(kb.settings)
+            checks = build_summary(
+                kb,
+                status=result,
+                audit_verify_max=None if full_audit else AUDIT_VERIFY_MAX_EVENTS,
+            )
+            result.update(summary_json(checks))
             return result
 
     result = _run(go)
     if json_out:
         _print_json(result)
         return
+    _print_summary(result)
+    if detail:
+        out.print()
+        _print_status_detail(result)
+    for w in result["warnings"]:
+        err.print(Text("warning: ", style="yellow") + Text(w), highlight=False)
+
+
+def _print_summary(result: dict[str, Any]) -> None:
+    ok = result["summary_ok"]
+    table = Table(
+        "check",
+        "",
+        "value",
+        title=Text(
+            "sealedkb status: " + ("all checks OK" if ok else "NOT all checks OK"),
+            style="bold green" if ok else "bold red",
+        ),
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,  # a KMS key id and its state fit on one 80-column line
+    )
+    for c in result["summary"]:
+        label = {True: "OK", False: "FAIL", None: "WARN"}[c["ok"]]
+        # Text cells: values never read as rich markup.
+        table.add_row(c["check"], Text(label, style=_SUMMARY_STYLE[label]), Text(c["value"]))
+    out.print(table)
+    firing = [name for name, st in result["alarms"].items() if st == "ALARM"]
+    alarms = f"ALARM: {', '.join(firing)}" if firing else "none in ALARM"
+    out.print(Text(f"alarms: {alarms} · more fields: status --detail or --json"), style="dim")
+
+
+def _print_status_detail(result: dict[str, Any]) -> None:
     table = Table(show_header=False, box=None)
     for key in (
         "storage_encrypted",
@@ -380,8 +438,6 @@ def status(json_out: JsonOpt = False) -> None:
     firing = [name for name, st in result["alarms"].items() if st == "ALARM"]
     table.add_row("alarms", Text(f"ALARM: {', '.join(firing)}" if firing else "none in ALARM"))
     out.print(table)
-    for w in result["warnings"]:
-        err.print(Text("warning: ", style="yellow") + Text(w), highlight=False)
 
 
 @db_app.command("url")
