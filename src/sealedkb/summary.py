@@ -434,3 +434,25 @@ def _transport(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
             detail,
         )
     return Check("transport", None, f"unknown transport {kind}", detail)
+
+
+@register_check
+def migration(kb: KnowledgeBase, st: dict[str, Any]) -> Check | None:
+    """State of the plaintext-to-encrypted migration (migration.py), if one ever ran:
+    OK when complete, WARN while it runs or after a rollback."""
+    from sealedkb.migration_guard import COMPLETE, parse_marker
+
+    marker = parse_marker(kb.meta.get("migration"))
+    if marker is None:
+        return None
+    state = str(marker.get("state"))
+    detail = {
+        k: marker.get(k)
+        for k in ("kind", "state", "rollback_snapshot", "rows", "downtime_ms", "finished_at")
+    }
+    scrub = marker.get("scrub") or {}
+    detail["wal_retired"] = bool(scrub.get("wal_recycle_off"))
+    value = f"{marker.get('kind')} {state}"
+    if marker.get("rollback_snapshot") and state == COMPLETE:
+        value += f", rollback point {marker['rollback_snapshot']}"
+    return Check("migration", True if state == COMPLETE else None, value, detail)

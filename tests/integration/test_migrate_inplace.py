@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 
 from sealedkb.config import Settings
 from sealedkb.domain import EncryptionMode
-from sealedkb.errors import ValidationError
+from sealedkb.errors import IntegrityError, ValidationError
 from sealedkb.migration import Migrator
 from sealedkb.service import KnowledgeBase
+from sealedkb.summary import build_summary
 
 
 def _snapshot_of(kb: KnowledgeBase) -> dict[str, Any]:
@@ -57,6 +59,9 @@ def test_in_place_run_verify_rollback(make_settings: Callable[..., Settings]) ->
         assert st["storage_encrypted"] and st["entries_plaintext"] == 0
         hits = kb.search("topic", mode="keyword", namespace="default")
         assert hits.hits
+        checks = {c.check: c for c in build_summary(kb)}
+        assert checks["migration"].ok is True and checks["storage_encrypted"].ok is True
+        assert checks["migration"].detail["wal_retired"]
 
     v = Migrator(settings).verify()
     assert v["ok"], v
@@ -70,3 +75,44 @@ def test_in_place_run_verify_rollback(make_settings: Callable[..., Settings]) ->
     with KnowledgeBase.open(settings) as kb:
         assert not kb.encrypted
         assert _snapshot_of(kb) == before
+        checks = {c.check: c for c in build_summary(kb)}
+        assert checks["migration"].ok is None and "rolled-back" in checks["migration"].value
+        assert checks["storage_encrypted"].ok is False
+        kb.add("written after the rollback, in plaintext mode again")
+    # and the plaintext knowledge base can be migrated again
+    assert Migrator(settings).run()["state"] == "complete"
+    assert Migrator(settings).verify()["ok"]
+
+
+def test_guard_forged_with_sql_does_not_open_plaintext(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """A keystore beside a plaintext KB is refused unless the migration guard verifies:
+    flipping kb_meta (and writing a guard) with SQL access alone does not work."""
+    settings = make_settings()
+    kb, _ = KnowledgeBase.init(settings, EncryptionMode.ON)
+    kb.close()
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE kb_meta SET value = 'off' WHERE key = 'encryption'")
+        conn.execute("DELETE FROM kb_meta WHERE key = 'kms_key_uri'")
+        conn.execute(
+            "INSERT INTO kb_meta (key, value) VALUES ('migration_guard', %s)",
+            ('{"key_uri": "x", "kb_id": "y", "mac": "' + "00" * 32 + '"}',),
+        )
+    with pytest.raises(IntegrityError):
+        KnowledgeBase.open(settings)
+
+
+def test_plan_changes_nothing(make_settings: Callable[..., Settings], database_url: str) -> None:
+    settings = make_settings()
+    plain, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
+    _fill(plain, 5)
+    plain.close()
+    plan = Migrator(settings).plan()
+    assert plan["steps"] and plan["expected_downtime_ms"] > 0 and plan["rollback_point"]
+    assert not (settings.keys_dir / "root.json").exists()
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM kb_data_keys").fetchone() == (0,)
+        assert conn.execute("SELECT to_regclass('sealedkb_mig_entries')").fetchone() == (None,)
+    with KnowledgeBase.open(settings) as kb:
+        assert not kb.encrypted
