@@ -19,7 +19,11 @@ a query has to match the answer text (a harder, less flattering test).
 Embeddings: real MiniLM for chunks and queries, cached in bench/.cache by
 bench/corpus.py (identical vectors for both modes).
 
-    python bench/bench_search.py [--distractors tutorial,howto,...] [--json]
+    python bench/bench_search.py [--distractors tutorial,howto,...] [--migrated] [--json]
+
+``--migrated`` also migrates each plaintext knowledge base in place
+(``sealedkb migrate run``) and evaluates it again: issue 7's "search quality
+holds on the migrated data".
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from sealedkb.domain import EncryptionMode
 from sealedkb.embed import Embedder
 from sealedkb.embed.cache import CachingEmbedder
 from sealedkb.importer import Chunk
+from sealedkb.migration import Migrator
 from sealedkb.search import SearchMode
 from sealedkb.service import KnowledgeBase
 from sealedkb.store.embedded import EmbeddedPostgres
@@ -100,6 +105,11 @@ def main() -> int:
     )
     ap.add_argument("--variants", default="titled,answer-only")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--migrated",
+        action="store_true",
+        help="also migrate the plaintext knowledge base in place and evaluate it (issue 7)",
+    )
     args = ap.parse_args()
     distractors = [d for d in args.distractors.split(",") if d]
     faq = doc_chunks(["faq"])
@@ -140,6 +150,19 @@ def main() -> int:
                         file=sys.stderr,
                     )
                     kb.close()
+                    if mode is EncryptionMode.OFF and args.migrated:
+                        # issue 7: the same plaintext knowledge base, migrated in place
+                        t0 = time.perf_counter()
+                        Migrator(settings).run()
+                        kb = KnowledgeBase.open(settings)
+                        use_embedder(kb, lookup)
+                        res = evaluate(kb, questions)
+                        entries = kb.status()["entries_total"]
+                        report["results"][variant]["migrated"] = {"entries": entries, **res}
+                        print(
+                            f"{variant} migrated: {time.perf_counter() - t0:.0f}s", file=sys.stderr
+                        )
+                        kb.close()
         finally:
             server.stop()
     if args.json:
@@ -149,12 +172,21 @@ def main() -> int:
     print(f"corpus: {report['corpus']}; {report['questions']} questions; real MiniLM embeddings")
     for variant, by_enc in report["results"].items():
         print(f"\n{variant} ({by_enc['encrypted']['entries']} entries)")
-        print(f"{'mode':<10}{'enc R@5':>9}{'plain R@5':>11}{'enc MRR':>9}{'plain MRR':>11}")
+        mig = by_enc.get("migrated")
+        print(
+            f"{'mode':<10}{'enc R@5':>9}{'plain R@5':>11}{'enc MRR':>9}{'plain MRR':>11}"
+            + (f"{'migr R@5':>10}{'migr MRR':>10}" if mig else "")
+        )
         for mode in MODES:
             e, p = by_enc["encrypted"][mode.value], by_enc["plaintext"][mode.value]
             print(
                 f"{mode.value:<10}{e['recall@5']:>9.3f}{p['recall@5']:>11.3f}"
                 f"{e['mrr@10']:>9.3f}{p['mrr@10']:>11.3f}"
+                + (
+                    f"{mig[mode.value]['recall@5']:>10.3f}{mig[mode.value]['mrr@10']:>10.3f}"
+                    if mig
+                    else ""
+                )
             )
     return 0
 

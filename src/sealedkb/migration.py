@@ -1,5 +1,5 @@
 """``sealedkb migrate``: plaintext knowledge base -> encrypted, online, resumable,
-verifiable, with a rollback point (runbook: docs/ENCRYPTION-KEY-MANAGEMENT.md §24).
+verifiable, with a rollback point (runbook: docs/ENCRYPTION-KEY-MANAGEMENT.md §25).
 
 In place (a sealedkb initialised with ``--encryption off``):
 
@@ -663,6 +663,14 @@ class Migrator:
                 total = msql.foreign_stats(
                     src, mapping.schema, mapping.table, mapping.columns["content"]
                 )[0]
+                invalid = self._count_invalid(src, mapping)
+            if invalid:
+                # Refused before anything is written (plan lists them too).
+                raise ValidationError(
+                    f"{len(invalid)}{'+' if len(invalid) >= 20 else ''} source rows do not "
+                    f"validate, e.g. {invalid[0]}; fix them or the mapping first",
+                    field="source",
+                )
             with kb.db.transaction("migration") as conn:
                 marker = read_marker(conn)
             same = (
