@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -9,7 +10,7 @@ import psycopg
 import pytest
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
+from sealedkb.domain import EncryptionMode, EntryPatch
 from sealedkb.errors import IntegrityError, ValidationError
 from sealedkb.migration import Migrator
 from sealedkb.service import KnowledgeBase
@@ -116,3 +117,71 @@ def test_plan_changes_nothing(make_settings: Callable[..., Settings], database_u
         assert conn.execute("SELECT to_regclass('sealedkb_mig_entries')").fetchone() == (None,)
     with KnowledgeBase.open(settings) as kb:
         assert not kb.encrypted
+
+
+def test_reads_and_writes_go_on_during_the_copy(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """Online: while rows are sealed, another process-like client keeps reading and
+    writing the plaintext knowledge base; its writes (adds, updates, deletes) are
+    caught up, and the switch leaves exactly what the plaintext table held."""
+    settings = make_settings()
+    plain, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
+    _fill(plain, 400)
+    all_ids = [e.id for e in plain.list(limit=1000)]
+    doomed, ids = all_ids[:60], all_ids[60:]  # deleted meanwhile / read and updated
+    stop_writing = threading.Event()
+    writer_done = threading.Event()
+    errors: list[str] = []
+    counts = {"writes": 0, "reads": 0}
+
+    def client() -> None:
+        i = 0
+        try:
+            while not stop_writing.is_set():
+                i += 1
+                plain.get(ids[i % len(ids)])
+                counts["reads"] += 1
+                if i % 3 == 0:
+                    plain.add(f"written during the migration {i}", tags=["live"])
+                elif i % 3 == 1:
+                    plain.update(ids[i % len(ids)], EntryPatch(content=f"changed {i}"))
+                elif doomed:
+                    plain.delete(doomed.pop())
+                counts["writes"] += 1
+        except Exception as exc:  # any failure before the switch is a bug
+            errors.append(repr(exc))
+        finally:
+            writer_done.set()
+
+    state: dict[str, Any] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "switch" and done == 0 and "before" not in state:
+            stop_writing.set()
+            writer_done.wait(30)
+            state["before"] = _snapshot_of_all(plain)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        result = Migrator(settings, batch=50, progress=progress).run()
+    finally:
+        stop_writing.set()
+        thread.join(30)
+        plain.close()
+    assert errors == []
+    assert counts["writes"] > 20 and counts["reads"] > 20
+    assert result["state"] == "complete"
+    with KnowledgeBase.open(settings) as kb:
+        assert _snapshot_of_all(kb) == state["before"]
+    assert Migrator(settings).verify()["ok"]
+
+
+def _snapshot_of_all(kb: KnowledgeBase) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    offset = 0
+    while page := kb.list(limit=1000, offset=offset):
+        out.update({str(e.id): e.to_dict() for e in page})
+        offset += len(page)
+    return out
