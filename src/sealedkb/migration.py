@@ -251,13 +251,14 @@ class Migrator:
             marker = read_marker(conn)
             rows, plain, size = msql.source_stats(conn)
             sample = msql.plain_rows_after(conn, None, min(self.sample_size, max(rows, 1)))
+            db = _index_facts(conn, rows, sample)
         if mode == EncryptionMode.ON.value and not _resumable(marker):
             raise ValidationError(
                 "this knowledge base is already encrypted: nothing to migrate in place",
                 field="encryption",
             )
         per_row = self._measure_in_place(sample)
-        est = _estimate(rows, size, per_row, in_place=True)
+        est = _estimate(rows, size, per_row, in_place=True, db=db)
         return {
             "kind": "in-place",
             "source": {"database": target.kind, "table": "kb_entries"},
@@ -357,9 +358,13 @@ class Migrator:
             return 0.0
         with _scratch_keyring() as ring:
             sealer = _Sealer(self.settings, ring)
+            # The first row pays one-time costs (the vector key's rotation matrix: ~0.5 s
+            # for 384 dimensions) that would dominate a 200-row sample: not timed per row.
+            sealer.seal_plain_rows(sample[:1])
+            rest = sample[1:] or sample
             start = time.perf_counter()
-            sealer.seal_plain_rows(sample)
-            return (time.perf_counter() - start) / len(sample)
+            sealer.seal_plain_rows(rest)
+            return (time.perf_counter() - start) / len(rest)
 
     def _measure_foreign(self, mapping: ForeignMapping, sample: list[tuple[Any, ...]]) -> float:
         if not sample:
@@ -372,9 +377,11 @@ class Migrator:
                     entries.append(self._foreign_entry(mapping, r))
                 except ValidationError:
                     continue
+            sealer.seal_foreign(entries[:1], "plan", self._vector_model())  # one-time costs
+            rest = entries[1:] or entries
             start = time.perf_counter()
-            sealer.seal_foreign(entries, "plan", self._vector_model())
-            return (time.perf_counter() - start) / max(len(entries), 1)
+            sealer.seal_foreign(rest, "plan", self._vector_model())
+            return (time.perf_counter() - start) / max(len(rest), 1)
 
     def _vector_model(self) -> str | None:
         assert self.foreign is not None
@@ -1162,17 +1169,52 @@ def _offline_kb(settings: Settings, ring: KeyRing) -> KnowledgeBase:
 # --- estimate --------------------------------------------------------------------------
 
 
-def _estimate(rows: int, size: int, per_row: float, *, in_place: bool) -> dict[str, Any]:
+def _index_facts(
+    conn: Connection[TupleRow], rows: int, sample: Sequence[tuple[Any, ...]]
+) -> dict[str, int]:
+    """What the index builds of an in-place migration depend on: how many rows carry
+    a vector (estimated from the sample), its dimension, and maintenance_work_mem
+    (an HNSW build slows down several times once its graph outgrows it)."""
+    with_vec = [r[14] for r in sample if r[14] is not None]
+    dim = len(_as_vector(with_vec[0])) if with_vec else 0
+    mem = conn.execute(
+        "SELECT setting::bigint * 1024 FROM pg_settings WHERE name = 'maintenance_work_mem'"
+    ).fetchone()
+    return {
+        "vector_rows": round(rows * len(with_vec) / len(sample)) if sample else 0,
+        "vector_dim": dim,
+        "maintenance_work_mem": int(mem[0]) if mem else 64 << 20,
+    }
+
+
+def _hnsw_seconds(db: dict[str, int]) -> float:
+    """One HNSW build over the sealed vectors: rows whose graph fits in
+    maintenance_work_mem are cheap, the rest are inserted into an on-disk graph."""
+    n = db.get("vector_rows", 0)
+    dim = db.get("vector_dim", 0)
+    if not n or not dim:
+        return 0.0
+    fit = db.get("maintenance_work_mem", 64 << 20) // (4 * dim + HNSW_ELEMENT_OVERHEAD)
+    return min(n, fit) * HNSW_S_PER_ROW + max(0, n - fit) * HNSW_SPILL_S_PER_ROW
+
+
+def _estimate(
+    rows: int, size: int, per_row: float, *, in_place: bool, db: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Duration from the measured sealing cost per row plus the database's share
     (writes, index build, snapshot, scrub), whose rates were calibrated by
-    bench/bench_migrate.py on this kind of machine (docs/PERFORMANCE.md)."""
+    bench/bench_migrate.py on this kind of machine (docs/PERFORMANCE.md). In place,
+    the secondary indexes are built once on the sealed table and once more by the
+    scrub's VACUUM FULL; ``db`` (from :func:`_index_facts`) sizes their HNSW part."""
     write = rows * WRITE_S_PER_ROW
-    index = rows * INDEX_S_PER_ROW
+    index = rows * INDEX_S_PER_ROW + (_hnsw_seconds(db) if db else rows * HNSW_S_PER_ROW)
     snapshot = size / SNAPSHOT_BYTES_PER_S + 0.5
-    scrub = (size * 2 / SCRUB_BYTES_PER_S + 1.0) if in_place else 0.0
-    seal = rows * per_row
-    total = seal + write + index + snapshot + scrub
-    switch = 0.2 + 20 * (per_row + WRITE_S_PER_ROW)  # the last changes, sealed under the lock
+    scrub = (index + size / SCRUB_BYTES_PER_S + SCRUB_FIXED_S) if in_place else 0.0
+    seal = rows * per_row + 0.3  # + one-time key setup
+    other = (0.2 + rows * CATCH_UP_S_PER_ROW) if in_place else 0.2  # catch-up, switch
+    total = seal + write + index + snapshot + scrub + other
+    # The last changes, sealed under the lock, and the switch's whole-table checks.
+    switch = 0.2 + 20 * (per_row + WRITE_S_PER_ROW) + rows * SWITCH_S_PER_ROW
     return {
         "estimate_seconds": round(total, 1),
         "estimate_breakdown_seconds": {
@@ -1180,6 +1222,7 @@ def _estimate(rows: int, size: int, per_row: float, *, in_place: bool) -> dict[s
             "seal": round(seal, 1),
             "write": round(write, 1),
             "indexes": round(index, 1),
+            "catch-up+switch": round(other, 1),
             "scrub": round(scrub, 1),
         },
         "expected_downtime_ms": round(switch * 1000) if in_place else 0,
@@ -1191,11 +1234,18 @@ def _estimate(rows: int, size: int, per_row: float, *, in_place: bool) -> dict[s
     }
 
 
-# Rates of the database's share, from bench/bench_migrate.py on 2 cores (see PERFORMANCE.md).
-WRITE_S_PER_ROW = 0.0004
-INDEX_S_PER_ROW = 0.0006
-SNAPSHOT_BYTES_PER_S = 40e6
-SCRUB_BYTES_PER_S = 60e6
+# Rates of the database's share, from bench/bench_migrate.py on 2 shared cores,
+# embedded PostgreSQL 18 with durable defaults (see PERFORMANCE.md, issue 7).
+WRITE_S_PER_ROW = 0.0003  # shadow upsert + digest row, 500 per transaction
+INDEX_S_PER_ROW = 0.00012  # B-tree and GIN indexes of one row
+HNSW_S_PER_ROW = 0.0003  # HNSW build, graph within maintenance_work_mem
+HNSW_SPILL_S_PER_ROW = 0.0029  # HNSW build, rows beyond it
+HNSW_ELEMENT_OVERHEAD = 600  # bytes of graph per element besides the vector (m = 16)
+SNAPSHOT_BYTES_PER_S = 200e6  # of pg_total_relation_size
+SCRUB_BYTES_PER_S = 70e6  # VACUUM FULL's table rewrite and the checkpoints
+SCRUB_FIXED_S = 0.5  # the other tables, pg_statistic, 3 WAL switches and checkpoints
+CATCH_UP_S_PER_ROW = 0.000045  # the catch-up diffs scan both tables
+SWITCH_S_PER_ROW = 0.000012  # under the lock: the last diff and the row counts
 
 
 def _steps(in_place: bool) -> list[str]:

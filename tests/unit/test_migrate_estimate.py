@@ -1,0 +1,29 @@
+"""migrate plan's duration model (issue 7; calibrated by bench/bench_migrate.py)."""
+
+from __future__ import annotations
+
+from sealedkb.migration import _estimate, _hnsw_seconds
+
+MB = 1 << 20
+
+
+def _facts(rows: int, mem: int = 64 * MB) -> dict[str, int]:
+    return {"vector_rows": rows, "vector_dim": 384, "maintenance_work_mem": mem}
+
+
+def test_hnsw_build_slows_down_past_maintenance_work_mem() -> None:
+    small, large = _hnsw_seconds(_facts(10_000)), _hnsw_seconds(_facts(100_000))
+    assert large > 10 * small * 3  # the rows beyond the in-memory graph cost more
+    assert _hnsw_seconds(_facts(100_000, mem=1024 * MB)) == 10 * small
+    assert _hnsw_seconds({"vector_rows": 0, "vector_dim": 384}) == 0.0
+
+
+def test_in_place_estimate_counts_the_scrub_as_a_second_index_build() -> None:
+    est = _estimate(100_000, 860_000_000, 0.0003, in_place=True, db=_facts(100_000))
+    parts = est["estimate_breakdown_seconds"]
+    assert parts["scrub"] > parts["indexes"] > parts["seal"]
+    assert abs(sum(parts.values()) - est["estimate_seconds"]) < 1.0
+    assert est["expected_downtime_ms"] > 1000  # the switch's checks scan the table
+    foreign = _estimate(100_000, 860_000_000, 0.0003, in_place=False)
+    assert foreign["estimate_breakdown_seconds"]["scrub"] == 0.0
+    assert foreign["expected_downtime_ms"] == 0
