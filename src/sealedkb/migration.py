@@ -485,6 +485,7 @@ class Migrator:
         sealer = _Sealer(self.settings, kb.keyring, kb)
         with kb.db.transaction("migration") as conn:
             msql.create_shadow(conn)
+            msql.install_change_log(conn)  # before the first row is read
             total = msql.source_stats(conn)[0]
         after = uuid.UUID(marker["after"]) if marker.get("after") else None
         done = int(marker.get("rows_copied") or 0)
@@ -532,31 +533,39 @@ class Migrator:
     def _catch_up(
         self, kb: KnowledgeBase, sealer: _Sealer, conn: Connection[TupleRow] | None = None
     ) -> int:
-        """Re-seal rows changed since their copy until none is left (or, outside the
-        switch, until a round finds only a handful: the switch takes the rest)."""
+        """Re-seal the rows written since their copy, from the change log. Outside the
+        switch (``conn`` None) a few rounds, stopping once a round finds only a handful
+        (the switch takes the rest); inside it, until the log is empty (writers wait)."""
         fixed = 0
-        for _round in range(CATCH_UP_ROUNDS if conn is None else 1000):
-            if conn is None:
-                with kb.db.transaction("migration") as c:
-                    ids = msql.changed_ids(c, self.batch)
-                    rows = msql.plain_rows_by_id(c, ids) if ids else []
-            else:
-                ids = msql.changed_ids(conn, self.batch)
-                rows = msql.plain_rows_by_id(conn, ids) if ids else []
-            if not ids:
+        rounds = 0
+        while conn is not None or rounds < CATCH_UP_ROUNDS:
+            rounds += 1
+            with self._in(kb, conn) as c:
+                changes = msql.pending_changes(c, self.batch)
+                ids = sorted({i for _, i in changes})
+                rows = msql.plain_rows_by_id(c, ids) if ids else []
+            if not changes:
                 return fixed
             gone = sorted(set(ids) - {r[0] for r in rows})
             sealed = sealer.seal_plain_rows(rows)
-            if conn is None:
-                with kb.db.transaction("migration") as c:
-                    self._apply_catch_up(c, sealed, gone)
-            else:
-                self._apply_catch_up(conn, sealed, gone)
+            with self._in(kb, conn) as c:
+                self._apply_catch_up(c, sealed, gone)
+                msql.forget_changes(c, [seq for seq, _ in changes])
             fixed += len(ids)
             self.progress("catch-up", fixed, fixed)
-            if conn is None and len(ids) < 20:
+            if conn is None and len(changes) < 20:
                 return fixed
         return fixed
+
+    @staticmethod
+    @contextmanager
+    def _in(kb: KnowledgeBase, conn: Connection[TupleRow] | None) -> Iterator[Connection[TupleRow]]:
+        """The switch's transaction when given, else a transaction of its own."""
+        if conn is not None:
+            yield conn
+            return
+        with kb.db.transaction("migration") as c:
+            yield c
 
     def _apply_catch_up(
         self, conn: Connection[TupleRow], sealed: list[_Sealed], gone: list[uuid.UUID]
@@ -587,18 +596,23 @@ class Migrator:
         assert kb.keyring is not None and kb.kms_key_uri is not None
         sealer = _Sealer(self.settings, kb.keyring, kb)
         self.progress("switch", 0, 1)
+        # Outside the lock: visibility maps set, so the row counts under it are cheap
+        # index-only scans; statistics for the planner once the table is live.
+        with mapped_errors("migration"), self._connect(kb.db.url) as conn:
+            conn.execute(f"VACUUM (ANALYZE) {msql.SHADOW}")
+            conn.execute(f"VACUUM {msql.ENTRIES}")
         with kb.db.transaction("migration switch") as conn:
             conn.execute(f"SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}")
             locked_at = time.perf_counter()
             conn.execute("LOCK TABLE kb_entries IN EXCLUSIVE MODE")
             last = self._catch_up(kb, sealer, conn)
-            rows, plain, _size = msql.source_stats(conn)
-            copied = conn.execute(f"SELECT count(*) FROM {msql.SHADOW}").fetchone()
-            if copied is None or int(copied[0]) != rows:
+            rows = msql.count_rows(conn, msql.ENTRIES)
+            if msql.count_rows(conn, msql.SHADOW) != rows:
                 raise ConflictError(
                     "the encrypted copy does not hold every row; run 'sealedkb migrate run' again"
                 )
             msql.swap_in_shadow(conn)
+            msql.drop_working_tables(conn, keep_rows=True)  # change log and its trigger
             _set_meta(conn, "encryption", EncryptionMode.ON.value)
             _set_meta(conn, "kms_key_uri", kb.kms_key_uri)
             downtime = time.perf_counter() - locked_at
@@ -607,7 +621,6 @@ class Migrator:
                 "state": SWITCHED,
                 "switched_at": _now_iso(),
                 "rows": rows,
-                "rows_plaintext_before": plain,
                 "switch_rows_caught_up": last,
                 "downtime_ms": round(downtime * 1000, 1),
             }
@@ -1180,10 +1193,12 @@ def _index_facts(
     mem = conn.execute(
         "SELECT setting::bigint * 1024 FROM pg_settings WHERE name = 'maintenance_work_mem'"
     ).fetchone()
+    server = int(mem[0]) if mem else 64 << 20
     return {
         "vector_rows": round(rows * len(with_vec) / len(sample)) if sample else 0,
         "vector_dim": dim,
-        "maintenance_work_mem": int(mem[0]) if mem else 64 << 20,
+        # the index build raises it for its own transaction (store/migration_sql.py)
+        "maintenance_work_mem": max(server, msql.INDEX_BUILD_MEMORY_BYTES),
     }
 
 
@@ -1204,16 +1219,17 @@ def _estimate(
     """Duration from the measured sealing cost per row plus the database's share
     (writes, index build, snapshot, scrub), whose rates were calibrated by
     bench/bench_migrate.py on this kind of machine (docs/PERFORMANCE.md). In place,
-    the secondary indexes are built once on the sealed table and once more by the
-    scrub's VACUUM FULL; ``db`` (from :func:`_index_facts`) sizes their HNSW part."""
+    the secondary indexes are built once on the sealed table; ``db`` (from
+    :func:`_index_facts`) sizes their HNSW part."""
     write = rows * WRITE_S_PER_ROW
     index = rows * INDEX_S_PER_ROW + (_hnsw_seconds(db) if db else rows * HNSW_S_PER_ROW)
     snapshot = size / SNAPSHOT_BYTES_PER_S + 0.5
-    scrub = (index + size / SCRUB_BYTES_PER_S + SCRUB_FIXED_S) if in_place else 0.0
+    scrub = (size / SCRUB_BYTES_PER_S + SCRUB_FIXED_S) if in_place else 0.0
     seal = rows * per_row + 0.3  # + one-time key setup
-    other = (0.2 + rows * CATCH_UP_S_PER_ROW) if in_place else 0.2  # catch-up, switch
+    # catch-up from the change log, and the VACUUM of both tables before the switch
+    other = (0.2 + size / VACUUM_BYTES_PER_S) if in_place else 0.2
     total = seal + write + index + snapshot + scrub + other
-    # The last changes, sealed under the lock, and the switch's whole-table checks.
+    # The last changes, sealed under the lock, and the row counts (index-only scans).
     switch = 0.2 + 20 * (per_row + WRITE_S_PER_ROW) + rows * SWITCH_S_PER_ROW
     return {
         "estimate_seconds": round(total, 1),
@@ -1244,8 +1260,8 @@ HNSW_ELEMENT_OVERHEAD = 600  # bytes of graph per element besides the vector (m 
 SNAPSHOT_BYTES_PER_S = 200e6  # of pg_total_relation_size
 SCRUB_BYTES_PER_S = 70e6  # VACUUM FULL's table rewrite and the checkpoints
 SCRUB_FIXED_S = 0.5  # the other tables, pg_statistic, 3 WAL switches and checkpoints
-CATCH_UP_S_PER_ROW = 0.000045  # the catch-up diffs scan both tables
-SWITCH_S_PER_ROW = 0.000012  # under the lock: the last diff and the row counts
+VACUUM_BYTES_PER_S = 150e6  # VACUUM of both tables before the switch
+SWITCH_S_PER_ROW = 0.000002  # under the lock: the row counts
 
 
 def _steps(in_place: bool) -> list[str]:

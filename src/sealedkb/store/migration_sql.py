@@ -38,8 +38,6 @@ ENTRIES = "kb_entries"
 _CASTS = {"kw_tokens": "%s::tsvector"}
 # Columns the migration writes (the sealed row plus the non-secret row facts it keeps).
 WRITE_COLS = [*_INSERT_COLS, *SEARCH_COLS, "created_at", "updated_at", "deleted_at"]
-# Row facts that change on every write of an entry (a change after its copy means redo).
-FACT_COLS = ("version", "updated_at", "deleted_at", "archived", "verified", "entry_type")
 PLAIN_COLS = (
     "id, namespace, entry_type, title_plain, content_plain, source_plain, metadata_plain,"
     " tags_plain, verified, archived, created_at, updated_at, version, deleted_at,"
@@ -137,6 +135,7 @@ def build_shadow_indexes(conn: Connection[TupleRow]) -> int:
     """The secondary indexes of ``kb_entries``, built on the shadow under temporary
     names (after the bulk copy: one build instead of 10k incremental inserts)."""
     have = {n for n, _, _ in _indexes(conn, SHADOW)}
+    conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
     built = 0
     for name, definition, primary in _indexes(conn, ENTRIES):
         new = _shadow_index_name(name)
@@ -153,18 +152,53 @@ def build_shadow_indexes(conn: Connection[TupleRow]) -> int:
     return built
 
 
-def changed_ids(conn: Connection[TupleRow], limit: int) -> list[uuid.UUID]:
-    """Ids whose shadow copy is missing, stale or orphaned (written since it was copied)."""
-    facts_s = ", ".join(f"s.{c}" for c in FACT_COLS)
-    facts_m = ", ".join(f"m.{c}" for c in FACT_COLS)
-    rows = conn.execute(
-        f"(SELECT s.id FROM {ENTRIES} s LEFT JOIN {SHADOW} m ON m.id = s.id"
-        f" WHERE m.id IS NULL OR ({facts_s}) IS DISTINCT FROM ({facts_m}) LIMIT %s)"
-        f" UNION ALL (SELECT m.id FROM {SHADOW} m WHERE NOT EXISTS"
-        f" (SELECT 1 FROM {ENTRIES} s WHERE s.id = m.id) LIMIT %s)",
-        (limit, limit),
-    ).fetchall()
-    return [r[0] for r in rows]
+CHANGES = "sealedkb_mig_changes"
+_LOG_FN = "sealedkb_mig_log"
+# Index builds of the migration get more memory than the server default (64 MB): an
+# HNSW build slows down ~10x per row once its graph outgrows maintenance_work_mem.
+INDEX_BUILD_MEMORY = "512MB"
+INDEX_BUILD_MEMORY_BYTES = 512 << 20
+
+
+def install_change_log(conn: Connection[TupleRow]) -> None:
+    """Log the id of every row written to ``kb_entries`` from now on (a row trigger
+    into ``sealedkb_mig_changes``), so catching up costs as much as the changes, not a
+    comparison of both tables, and the switch's lock is held briefly. Idempotent;
+    installed before the bulk copy reads its first row."""
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq bigserial PRIMARY KEY, id uuid NOT NULL)"
+    )
+    conn.execute(
+        f"CREATE OR REPLACE FUNCTION {_LOG_FN}() RETURNS trigger LANGUAGE plpgsql AS $$"
+        f" BEGIN INSERT INTO {CHANGES} (id) VALUES"
+        " (CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END); RETURN NULL; END $$"
+    )
+    exists = conn.execute(
+        "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s",
+        (ENTRIES, _LOG_FN),
+    ).fetchone()
+    if not exists:
+        conn.execute(
+            f"CREATE TRIGGER {_LOG_FN} AFTER INSERT OR UPDATE OR DELETE ON {ENTRIES}"
+            f" FOR EACH ROW EXECUTE FUNCTION {_LOG_FN}()"
+        )
+
+
+def pending_changes(conn: Connection[TupleRow], limit: int) -> list[tuple[int, uuid.UUID]]:
+    """(seq, id) of logged writes, oldest first."""
+    rows = conn.execute(f"SELECT seq, id FROM {CHANGES} ORDER BY seq LIMIT %s", (limit,))
+    return [(int(r[0]), r[1]) for r in rows.fetchall()]
+
+
+def forget_changes(conn: Connection[TupleRow], seqs: Sequence[int]) -> None:
+    """Delete exactly the log rows that were handled (a write committed meanwhile
+    keeps its own, newer row)."""
+    conn.execute(f"DELETE FROM {CHANGES} WHERE seq = ANY(%s)", (list(seqs),))
+
+
+def count_rows(conn: Connection[TupleRow], table: str) -> int:
+    row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
 
 
 def plain_rows_after(
@@ -223,6 +257,10 @@ def swap_in_shadow(conn: Connection[TupleRow]) -> None:
 
 
 def drop_working_tables(conn: Connection[TupleRow], *, keep_rows: bool = False) -> None:
+    if table_exists(conn, ENTRIES):
+        conn.execute(f"DROP TRIGGER IF EXISTS {_LOG_FN} ON {ENTRIES}")
+    conn.execute(f"DROP TABLE IF EXISTS {CHANGES}")
+    conn.execute(f"DROP FUNCTION IF EXISTS {_LOG_FN}()")
     conn.execute(f"DROP TABLE IF EXISTS {SHADOW}")
     if not keep_rows:
         conn.execute(f"DROP TABLE IF EXISTS {ROWS}")
@@ -290,8 +328,8 @@ def kb_tables(conn: Connection[TupleRow]) -> list[str]:
 
 
 def scrub(conn: Connection[TupleRow], *, switches: int = 3) -> ScrubReport:
-    """Rewrite every sealedkb table and the statistics catalog (no dead tuple keeps an
-    old row version), then retire the WAL that saw plaintext: with ``wal_recycle`` off
+    """Rewrite the other sealedkb tables and the statistics catalog (no dead tuple keeps
+    an old row version), then retire the WAL that saw plaintext: with ``wal_recycle`` off
     the checkpointer deletes old segments instead of renaming them for reuse (a
     recycled segment keeps its old bytes until overwritten). ``conn`` must be in
     autocommit mode (VACUUM cannot run in a transaction)."""
@@ -299,9 +337,13 @@ def scrub(conn: Connection[TupleRow], *, switches: int = 3) -> ScrubReport:
     superuser = is_superuser(conn)
     vacuumed = []
     for name in kb_tables(conn):
+        if name == ENTRIES:
+            # Built from sealed rows only (the plaintext table was dropped whole):
+            # its dead tuples are superseded ciphertext, not worth a second rebuild.
+            continue
         conn.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(name)))
         vacuumed.append(name)
-    conn.execute(f"ANALYZE {ENTRIES}")
+    conn.execute(f"VACUUM (ANALYZE) {ENTRIES}")
     if superuser:
         # ANALYZE of the plaintext table left most-common values and histograms of
         # its columns in pg_statistic: the dropped table's rows are dead tuples there.
