@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from sealedkb import text
 from sealedkb.codec import EntryDoc
+from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import field_aad
 from sealedkb.domain import (
@@ -71,6 +72,7 @@ MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 50  # hits per page
 MAX_WINDOW = 200  # offset + limit: the hard cap on how deep a search pages
 MIN_FUSION_DEPTH = 10
+MAX_CACHED_NAMESPACES = 64  # per-namespace word -> token caches kept by the indexer
 EMBED_TEXT_CHARS = 4000  # the model sees 256 tokens (~1,000 chars); cut early
 
 
@@ -167,6 +169,19 @@ class SearchIndexer:
     def __init__(self, keyring: KeyRing | None, embedder: Embedder | None) -> None:
         self.keyring = keyring
         self.embedder = embedder
+        # namespace -> (its blinder, a word -> blind token cache over that blinder);
+        # replaced when the key ring hands out another blinder (key expiry, rotation).
+        self._lexers: dict[str, tuple[Blinder, text.LexemeIndexer]] = {}
+
+    def _lexer(self, namespace: str, blinder: Blinder) -> text.LexemeIndexer:
+        hit = self._lexers.get(namespace)
+        if hit is not None and hit[0] is blinder:
+            return hit[1]
+        if len(self._lexers) >= MAX_CACHED_NAMESPACES:
+            self._lexers.clear()
+        lexer = text.LexemeIndexer(blinder.word_token)
+        self._lexers[namespace] = (blinder, lexer)
+        return lexer
 
     def embed(self, docs: Sequence[tuple[str, str]]) -> NDArray[np.float32] | None:
         """Vectors of (title, content) pairs, or None when there is no embedder or it
@@ -193,9 +208,7 @@ class SearchIndexer:
         norm = normalize_content(doc.content)
         if self.keyring is not None:
             blinder = self.keyring.blinder(namespace)
-            lexemes = text.positioned_terms(doc.title, doc.content)
-            tok = blinder.word_token
-            cols.kw_tokens = text.tsvector_literal([(tok(t), p) for t, p in lexemes.items()])
+            cols.kw_tokens = self._lexer(namespace, blinder).tsvector(doc.title, doc.content)
             if with_fingerprint:
                 cols.fingerprint = blinder.fingerprint(norm)
         elif with_fingerprint:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from itertools import repeat
 
 import snowballstemmer
 
@@ -140,3 +141,52 @@ def tsvector_literal(lexemes: Iterable[tuple[str, list[str]]]) -> str:
     tokens): they need no quoting.
     """
     return " ".join([lex + ":" + ",".join(positions) for lex, positions in lexemes])
+
+
+class LexemeIndexer:
+    """Builds tsvector text straight from title and content, for lexemes that are a
+    function of the term (the blind token of its stem, in encrypted mode).
+
+    Equal to ``tsvector_literal`` over ``positioned_terms`` with each term mapped by
+    ``lexeme_of``, but on the write path of every entry, so: each distinct *word* is
+    mapped to its lexeme (or None for a stop word) once and cached, the words of an
+    entry are looked up in one C-level ``map``, and positions are grouped per lexeme
+    without a per-word stemming step. Lexemes must need no quoting ([0-9a-f]).
+    Documents long enough to reach the position limit take the general path.
+    """
+
+    def __init__(self, lexeme_of: Callable[[str], str], max_words: int = 65536) -> None:
+        self._lexeme_of = lexeme_of
+        self._cache: dict[str, str | None] = {}
+        self._max = max_words
+
+    def _lexemes(self, words: list[str]) -> list[str]:
+        cache = self._cache
+        lex = list(map(cache.get, words, repeat(_MISSING)))
+        if _MISSING in lex:
+            if len(cache) + len(words) > self._max:
+                cache.clear()
+            for i, w in enumerate(words):
+                if lex[i] is _MISSING:
+                    t = term_of(w)
+                    cache[w] = lex[i] = None if t is None else self._lexeme_of(t)
+        return [x for x in lex if x is not None]
+
+    def tsvector(self, title: str, content: str) -> str:
+        """tsvector text of title (positions ``nA``) and content (after a gap)."""
+        tl = self._lexemes(words(title))
+        cl = self._lexemes(words(content))
+        nt, nc = len(tl), len(cl)
+        if nt + nc + 1 >= MAX_POSITION:  # positions would be clamped: the general path
+            lexeme_of = self._lexeme_of
+            return tsvector_literal(
+                (lexeme_of(t), p) for t, p in positioned_terms(title, content).items()
+            )
+        groups: dict[str, list[str]] = {}
+        setdefault = groups.setdefault
+        for lx, p in zip(tl + cl, _POS_A[1 : nt + 1] + _POS[nt + 2 : nt + 2 + nc], strict=True):
+            setdefault(lx, []).append(p)
+        cap = MAX_POSITIONS_PER_TERM
+        return " ".join(
+            [lx + ":" + ",".join(ps if len(ps) <= cap else ps[:cap]) for lx, ps in groups.items()]
+        )

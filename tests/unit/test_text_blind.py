@@ -79,3 +79,28 @@ def test_text_hasher_is_keyed_per_instance() -> None:
     a, b = TextHasher(), TextHasher()
     assert a("same") == a("same") != b("same")
     assert a("same") != hashlib.sha256(b"same").digest()
+
+
+def _canon(tsv: str) -> list[str]:
+    return sorted(tsv.split())
+
+
+def test_lexeme_indexer_equals_the_general_pipeline() -> None:
+    b = Blinder(KEY)
+    lexer = text.LexemeIndexer(b.word_token, max_words=8)  # small: exercises clearing
+    docs = [
+        ("Running dogs", "dogs run and run"),
+        ("", "The Straße of ＡＢＣ: sys.path/foo-bar_baz, " + "x" * 70 + " kept"),
+        ("the and", "of"),
+        ("", ""),
+        ("Alpha", " ".join(["alpha"] * 300 + ["beta"])),  # capped at 256 positions
+        ("", " ".join(["alpha"] * 300 + ["filler"] * 17000 + ["omega", "omega"])),  # clamped
+    ]
+    for title, content in docs * 2:  # second pass: from the word cache
+        want = text.tsvector_literal(
+            [(b.word_token(t), p) for t, p in text.positioned_terms(title, content).items()]
+        )
+        assert _canon(lexer.tsvector(title, content)) == _canon(want)
+    assert lexer.tsvector("Running dogs", "dogs run") == (
+        f"{b.word_token('run')}:1A,5 {b.word_token('dog')}:2A,4"
+    )
