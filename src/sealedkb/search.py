@@ -40,7 +40,7 @@ from sealedkb import text
 from sealedkb.codec import EntryDoc
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.sealed import field_aad
+from sealedkb.crypto.sealed import OpenFailedError, field_aad
 from sealedkb.domain import (
     EntryType,
     KeyPurpose,
@@ -50,7 +50,13 @@ from sealedkb.domain import (
 )
 from sealedkb.embed import Embedder
 from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
-from sealedkb.store.search import HitRow, SearchColumns, SearchFilter, SearchTable
+from sealedkb.store.search import (
+    HitRow,
+    SearchColumns,
+    SearchFilter,
+    SearchTable,
+    VectorCandidate,
+)
 
 if TYPE_CHECKING:
     from sealedkb.service import KnowledgeBase
@@ -424,7 +430,7 @@ class SearchEngine:
             vector_depth=fetch,
             ef_search=max(self.ef_search_min, fetch),
         )
-        sem = self._rerank(ns, qvec, vec)[:depth] if qvec is not None else []
+        sem = self._rerank(ns, qvec, vec, depth) if qvec is not None else []
 
         # --- rank
         ranked: list[tuple[uuid.UUID, float]]
@@ -451,31 +457,33 @@ class SearchEngine:
         self,
         ns: str,
         qvec: NDArray[np.float32],
-        cands: list[tuple[uuid.UUID, float | None, bytes | None]],
+        cands: list[VectorCandidate],
+        depth: int,
     ) -> list[tuple[uuid.UUID, float]]:
-        """Exact cosine of the candidates, best first (encrypted: open sealed vectors)."""
+        """The ``depth`` best candidates by exact cosine (encrypted: open the sealed
+        vectors, all in one batch: the per-candidate work is the over-fetch's price)."""
         if self.keyring is None:
-            return [(i, s) for i, s, _ in cands if s is not None]
+            return [(i, s) for i, s, _ in cands if s is not None and isinstance(i, uuid.UUID)][
+                :depth
+            ]
         if not cands:
             return []
         dim = qvec.shape[0]
-        # The per-candidate work is the over-fetch's price: keep it to one open each.
         prefix = field_aad(ns, TABLE, EMBEDDING_COLUMN, "")  # ".../embedding|" + id
-        open_ = self.keyring.open
-        parts = []
-        for eid, _s, sealed in cands:
-            assert sealed is not None
-            try:
-                plain = open_(sealed, prefix + str(eid).encode())
-            except IntegrityError:
-                raise IntegrityError(f"entry {eid} failed its integrity check") from None
+        ids = [str(c[0]) for c in cands]
+        try:
+            plains = self.keyring.open_many(
+                [c[2] or b"" for c in cands], [prefix + i.encode() for i in ids]
+            )
+        except OpenFailedError as exc:
+            raise IntegrityError(f"entry {ids[exc.index]} failed its integrity check") from None
+        for i, plain in enumerate(plains):
             if len(plain) != 4 * dim:
-                raise IntegrityError(f"entry {eid} failed its integrity check")
-            parts.append(plain)
-        mat = np.frombuffer(b"".join(parts), dtype="<f4").reshape(len(cands), dim)
+                raise IntegrityError(f"entry {ids[i]} failed its integrity check")
+        mat = np.frombuffer(b"".join(plains), dtype="<f4").reshape(len(cands), dim)
         scores = mat @ qvec
-        order = np.argsort(-scores, kind="stable")
-        return [(cands[i][0], float(scores[i])) for i in order]
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [(uuid.UUID(ids[i]), float(scores[i])) for i in order]
 
     def _hits(self, page: list[tuple[uuid.UUID, float]], stems: set[str]) -> list[SearchHit]:
         rows = self.table.hit_rows([i for i, _ in page])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -229,6 +229,15 @@ class KeyRing:
             return self.opener.open(blob, aad)
         except IntegrityError:
             # Counted for the IntegrityFailures alarm (monitor.py reads it).
+            self.open_failures += 1
+            raise
+
+    def open_many(self, blobs: Sequence[bytes], aads: Sequence[bytes]) -> list[bytes]:
+        """Open several sealed values; raises OpenFailedError (an IntegrityError) with
+        the index of the first that fails."""
+        try:
+            return self.opener.open_many(blobs, aads)
+        except IntegrityError:
             self.open_failures += 1
             raise
 

@@ -108,6 +108,9 @@ class HitRow:
     created_at: datetime
 
 
+# (id, cosine or None, sealed exact embedding or None) of a semantic candidate
+VectorCandidate = tuple[uuid.UUID | str, float | None, bytes | None]
+
 _HIT_COLS = ", ".join(f.name for f in fields(HitRow))
 
 
@@ -273,7 +276,7 @@ class SearchTable:
         model_id: str | None,
         vector_depth: int,
         ef_search: int,
-    ) -> tuple[list[tuple[uuid.UUID, float]], list[tuple[uuid.UUID, float | None, bytes | None]]]:
+    ) -> tuple[list[tuple[uuid.UUID, float]], list[VectorCandidate]]:
         """Keyword and vector candidates in one transaction.
 
         keyword: (id, ts_rank_cd) best first. ``keyword_query`` is a tsquery of
@@ -282,11 +285,13 @@ class SearchTable:
         to rank: ranking every row that holds a very common word would cost ~10 µs a row.
         vector: (id, cosine similarity or None, sealed exact embedding or None),
         nearest first by the HNSW index on the DCPE ciphertexts (encrypted) or the
-        plain vectors.
+        plain vectors. Encrypted candidates carry their id as text (what the sealed
+        embedding's AAD holds; only the re-ranked top become UUIDs), plaintext ones as
+        a UUID.
         """
         where, params = f.where()
         kw: list[tuple[uuid.UUID, float]] = []
-        vec: list[tuple[uuid.UUID, float | None, bytes | None]] = []
+        vec: list[VectorCandidate] = []
         with self.db.transaction("search") as conn:
             if keyword_query:
                 if encrypted:
@@ -322,7 +327,7 @@ class SearchTable:
                 )
                 if encrypted:
                     stmt = (
-                        "SELECT id, NULL, embedding_sealed FROM kb_entries"
+                        "SELECT id::text, NULL, embedding_sealed FROM kb_entries"
                         f" WHERE embedding_enc IS NOT NULL AND embed_model = %s AND {where}"
                         " ORDER BY embedding_enc <=> %s LIMIT %s"
                     )
