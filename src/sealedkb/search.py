@@ -40,7 +40,7 @@ from sealedkb import text
 from sealedkb.codec import EntryDoc
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.sealed import OpenFailedError, field_aad
+from sealedkb.crypto.sealed import FieldSealer, OpenFailedError, field_aad
 from sealedkb.domain import (
     EntryType,
     KeyPurpose,
@@ -212,19 +212,26 @@ class SearchIndexer:
     ) -> SearchColumns:
         cols = SearchColumns()
         norm = normalize_content(doc.content)
+        sealer: FieldSealer | None = None
         if self.keyring is not None:
-            blinder = self.keyring.blinder(namespace)
+            sealer, blinder = self.keyring.writer(namespace)  # the content sealer
             cols.kw_tokens = self._lexer(namespace, blinder).tsvector(doc.title, doc.content)
             if with_fingerprint:
                 cols.fingerprint = blinder.fingerprint(norm)
         elif with_fingerprint:
             cols.fingerprint = hashlib.sha256(norm.encode()).hexdigest()
         if vector is not None and self.embedder is not None:
-            self.set_vector(cols, namespace, entry_id, vector)
+            self.set_vector(cols, namespace, entry_id, vector, sealer=sealer)
         return cols
 
     def set_vector(
-        self, cols: SearchColumns, namespace: str, entry_id: uuid.UUID, vector: NDArray[np.float32]
+        self,
+        cols: SearchColumns,
+        namespace: str,
+        entry_id: uuid.UUID,
+        vector: NDArray[np.float32],
+        *,
+        sealer: FieldSealer | None = None,
     ) -> None:
         assert self.embedder is not None
         cols.embed_model = self.embedder.model_id
@@ -232,7 +239,8 @@ class SearchIndexer:
         if self.keyring is not None:
             cipher = self.keyring.vector_cipher(namespace, self.embedder.dim, DCPE_BETA)
             cols.embedding_enc = cipher.encrypt(vector)[0]
-            sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
+            if sealer is None:
+                sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
             aad = field_aad(namespace, TABLE, EMBEDDING_COLUMN, str(entry_id))
             cols.embedding_sealed = sealer.seal(vector_bytes(vector), aad)
         else:

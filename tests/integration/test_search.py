@@ -256,6 +256,31 @@ def test_encrypted_rows_hold_tokens_dcpe_and_sealed_vectors(kb: KnowledgeBase) -
     assert np.linalg.norm(enc_v - cipher.rotate(exact)[0]) <= 0.25 + 1e-5
 
 
+def test_blind_tsvector_equals_the_grouped_pipeline_in_postgresql(kb: KnowledgeBase) -> None:
+    """The write path lists every word occurrence and lets PostgreSQL merge them: the
+    stored tsvector is the one the grouped literal (positioned_terms) describes,
+    including the 256-position cap and clamping at 16383."""
+    from sealedkb import text
+
+    blinder = kb.keyring.blinder("default")  # type: ignore[union-attr]
+    docs = [
+        ("Running dogs", "dogs run and run, the dog runs " * 3),
+        ("Alpha", " ".join(["alpha"] * 300 + ["beta", "alpha"])),
+        ("Big", " ".join(["gamma"] * 300 + ["filler"] * 17000 + ["omega", "omega"])),
+    ]
+    for title, content in docs:
+        e = kb.add(content, title=title)
+        grouped = text.tsvector_literal(
+            [(blinder.word_token(t), p) for t, p in text.positioned_terms(title, content).items()]
+        )
+        (row,) = sql(
+            kb.db.url,
+            "SELECT kw_tokens = %s::tsvector FROM kb_entries WHERE id = %s",
+            (grouped, e.id),
+        )
+        assert row[0] is True
+
+
 def test_plaintext_rows_hold_to_tsvector_and_plain_vectors(plain_kb: KnowledgeBase) -> None:
     e = plain_kb.add("Zebras graze near the watering hole", title="Savanna")
     (row,) = sql(
