@@ -25,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -72,6 +74,7 @@ DCPE_BETA = 1.0
 OVERSAMPLE = 4
 EF_SEARCH_MIN = 40
 RRF_K = 60
+SEARCH_WORKERS = 4  # threads running hybrid searches' keyword arms
 MATCH_BUDGET = 0.05  # keyword search ranks the rows of its rarest words, up to ~5 % of rows
 
 MAX_QUERY_CHARS = 1000
@@ -323,13 +326,35 @@ class SearchEngine:
         keyring: KeyRing | None,
         embedder: Embedder | None,
         open_doc: Callable[[str, uuid.UUID, bytes], EntryDoc],
+        *,
+        open_docs: Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]] | None = None,
     ) -> None:
         self.table = table
         self.keyring = keyring
         self.embedder = embedder
         self.open_doc = open_doc
+        self.open_docs = open_docs  # a page of hits in one batch, when given
         self.oversample = OVERSAMPLE
         self.ef_search_min = EF_SEARCH_MIN
+        self.parallel_arms = True  # hybrid: keyword and vector arms concurrently
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=SEARCH_WORKERS, thread_name_prefix="sealedkb-search"
+                    )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the worker threads of hybrid search (running searches finish first)."""
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def search(
         self,
@@ -417,28 +442,54 @@ class SearchEngine:
             # PostgreSQL's parser may make lexemes, e.g. 'sys.path', that our split
             # does not).
             kw_filter = " | ".join(keep) if len(keep) < len(lexemes) else None
-        vec_arg: NDArray[np.float32] | None = None
-        fetch = depth
-        if qvec is not None:
-            if self.keyring is not None:
-                assert self.embedder is not None
-                cipher = self.keyring.vector_cipher(ns, self.embedder.dim, DCPE_BETA)
-                vec_arg = cipher.rotate(qvec)[0]
-                fetch = depth * self.oversample
-            else:
-                vec_arg = qvec
-        kw, vec = self.table.candidates(
-            filt,
-            encrypted=self.keyring is not None,
-            keyword_query=kw_query,
-            keyword_filter=kw_filter,
-            keyword_depth=depth,
-            vector=vec_arg,
-            model_id=self.embedder.model_id if self.embedder is not None else None,
-            vector_depth=fetch,
-            ef_search=max(self.ef_search_min, fetch),
+        encrypted = self.keyring is not None
+        model_id = self.embedder.model_id if self.embedder is not None else None
+
+        def keyword_arm() -> list[tuple[uuid.UUID, float]]:
+            assert kw_query is not None
+            return self.table.keyword_candidates(
+                filt,
+                encrypted=encrypted,
+                keyword_query=kw_query,
+                keyword_filter=kw_filter,
+                depth=depth,
+            )
+
+        # Hybrid: the keyword arm runs on another pooled connection while this thread
+        # runs the vector arm and its re-rank (both modes alike): the slower arm sets
+        # the latency, and the encrypted mode's re-rank overlaps the keyword scan.
+        kw_job = (
+            self._pool().submit(keyword_arm)
+            if kw_query and qvec is not None and self.parallel_arms
+            else None
         )
-        sem = self._rerank(ns, qvec, vec, depth) if qvec is not None else []
+        try:
+            vec_arg: NDArray[np.float32] | None = None
+            fetch = depth
+            if qvec is not None:
+                if self.keyring is not None:
+                    assert self.embedder is not None
+                    cipher = self.keyring.vector_cipher(ns, self.embedder.dim, DCPE_BETA)
+                    vec_arg = cipher.rotate(qvec)[0]
+                    fetch = depth * self.oversample
+                else:
+                    vec_arg = qvec
+            sem: list[tuple[uuid.UUID, float]] = []
+            if vec_arg is not None and qvec is not None:
+                vec = self.table.vector_candidates(
+                    filt,
+                    encrypted=encrypted,
+                    vector=vec_arg,
+                    model_id=model_id,
+                    depth=fetch,
+                    ef_search=max(self.ef_search_min, fetch),
+                )
+                sem = self._rerank(ns, qvec, vec, depth)
+        except BaseException:
+            if kw_job is not None:
+                kw_job.cancel()
+            raise
+        kw = kw_job.result() if kw_job is not None else keyword_arm() if kw_query else []
 
         # --- rank
         ranked: list[tuple[uuid.UUID, float]]
@@ -495,12 +546,20 @@ class SearchEngine:
 
     def _hits(self, page: list[tuple[uuid.UUID, float]], stems: set[str]) -> list[SearchHit]:
         rows = self.table.hit_rows([i for i, _ in page])
+        opened: dict[uuid.UUID, EntryDoc] = {}
+        if self.open_docs is not None:
+            by_ns: dict[str, list[tuple[uuid.UUID, bytes]]] = {}
+            for hit in rows.values():
+                if hit.doc_sealed is not None:
+                    by_ns.setdefault(hit.namespace, []).append((hit.id, hit.doc_sealed))
+            for ns, items in by_ns.items():
+                opened.update(zip([i for i, _ in items], self.open_docs(ns, items), strict=True))
         out = []
         for eid, score in page:
             r = rows.get(eid)
             if r is None:  # deleted between the two queries
                 continue
-            doc = self._doc(r)
+            doc = opened.get(eid) or self._doc(r)
             out.append(
                 SearchHit(
                     id=r.id,
