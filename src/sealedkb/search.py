@@ -81,7 +81,7 @@ MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 50  # hits per page
 MAX_WINDOW = 200  # offset + limit: the hard cap on how deep a search pages
 MIN_FUSION_DEPTH = 10
-MAX_CACHED_NAMESPACES = 64  # per-namespace word -> token caches kept by the indexer
+MAX_CACHED_NAMESPACES = 16  # word -> token caches kept by the indexer (<= 65,536 words each)
 EMBED_TEXT_CHARS = 4000  # the model sees 256 tokens (~1,000 chars); cut early
 
 

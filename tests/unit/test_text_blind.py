@@ -114,3 +114,16 @@ def test_lexeme_indexer_equals_the_general_pipeline() -> None:
         assert _canon(lexer.tsvector(title, content)) == _canon(want)
     run, dog = b.word_token("run"), b.word_token("dog")
     assert lexer.tsvector("Running dogs", "dogs run") == f"{run}:1A {dog}:2A {dog}:4 {run}:5"
+
+
+def test_indexer_word_caches_follow_the_blinder_and_are_bounded() -> None:
+    from sealedkb.search import MAX_CACHED_NAMESPACES, SearchIndexer
+
+    idx = SearchIndexer(None, None)
+    b1, b2 = Blinder(KEY), Blinder(bytes(32))
+    first = idx._lexer("a", b1)
+    assert idx._lexer("a", b1) is first
+    assert idx._lexer("a", b2) is not first  # another key: another cache
+    for i in range(MAX_CACHED_NAMESPACES + 1):
+        idx._lexer(f"ns{i}", b1)
+    assert len(idx._lexers) <= MAX_CACHED_NAMESPACES
