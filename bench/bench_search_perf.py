@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -130,7 +132,12 @@ def main() -> int:
     model.embed(sample)
     chunk_embed_s = (time.perf_counter() - t0) / len(sample)
 
-    results: dict[str, Any] = {"corpus": info, "queries": len(queries)}
+    results: dict[str, Any] = {
+        "commit": git_commit(),
+        "loadavg_start": os.getloadavg(),  # 2 shared cores: load moves absolute times
+        "corpus": info,
+        "queries": len(queries),
+    }
     with tempfile.TemporaryDirectory(prefix="sealedkb-pbench-") as tmp:
         base = Path(tmp)
         server = EmbeddedPostgres(base / "pgdata")  # durable defaults, as users run it
@@ -175,6 +182,7 @@ def main() -> int:
                 kb.close()
         finally:
             server.stop()
+    results["loadavg_end"] = os.getloadavg()
     results["embedding"] = {
         "query_p50_ms": statistics.median(emb_times) * 1e3,
         "query_p95_ms": pct(emb_times, 0.95) * 1e3,
@@ -191,6 +199,20 @@ def main() -> int:
     else:
         report(results)
     return 0
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def ingest(kbs: dict[str, KnowledgeBase], entries: list[dict[str, Any]]) -> dict[str, Any]:

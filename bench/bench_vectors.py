@@ -42,7 +42,7 @@ from sealedkb.store.embedded import EmbeddedPostgres
 
 K = 10
 BETAS = (0.5, 1.0, 2.0, 2.5, 4.0)
-OVERSAMPLES = (1, 2, 4, 8)
+OVERSAMPLES = (1, 2, 3, 4, 8)
 EF_SEARCH = (40, 64, 100, 200)
 
 F32 = NDArray[np.float32]

@@ -25,9 +25,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -38,8 +40,9 @@ from numpy.typing import NDArray
 
 from sealedkb import text
 from sealedkb.codec import EntryDoc
+from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.sealed import field_aad
+from sealedkb.crypto.sealed import FieldSealer, OpenFailedError, field_aad
 from sealedkb.domain import (
     EntryType,
     KeyPurpose,
@@ -49,7 +52,13 @@ from sealedkb.domain import (
 )
 from sealedkb.embed import Embedder
 from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
-from sealedkb.store.search import HitRow, SearchColumns, SearchFilter, SearchTable
+from sealedkb.store.search import (
+    HitRow,
+    SearchColumns,
+    SearchFilter,
+    SearchTable,
+    VectorCandidate,
+)
 
 if TYPE_CHECKING:
     from sealedkb.service import KnowledgeBase
@@ -65,12 +74,14 @@ DCPE_BETA = 1.0
 OVERSAMPLE = 4
 EF_SEARCH_MIN = 40
 RRF_K = 60
+SEARCH_WORKERS = 4  # threads running hybrid searches' keyword arms
 MATCH_BUDGET = 0.05  # keyword search ranks the rows of its rarest words, up to ~5 % of rows
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 50  # hits per page
 MAX_WINDOW = 200  # offset + limit: the hard cap on how deep a search pages
 MIN_FUSION_DEPTH = 10
+MAX_CACHED_NAMESPACES = 16  # word -> token caches kept by the indexer (<= 65,536 words each)
 EMBED_TEXT_CHARS = 4000  # the model sees 256 tokens (~1,000 chars); cut early
 
 
@@ -167,6 +178,19 @@ class SearchIndexer:
     def __init__(self, keyring: KeyRing | None, embedder: Embedder | None) -> None:
         self.keyring = keyring
         self.embedder = embedder
+        # namespace -> (its blinder, a word -> blind token cache over that blinder);
+        # replaced when the key ring hands out another blinder (key expiry, rotation).
+        self._lexers: dict[str, tuple[Blinder, text.LexemeIndexer]] = {}
+
+    def _lexer(self, namespace: str, blinder: Blinder) -> text.LexemeIndexer:
+        hit = self._lexers.get(namespace)
+        if hit is not None and hit[0] is blinder:
+            return hit[1]
+        if len(self._lexers) >= MAX_CACHED_NAMESPACES:
+            self._lexers.clear()
+        lexer = text.LexemeIndexer(blinder.word_token)
+        self._lexers[namespace] = (blinder, lexer)
+        return lexer
 
     def embed(self, docs: Sequence[tuple[str, str]]) -> NDArray[np.float32] | None:
         """Vectors of (title, content) pairs, or None when there is no embedder or it
@@ -191,21 +215,26 @@ class SearchIndexer:
     ) -> SearchColumns:
         cols = SearchColumns()
         norm = normalize_content(doc.content)
+        sealer: FieldSealer | None = None
         if self.keyring is not None:
-            blinder = self.keyring.blinder(namespace)
-            lexemes = text.positioned_terms(doc.title, doc.content)
-            tok = blinder.word_token
-            cols.kw_tokens = text.tsvector_literal([(tok(t), p) for t, p in lexemes.items()])
+            sealer, blinder = self.keyring.writer(namespace)  # the content sealer
+            cols.kw_tokens = self._lexer(namespace, blinder).tsvector(doc.title, doc.content)
             if with_fingerprint:
                 cols.fingerprint = blinder.fingerprint(norm)
         elif with_fingerprint:
             cols.fingerprint = hashlib.sha256(norm.encode()).hexdigest()
         if vector is not None and self.embedder is not None:
-            self.set_vector(cols, namespace, entry_id, vector)
+            self.set_vector(cols, namespace, entry_id, vector, sealer=sealer)
         return cols
 
     def set_vector(
-        self, cols: SearchColumns, namespace: str, entry_id: uuid.UUID, vector: NDArray[np.float32]
+        self,
+        cols: SearchColumns,
+        namespace: str,
+        entry_id: uuid.UUID,
+        vector: NDArray[np.float32],
+        *,
+        sealer: FieldSealer | None = None,
     ) -> None:
         assert self.embedder is not None
         cols.embed_model = self.embedder.model_id
@@ -213,7 +242,8 @@ class SearchIndexer:
         if self.keyring is not None:
             cipher = self.keyring.vector_cipher(namespace, self.embedder.dim, DCPE_BETA)
             cols.embedding_enc = cipher.encrypt(vector)[0]
-            sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
+            if sealer is None:
+                sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
             aad = field_aad(namespace, TABLE, EMBEDDING_COLUMN, str(entry_id))
             cols.embedding_sealed = sealer.seal(vector_bytes(vector), aad)
         else:
@@ -296,13 +326,35 @@ class SearchEngine:
         keyring: KeyRing | None,
         embedder: Embedder | None,
         open_doc: Callable[[str, uuid.UUID, bytes], EntryDoc],
+        *,
+        open_docs: Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]] | None = None,
     ) -> None:
         self.table = table
         self.keyring = keyring
         self.embedder = embedder
         self.open_doc = open_doc
+        self.open_docs = open_docs  # a page of hits in one batch, when given
         self.oversample = OVERSAMPLE
         self.ef_search_min = EF_SEARCH_MIN
+        self.parallel_arms = True  # hybrid: keyword and vector arms concurrently
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=SEARCH_WORKERS, thread_name_prefix="sealedkb-search"
+                    )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the worker threads of hybrid search (running searches finish first)."""
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
 
     def search(
         self,
@@ -390,28 +442,54 @@ class SearchEngine:
             # PostgreSQL's parser may make lexemes, e.g. 'sys.path', that our split
             # does not).
             kw_filter = " | ".join(keep) if len(keep) < len(lexemes) else None
-        vec_arg: NDArray[np.float32] | None = None
-        fetch = depth
-        if qvec is not None:
-            if self.keyring is not None:
-                assert self.embedder is not None
-                cipher = self.keyring.vector_cipher(ns, self.embedder.dim, DCPE_BETA)
-                vec_arg = cipher.rotate(qvec)[0]
-                fetch = depth * self.oversample
-            else:
-                vec_arg = qvec
-        kw, vec = self.table.candidates(
-            filt,
-            encrypted=self.keyring is not None,
-            keyword_query=kw_query,
-            keyword_filter=kw_filter,
-            keyword_depth=depth,
-            vector=vec_arg,
-            model_id=self.embedder.model_id if self.embedder is not None else None,
-            vector_depth=fetch,
-            ef_search=max(self.ef_search_min, fetch),
+        encrypted = self.keyring is not None
+        model_id = self.embedder.model_id if self.embedder is not None else None
+
+        def keyword_arm() -> list[tuple[uuid.UUID, float]]:
+            assert kw_query is not None
+            return self.table.keyword_candidates(
+                filt,
+                encrypted=encrypted,
+                keyword_query=kw_query,
+                keyword_filter=kw_filter,
+                depth=depth,
+            )
+
+        # Hybrid: the keyword arm runs on another pooled connection while this thread
+        # runs the vector arm and its re-rank (both modes alike): the slower arm sets
+        # the latency, and the encrypted mode's re-rank overlaps the keyword scan.
+        kw_job = (
+            self._pool().submit(keyword_arm)
+            if kw_query and qvec is not None and self.parallel_arms
+            else None
         )
-        sem = self._rerank(ns, qvec, vec)[:depth] if qvec is not None else []
+        try:
+            vec_arg: NDArray[np.float32] | None = None
+            fetch = depth
+            if qvec is not None:
+                if self.keyring is not None:
+                    assert self.embedder is not None
+                    cipher = self.keyring.vector_cipher(ns, self.embedder.dim, DCPE_BETA)
+                    vec_arg = cipher.rotate(qvec)[0]
+                    fetch = depth * self.oversample
+                else:
+                    vec_arg = qvec
+            sem: list[tuple[uuid.UUID, float]] = []
+            if vec_arg is not None and qvec is not None:
+                vec = self.table.vector_candidates(
+                    filt,
+                    encrypted=encrypted,
+                    vector=vec_arg,
+                    model_id=model_id,
+                    depth=fetch,
+                    ef_search=max(self.ef_search_min, fetch),
+                )
+                sem = self._rerank(ns, qvec, vec, depth)
+        except BaseException:
+            if kw_job is not None:
+                kw_job.cancel()
+            raise
+        kw = kw_job.result() if kw_job is not None else keyword_arm() if kw_query else []
 
         # --- rank
         ranked: list[tuple[uuid.UUID, float]]
@@ -438,40 +516,50 @@ class SearchEngine:
         self,
         ns: str,
         qvec: NDArray[np.float32],
-        cands: list[tuple[uuid.UUID, float | None, bytes | None]],
+        cands: list[VectorCandidate],
+        depth: int,
     ) -> list[tuple[uuid.UUID, float]]:
-        """Exact cosine of the candidates, best first (encrypted: open sealed vectors)."""
+        """The ``depth`` best candidates by exact cosine (encrypted: open the sealed
+        vectors, all in one batch: the per-candidate work is the over-fetch's price)."""
         if self.keyring is None:
-            return [(i, s) for i, s, _ in cands if s is not None]
+            return [(i, s) for i, s, _ in cands if s is not None and isinstance(i, uuid.UUID)][
+                :depth
+            ]
         if not cands:
             return []
         dim = qvec.shape[0]
-        # The per-candidate work is the over-fetch's price: keep it to one open each.
         prefix = field_aad(ns, TABLE, EMBEDDING_COLUMN, "")  # ".../embedding|" + id
-        open_ = self.keyring.open
-        parts = []
-        for eid, _s, sealed in cands:
-            assert sealed is not None
-            try:
-                plain = open_(sealed, prefix + str(eid).encode())
-            except IntegrityError:
-                raise IntegrityError(f"entry {eid} failed its integrity check") from None
+        ids = [str(c[0]) for c in cands]
+        try:
+            plains = self.keyring.open_many(
+                [c[2] or b"" for c in cands], [prefix + i.encode() for i in ids]
+            )
+        except OpenFailedError as exc:
+            raise IntegrityError(f"entry {ids[exc.index]} failed its integrity check") from None
+        for i, plain in enumerate(plains):
             if len(plain) != 4 * dim:
-                raise IntegrityError(f"entry {eid} failed its integrity check")
-            parts.append(plain)
-        mat = np.frombuffer(b"".join(parts), dtype="<f4").reshape(len(cands), dim)
+                raise IntegrityError(f"entry {ids[i]} failed its integrity check")
+        mat = np.frombuffer(b"".join(plains), dtype="<f4").reshape(len(cands), dim)
         scores = mat @ qvec
-        order = np.argsort(-scores, kind="stable")
-        return [(cands[i][0], float(scores[i])) for i in order]
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [(uuid.UUID(ids[i]), float(scores[i])) for i in order]
 
     def _hits(self, page: list[tuple[uuid.UUID, float]], stems: set[str]) -> list[SearchHit]:
         rows = self.table.hit_rows([i for i, _ in page])
+        opened: dict[uuid.UUID, EntryDoc] = {}
+        if self.open_docs is not None:
+            by_ns: dict[str, list[tuple[uuid.UUID, bytes]]] = {}
+            for hit in rows.values():
+                if hit.doc_sealed is not None:
+                    by_ns.setdefault(hit.namespace, []).append((hit.id, hit.doc_sealed))
+            for ns, items in by_ns.items():
+                opened.update(zip([i for i, _ in items], self.open_docs(ns, items), strict=True))
         out = []
         for eid, score in page:
             r = rows.get(eid)
             if r is None:  # deleted between the two queries
                 continue
-            doc = self._doc(r)
+            doc = opened.get(eid) or self._doc(r)
             out.append(
                 SearchHit(
                     id=r.id,

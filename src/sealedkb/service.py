@@ -23,7 +23,7 @@ from sealedkb.audit import AuditLog
 from sealedkb.codec import EntryDoc, decode_doc, encode_doc
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.sealed import field_aad
+from sealedkb.crypto.sealed import OpenFailedError, field_aad
 from sealedkb.crypto.tokens import TOKEN_PREFIX, new_token, token_hash
 from sealedkb.domain import (
     DEFAULT_NAMESPACE,
@@ -141,7 +141,11 @@ class KnowledgeBase:
         self.search_table = SearchTable(db)
         self.indexer = SearchIndexer(self.keyring, self.embedder)
         self.engine = SearchEngine(
-            self.search_table, self.keyring, self.embedder, self._open_sealed
+            self.search_table,
+            self.keyring,
+            self.embedder,
+            self._open_sealed,
+            open_docs=self._open_sealed_many,
         )
 
     # --- lifecycle --------------------------------------------------------------
@@ -266,6 +270,7 @@ class KnowledgeBase:
         """Close the pool; first sign a checkpoint if this process appended events
         (so a CLI command's events are covered by a checkpoint when it exits)."""
         try:
+            self.engine.close()
             if self.audit.appended:
                 self.audit.checkpoint_quietly()
         finally:
@@ -316,6 +321,26 @@ class KnowledgeBase:
         except IntegrityError:
             # Ids are not secret; naming the entry tells the operator which row to check.
             raise IntegrityError(f"entry {entry_id} failed its integrity check") from None
+
+    def _open_sealed_many(
+        self, namespace: str, items: Sequence[tuple[uuid.UUID, bytes]]
+    ) -> list[EntryDoc]:
+        """Open several sealed documents of one namespace in one batch (search hits)."""
+        if self.keyring is None:
+            raise KeyUnavailableError("row is sealed but this knowledge base has no key")
+        aads = [field_aad(namespace, TABLE, DOC_COLUMN, str(eid)) for eid, _ in items]
+        try:
+            plains = self.keyring.open_many([blob for _, blob in items], aads)
+        except OpenFailedError as exc:
+            bad = items[exc.index][0]
+            raise IntegrityError(f"entry {bad} failed its integrity check") from None
+        out = []
+        for (eid, _), plain in zip(items, plains, strict=True):
+            try:
+                out.append(decode_doc(plain))
+            except IntegrityError:
+                raise IntegrityError(f"entry {eid} failed its integrity check") from None
+        return out
 
     def _open_doc(self, row: EntryRow) -> EntryDoc:
         if row.doc_sealed is not None:

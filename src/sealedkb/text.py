@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from itertools import repeat
+from operator import add
 
 import snowballstemmer
 
@@ -51,6 +53,8 @@ _MISSING = "\x00"  # never a word (words are \\w+)
 # Position strings of a tsvector literal, prebuilt: formatting ints per word costs more.
 _POS = [str(i) for i in range(MAX_POSITION + 1)]
 _POS_A = [f"{i}A" for i in range(MAX_POSITION + 1)]
+_SUFFIX = [":" + p for p in _POS]  # ":17", appended to a lexeme
+_SUFFIX_A = [":" + p for p in _POS_A]
 
 
 def _stem_slow(word: str) -> str | None:
@@ -140,3 +144,53 @@ def tsvector_literal(lexemes: Iterable[tuple[str, list[str]]]) -> str:
     tokens): they need no quoting.
     """
     return " ".join([lex + ":" + ",".join(positions) for lex, positions in lexemes])
+
+
+class LexemeIndexer:
+    """Builds tsvector text straight from title and content, for lexemes that are a
+    function of the term (the blind token of its stem, in encrypted mode).
+
+    Means the same tsvector as ``tsvector_literal`` over ``positioned_terms`` with
+    each term mapped by ``lexeme_of``, but it is on the write path of every entry, so:
+
+    * each distinct *word* is mapped to its lexeme (or None for a stop word) once and
+      cached, and the words of an entry are looked up in one C-level ``map``;
+    * the text lists every occurrence (``lex:1A lex:5 other:2A``) instead of grouping
+      positions per lexeme in Python: PostgreSQL's tsvector input merges repeated
+      lexemes, sorts their positions and keeps the first 256, exactly what the
+      grouped form holds. Documents that reach the position limit (16,383) take
+      the grouped path, which also keeps the text under tsvector's 1 MB input limit.
+
+    Lexemes must need no quoting ([0-9a-f]).
+    """
+
+    def __init__(self, lexeme_of: Callable[[str], str], max_words: int = 65536) -> None:
+        self._lexeme_of = lexeme_of
+        self._cache: dict[str, str | None] = {}
+        self._max = max_words
+
+    def _lexemes(self, words: list[str]) -> list[str]:
+        cache = self._cache
+        lex = list(map(cache.get, words, repeat(_MISSING)))
+        if _MISSING in lex:
+            if len(cache) + len(words) > self._max:
+                cache.clear()
+            for i, w in enumerate(words):
+                if lex[i] is _MISSING:
+                    t = term_of(w)
+                    cache[w] = lex[i] = None if t is None else self._lexeme_of(t)
+        return [x for x in lex if x is not None]
+
+    def tsvector(self, title: str, content: str) -> str:
+        """tsvector text of title (positions ``nA``) and content (after a gap)."""
+        tl = self._lexemes(words(title))
+        cl = self._lexemes(words(content))
+        nt, nc = len(tl), len(cl)
+        if nt + nc + 1 >= MAX_POSITION:  # positions would be clamped: the grouped path
+            lexeme_of = self._lexeme_of
+            return tsvector_literal(
+                (lexeme_of(t), p) for t, p in positioned_terms(title, content).items()
+            )
+        parts = list(map(add, tl, _SUFFIX_A[1 : nt + 1]))
+        parts.extend(map(add, cl, _SUFFIX[nt + 2 : nt + 2 + nc]))
+        return " ".join(parts)

@@ -18,7 +18,7 @@ from sealedkb.config import Settings
 from sealedkb.crypto.sealed import field_aad
 from sealedkb.domain import EncryptionMode, EntryPatch
 from sealedkb.embed.hashing import HashingEmbedder
-from sealedkb.errors import EmbeddingError, ValidationError
+from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
 from sealedkb.search import (
     EMBEDDING_COLUMN,
     TABLE,
@@ -256,6 +256,31 @@ def test_encrypted_rows_hold_tokens_dcpe_and_sealed_vectors(kb: KnowledgeBase) -
     assert np.linalg.norm(enc_v - cipher.rotate(exact)[0]) <= 0.25 + 1e-5
 
 
+def test_blind_tsvector_equals_the_grouped_pipeline_in_postgresql(kb: KnowledgeBase) -> None:
+    """The write path lists every word occurrence and lets PostgreSQL merge them: the
+    stored tsvector is the one the grouped literal (positioned_terms) describes,
+    including the 256-position cap and clamping at 16383."""
+    from sealedkb import text
+
+    blinder = kb.keyring.blinder("default")  # type: ignore[union-attr]
+    docs = [
+        ("Running dogs", "dogs run and run, the dog runs " * 3),
+        ("Alpha", " ".join(["alpha"] * 300 + ["beta", "alpha"])),
+        ("Big", " ".join(["gamma"] * 300 + ["filler"] * 17000 + ["omega", "omega"])),
+    ]
+    for title, content in docs:
+        e = kb.add(content, title=title)
+        grouped = text.tsvector_literal(
+            [(blinder.word_token(t), p) for t, p in text.positioned_terms(title, content).items()]
+        )
+        (row,) = sql(
+            kb.db.url,
+            "SELECT kw_tokens = %s::tsvector FROM kb_entries WHERE id = %s",
+            (grouped, e.id),
+        )
+        assert row[0] is True
+
+
 def test_plaintext_rows_hold_to_tsvector_and_plain_vectors(plain_kb: KnowledgeBase) -> None:
     e = plain_kb.add("Zebras graze near the watering hole", title="Savanna")
     (row,) = sql(
@@ -311,3 +336,22 @@ def test_keyword_search_on_dotted_names(any_kb: KnowledgeBase) -> None:
     # PostgreSQL's parser keeps 'sys.path' as one lexeme; the blind pipeline splits it
     e = any_kb.add("Append the folder to sys.path before importing.", title="Module search")
     assert any_kb.search("sys.path", mode="keyword").hits[0].id == e.id
+
+
+@pytest.mark.parametrize("column", ["doc_sealed", "embedding_sealed"])
+def test_a_tampered_hit_or_candidate_fails_naming_its_entry(kb: KnowledgeBase, column: str) -> None:
+    """Hits' documents and over-fetched vectors are opened in batches; a value that fails
+    to open still fails the search with the entry's id, and is counted."""
+    ids = seed(kb)
+    target = ids["pool"]
+    sql(
+        kb.db.url,
+        f"UPDATE kb_entries SET {column} = set_byte({column}, 60,"
+        f" get_byte({column}, 60) # 1) WHERE id = %s",
+        (target,),
+    )
+    before = kb.keyring.open_failures  # type: ignore[union-attr]
+    mode = "keyword" if column == "doc_sealed" else "semantic"
+    with pytest.raises(IntegrityError, match=str(target)):
+        kb.search("pgbouncer session prepared statements pooling", mode=mode, limit=10)
+    assert kb.keyring.open_failures == before + 1  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ from sealedkb.crypto.sealed import (
     DataKey,
     FieldOpener,
     FieldSealer,
+    OpenFailedError,
     field_aad,
     key_id_of,
     open_with,
@@ -245,6 +246,27 @@ def test_opener_resolves_several_keys() -> None:
     opener = _opener(KEY, other)
     assert opener.open(b1, AAD) == b"one"
     assert opener.open(b2, AAD) == b"two"
+
+
+def test_open_many_opens_a_batch_across_keys_and_names_the_failure() -> None:
+    other = DataKey(bytes(range(16, 32)), bytes(range(32)))
+    s1, s2 = FieldSealer(KEY), FieldSealer(other)
+    blobs = [s1.seal(b"a", b"x|1"), s1.seal(b"b", b"x|2"), s2.seal(b"c", b"x|3")]
+    aads = [b"x|1", b"x|2", b"x|3"]
+    opener = _opener(KEY, other)
+    assert opener.open_many(blobs, aads) == [b"a", b"b", b"c"]
+    assert opener.open_many([], []) == []
+    tampered = [*blobs[:1], blobs[1][:-1] + bytes([blobs[1][-1] ^ 1]), *blobs[2:]]
+    with pytest.raises(OpenFailedError) as exc:
+        opener.open_many(tampered, aads)
+    assert exc.value.index == 1 and isinstance(exc.value, IntegrityError)
+    with pytest.raises(OpenFailedError) as exc:
+        opener.open_many(blobs, [b"x|1", b"x|2", b"x|other-row"])  # moved value
+    assert exc.value.index == 2
+    with pytest.raises(OpenFailedError):
+        opener.open_many([b"\x01short"], [b""])
+    with pytest.raises(ValueError):
+        opener.open_many(blobs, aads[:2])
 
 
 def test_opener_lets_key_unavailable_through() -> None:

@@ -79,3 +79,51 @@ def test_text_hasher_is_keyed_per_instance() -> None:
     a, b = TextHasher(), TextHasher()
     assert a("same") == a("same") != b("same")
     assert a("same") != hashlib.sha256(b"same").digest()
+
+
+def _canon(tsv: str) -> dict[str, list[str]]:
+    """What PostgreSQL's tsvector input makes of a literal of unquoted lexemes: repeated
+    lexemes merged, positions sorted, clamped to 16383 and de-duplicated, the first
+    256 kept (checked against PostgreSQL in tests/integration/test_search.py)."""
+    out: dict[str, dict[int, str]] = {}
+    for item in tsv.split():
+        lex, _, positions = item.partition(":")
+        for p in positions.split(","):
+            n = min(int(p.rstrip("A")), text.MAX_POSITION)
+            out.setdefault(lex, {}).setdefault(n, p if n < text.MAX_POSITION else str(n))
+    return {
+        lex: [ps[n] for n in sorted(ps)][: text.MAX_POSITIONS_PER_TERM] for lex, ps in out.items()
+    }
+
+
+def test_lexeme_indexer_equals_the_general_pipeline() -> None:
+    b = Blinder(KEY)
+    lexer = text.LexemeIndexer(b.word_token, max_words=8)  # small: exercises clearing
+    docs = [
+        ("Running dogs", "dogs run and run"),
+        ("", "The Straße of ＡＢＣ: sys.path/foo-bar_baz, " + "x" * 70 + " kept"),
+        ("the and", "of"),
+        ("", ""),
+        ("Alpha", " ".join(["alpha"] * 300 + ["beta"])),  # capped at 256 positions
+        ("", " ".join(["alpha"] * 300 + ["filler"] * 17000 + ["omega", "omega"])),  # clamped
+    ]
+    for title, content in docs * 2:  # second pass: from the word cache
+        want = text.tsvector_literal(
+            [(b.word_token(t), p) for t, p in text.positioned_terms(title, content).items()]
+        )
+        assert _canon(lexer.tsvector(title, content)) == _canon(want)
+    run, dog = b.word_token("run"), b.word_token("dog")
+    assert lexer.tsvector("Running dogs", "dogs run") == f"{run}:1A {dog}:2A {dog}:4 {run}:5"
+
+
+def test_indexer_word_caches_follow_the_blinder_and_are_bounded() -> None:
+    from sealedkb.search import MAX_CACHED_NAMESPACES, SearchIndexer
+
+    idx = SearchIndexer(None, None)
+    b1, b2 = Blinder(KEY), Blinder(bytes(32))
+    first = idx._lexer("a", b1)
+    assert idx._lexer("a", b1) is first
+    assert idx._lexer("a", b2) is not first  # another key: another cache
+    for i in range(MAX_CACHED_NAMESPACES + 1):
+        idx._lexer(f"ns{i}", b1)
+    assert len(idx._lexers) <= MAX_CACHED_NAMESPACES

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,6 +76,7 @@ class KeyRing:
         self._blinders: dict[bytes, Blinder] = {}
         self._vector_ciphers: dict[tuple[bytes, int, float], VectorCipher] = {}
         self._writers: dict[str, tuple[FieldSealer, Blinder, float]] = {}
+        self._ciphers_by_ns: dict[tuple[str, int, float], tuple[VectorCipher, float]] = {}
         self.opener = FieldOpener(self._resolve)
         self.unwrap_calls = 0
         # Data-key cache hits and misses, read by monitor.py (plain ints: crypto/ does
@@ -94,6 +95,7 @@ class KeyRing:
             self._blinders.clear()
             self._vector_ciphers.clear()
             self._writers.clear()
+            self._ciphers_by_ns.clear()
             self.opener.clear()
 
     # --- unwrap with a bounded cache -----------------------------------------
@@ -186,7 +188,12 @@ class KeyRing:
             return blinder
 
     def vector_cipher(self, namespace: str, dim: int, beta: float) -> VectorCipher:
-        """DCPE under the namespace's ``vector`` data key (rotation derived once, cached)."""
+        """DCPE under the namespace's ``vector`` data key (rotation derived once, cached;
+        every add and every search asks, so a hit is a lock-free read, as in writer)."""
+        hit = self._ciphers_by_ns.get((namespace, dim, beta))
+        if hit is not None and hit[1] > self._clock():
+            self.cache_hits += 1
+            return hit[0]
         rec = self._active_record(namespace, KeyPurpose.VECTOR)
         key = self._cached(rec)
         cache_key = (key.key_id, dim, beta)
@@ -195,6 +202,10 @@ class KeyRing:
             cipher = VectorCipher(key.material, dim, beta)
             with self._lock:
                 self._vector_ciphers[cache_key] = cipher
+        with self._lock:
+            cached = self._keys.get(key.key_id)
+            if cached is not None:
+                self._ciphers_by_ns[(namespace, dim, beta)] = (cipher, cached.expires)
         return cipher
 
     def writer(self, namespace: str) -> tuple[FieldSealer, Blinder]:
@@ -223,12 +234,24 @@ class KeyRing:
             for ns in list(self._writers):
                 if namespace is None or ns == namespace:
                     del self._writers[ns]
+            for k in list(self._ciphers_by_ns):
+                if namespace is None or k[0] == namespace:
+                    del self._ciphers_by_ns[k]
 
     def open(self, blob: bytes, aad: bytes) -> bytes:
         try:
             return self.opener.open(blob, aad)
         except IntegrityError:
             # Counted for the IntegrityFailures alarm (monitor.py reads it).
+            self.open_failures += 1
+            raise
+
+    def open_many(self, blobs: Sequence[bytes], aads: Sequence[bytes]) -> list[bytes]:
+        """Open several sealed values; raises OpenFailedError (an IntegrityError) with
+        the index of the first that fails."""
+        try:
+            return self.opener.open_many(blobs, aads)
+        except IntegrityError:
             self.open_failures += 1
             raise
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
@@ -120,6 +120,14 @@ class FieldSealer:
         return b"".join((bytes([FORMAT_V1]), self.key_id, salt, nonce, ct))
 
 
+class OpenFailedError(IntegrityError):
+    """One value of :meth:`FieldOpener.open_many` failed to open (``index``)."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(_OPEN_FAILED)
+        self.index = index
+
+
 class FieldOpener:
     """Opens sealed fields, resolving data keys by id and caching subkeys by (id, salt).
 
@@ -136,11 +144,9 @@ class FieldOpener:
     def clear(self) -> None:
         self._cache = {}
 
-    def open(self, blob: bytes, aad: bytes) -> bytes:
-        if len(blob) < OVERHEAD + PAD_BLOCK or blob[0] != FORMAT_V1:
-            raise IntegrityError(_OPEN_FAILED)
-        key_id = blob[1:_KEY_END]
-        key = self._resolve(key_id)  # may raise KeyUnavailableError: not an integrity failure
+    def _aead(self, blob: bytes) -> AESGCM:
+        """The AEAD of a sealed value's (key id, salt); its key is resolved every time."""
+        key = self._resolve(blob[1:_KEY_END])  # may raise KeyUnavailableError
         cache_key = blob[1:_SALT_END]  # key id || salt
         aead = self._cache.get(cache_key)
         if aead is None:
@@ -148,11 +154,40 @@ class FieldOpener:
             if len(self._cache) >= self._cache_size:
                 self._cache = {}
             self._cache[cache_key] = aead
+        return aead
+
+    def open(self, blob: bytes, aad: bytes) -> bytes:
+        if len(blob) < OVERHEAD + PAD_BLOCK or blob[0] != FORMAT_V1:
+            raise IntegrityError(_OPEN_FAILED)
+        aead = self._aead(blob)
         try:
             padded = aead.decrypt(blob[_SALT_END:HEADER_LEN], blob[HEADER_LEN:], aad)
         except InvalidTag:
             raise IntegrityError(_OPEN_FAILED) from None
         return unpad64(padded)
+
+    def open_many(self, blobs: Sequence[bytes], aads: Sequence[bytes]) -> list[bytes]:
+        """Open several values (e.g. a search's candidates) with the same checks as
+        :meth:`open`; the key is resolved once per run of values sealed under the same
+        (key id, salt), as they are when written by one sealer. A value that fails
+        raises :class:`OpenFailedError` naming its index; nothing is returned."""
+        if len(blobs) != len(aads):
+            raise ValueError("one AAD per sealed value")
+        out = []
+        last = b""
+        aead: AESGCM | None = None
+        for i, blob in enumerate(blobs):
+            if len(blob) < OVERHEAD + PAD_BLOCK or blob[0] != FORMAT_V1:
+                raise OpenFailedError(i)
+            if aead is None or blob[1:_SALT_END] != last:
+                aead = self._aead(blob)
+                last = blob[1:_SALT_END]
+            try:
+                padded = aead.decrypt(blob[_SALT_END:HEADER_LEN], blob[HEADER_LEN:], aads[i])
+                out.append(unpad64(padded))
+            except (InvalidTag, IntegrityError):
+                raise OpenFailedError(i) from None
+        return out
 
 
 def open_with(key: DataKey, blob: bytes, aad: bytes) -> bytes:

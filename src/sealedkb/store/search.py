@@ -108,6 +108,9 @@ class HitRow:
     created_at: datetime
 
 
+# (id, cosine or None, sealed exact embedding or None) of a semantic candidate
+VectorCandidate = tuple[uuid.UUID | str, float | None, bytes | None]
+
 _HIT_COLS = ", ".join(f.name for f in fields(HitRow))
 
 
@@ -273,78 +276,134 @@ class SearchTable:
         model_id: str | None,
         vector_depth: int,
         ef_search: int,
-    ) -> tuple[list[tuple[uuid.UUID, float]], list[tuple[uuid.UUID, float | None, bytes | None]]]:
-        """Keyword and vector candidates in one transaction.
-
-        keyword: (id, ts_rank_cd) best first. ``keyword_query`` is a tsquery of
-        blind tokens (encrypted) or the raw query text for plainto_tsquery (plaintext);
-        it ranks. ``keyword_filter`` (a tsquery of some of its lexemes) selects the rows
-        to rank: ranking every row that holds a very common word would cost ~10 µs a row.
-        vector: (id, cosine similarity or None, sealed exact embedding or None),
-        nearest first by the HNSW index on the DCPE ciphertexts (encrypted) or the
-        plain vectors.
-        """
-        where, params = f.where()
+    ) -> tuple[list[tuple[uuid.UUID, float]], list[VectorCandidate]]:
+        """Keyword and vector candidates in one transaction (see the two methods below;
+        hybrid search runs them concurrently instead, each in its own)."""
         kw: list[tuple[uuid.UUID, float]] = []
-        vec: list[tuple[uuid.UUID, float | None, bytes | None]] = []
+        vec: list[VectorCandidate] = []
         with self.db.transaction("search") as conn:
             if keyword_query:
-                if encrypted:
-                    q = "CAST(%s AS tsquery)"
-                    col = "kw_tokens"
-                else:
-                    # plainto_tsquery ANDs the words; OR them, as the blind query does.
-                    q = (
-                        "CAST(replace(plainto_tsquery('english', %s)::text, ' & ', ' | ')"
-                        " AS tsquery)"
-                    )
-                    col = "kw_plain"
-                if keyword_filter:
-                    stmt = (
-                        f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q,"
-                        " CAST(%s AS tsquery) AS f"
-                        f" WHERE {col} @@ f AND {where} ORDER BY r DESC, id LIMIT %s"
-                    )
-                    args = [keyword_query, keyword_filter, *params, keyword_depth]
-                else:
-                    stmt = (
-                        f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q"
-                        f" WHERE {col} @@ q AND {where} ORDER BY r DESC, id LIMIT %s"
-                    )
-                    args = [keyword_query, *params, keyword_depth]
-                rows = conn.execute(stmt, args).fetchall()
-                kw = [(r[0], float(r[1])) for r in rows]
-            if vector is not None:
-                conn.execute(
-                    "SELECT set_config('hnsw.ef_search', %s, true),"
-                    " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
-                    (str(ef_search),),
+                kw = self.keyword_candidates(
+                    f,
+                    encrypted=encrypted,
+                    keyword_query=keyword_query,
+                    keyword_filter=keyword_filter,
+                    depth=keyword_depth,
+                    conn=conn,
                 )
-                if encrypted:
-                    stmt = (
-                        "SELECT id, NULL, embedding_sealed FROM kb_entries"
-                        f" WHERE embedding_enc IS NOT NULL AND embed_model = %s AND {where}"
-                        " ORDER BY embedding_enc <=> %s LIMIT %s"
-                    )
-                else:
-                    stmt = (
-                        "SELECT id, 1 - (embedding_plain <=> %s), NULL FROM kb_entries"
-                        f" WHERE embedding_plain IS NOT NULL AND embed_model = %s AND {where}"
-                        " ORDER BY embedding_plain <=> %s LIMIT %s"
-                    )
-                args = [model_id, *params, vector, vector_depth]
-                if not encrypted:
-                    args = [vector, *args]
-                rows = conn.execute(stmt, args, binary=True).fetchall()
-                vec = [
-                    (
-                        r[0],
-                        None if r[1] is None else float(r[1]),
-                        None if r[2] is None else bytes(r[2]),
-                    )
-                    for r in rows
-                ]
+            if vector is not None:
+                vec = self.vector_candidates(
+                    f,
+                    encrypted=encrypted,
+                    vector=vector,
+                    model_id=model_id,
+                    depth=vector_depth,
+                    ef_search=ef_search,
+                    conn=conn,
+                )
         return kw, vec
+
+    def keyword_candidates(
+        self,
+        f: SearchFilter,
+        *,
+        encrypted: bool,
+        keyword_query: str,
+        keyword_filter: str | None,
+        depth: int,
+        conn: Connection[TupleRow] | None = None,
+    ) -> list[tuple[uuid.UUID, float]]:
+        """(id, ts_rank_cd) best first. ``keyword_query`` is a tsquery of blind tokens
+        (encrypted) or the raw query text for plainto_tsquery (plaintext); it ranks.
+        ``keyword_filter`` (a tsquery of some of its lexemes) selects the rows to rank:
+        ranking every row that holds a very common word would cost ~10 µs a row."""
+        if conn is None:
+            with self.db.transaction("search") as c:
+                return self.keyword_candidates(
+                    f,
+                    encrypted=encrypted,
+                    keyword_query=keyword_query,
+                    keyword_filter=keyword_filter,
+                    depth=depth,
+                    conn=c,
+                )
+        where, params = f.where()
+        if encrypted:
+            q = "CAST(%s AS tsquery)"
+            col = "kw_tokens"
+        else:
+            # plainto_tsquery ANDs the words; OR them, as the blind query does.
+            q = "CAST(replace(plainto_tsquery('english', %s)::text, ' & ', ' | ') AS tsquery)"
+            col = "kw_plain"
+        if keyword_filter:
+            stmt = (
+                f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q,"
+                " CAST(%s AS tsquery) AS f"
+                f" WHERE {col} @@ f AND {where} ORDER BY r DESC, id LIMIT %s"
+            )
+            args = [keyword_query, keyword_filter, *params, depth]
+        else:
+            stmt = (
+                f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q"
+                f" WHERE {col} @@ q AND {where} ORDER BY r DESC, id LIMIT %s"
+            )
+            args = [keyword_query, *params, depth]
+        rows = conn.execute(stmt, args).fetchall()
+        return [(r[0], float(r[1])) for r in rows]
+
+    def vector_candidates(
+        self,
+        f: SearchFilter,
+        *,
+        encrypted: bool,
+        vector: NDArray[np.float32],
+        model_id: str | None,
+        depth: int,
+        ef_search: int,
+        conn: Connection[TupleRow] | None = None,
+    ) -> list[VectorCandidate]:
+        """(id, cosine similarity or None, sealed exact embedding or None), nearest
+        first by the HNSW index on the DCPE ciphertexts (encrypted) or the plain
+        vectors. Encrypted candidates carry their id as text (what the sealed
+        embedding's AAD holds; only the re-ranked top become UUIDs), plaintext ones
+        as a UUID."""
+        if conn is None:
+            with self.db.transaction("search") as c:
+                return self.vector_candidates(
+                    f,
+                    encrypted=encrypted,
+                    vector=vector,
+                    model_id=model_id,
+                    depth=depth,
+                    ef_search=ef_search,
+                    conn=c,
+                )
+        where, params = f.where()
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true),"
+            " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+            (str(ef_search),),
+        )
+        if encrypted:
+            stmt = (
+                "SELECT id::text, NULL, embedding_sealed FROM kb_entries"
+                f" WHERE embedding_enc IS NOT NULL AND embed_model = %s AND {where}"
+                " ORDER BY embedding_enc <=> %s LIMIT %s"
+            )
+        else:
+            stmt = (
+                "SELECT id, 1 - (embedding_plain <=> %s), NULL FROM kb_entries"
+                f" WHERE embedding_plain IS NOT NULL AND embed_model = %s AND {where}"
+                " ORDER BY embedding_plain <=> %s LIMIT %s"
+            )
+        args: list[Any] = [model_id, *params, vector, depth]
+        if not encrypted:
+            args = [vector, *args]
+        rows = conn.execute(stmt, args, binary=True).fetchall()
+        return [
+            (r[0], None if r[1] is None else float(r[1]), None if r[2] is None else bytes(r[2]))
+            for r in rows
+        ]
 
     def hit_rows(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, HitRow]:
         if not ids:
