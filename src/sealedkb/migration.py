@@ -91,7 +91,7 @@ from sealedkb.migration_source import (
 from sealedkb.runtime import DatabaseTarget, key_provider, resolve_database, tls_files
 from sealedkb.service import KnowledgeBase
 from sealedkb.store import migration_sql as msql
-from sealedkb.store.db import Database, classify_transport, connect, mapped_errors
+from sealedkb.store.db import Database, classify_transport, connect, lock_schema, mapped_errors
 from sealedkb.store.entries import EntryRow
 from sealedkb.store.search import SearchColumns
 
@@ -604,6 +604,7 @@ class Migrator:
         with kb.db.transaction("migration switch") as conn:
             conn.execute(f"SET LOCAL lock_timeout = {SWITCH_LOCK_TIMEOUT_MS}")
             locked_at = time.perf_counter()
+            lock_schema(conn)  # a schema change: openers wait rather than deadlock
             conn.execute("LOCK TABLE kb_entries IN EXCLUSIVE MODE")
             last = self._catch_up(kb, sealer, conn)
             rows = msql.count_rows(conn, msql.ENTRIES)

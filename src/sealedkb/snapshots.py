@@ -102,6 +102,7 @@ from sealedkb.store.db import (
     apply_migrations,
     classify_transport,
     connect,
+    lock_schema,
     mapped_errors,
     migrations,
 )
@@ -791,10 +792,13 @@ class Snapshots:
             ):
                 sio.pin_session(conn)
                 with conn.transaction():
+                    lock_schema(conn)  # before the drops: openers wait, no lock cycle
                     for t in sio.list_tables(conn):
                         if t.name not in keep:
                             sio.drop_table(conn, t.name)
-                    result = self._load_into(conn, env, keys, wanted, sample, keep)
+                    result = self._load_into(
+                        conn, env, keys, wanted, sample, keep, audit_keys=False
+                    )
                     if after_load is not None:
                         after_load(conn)
         except SealedKBError as exc:
@@ -838,9 +842,13 @@ class Snapshots:
         wanted: set[int],
         sample: int,
         keep: frozenset[str] = frozenset(),
+        *,
+        audit_keys: bool = True,
     ) -> dict[str, Any]:
         """Load the snapshot in the caller's transaction. Tables in ``keep`` are not
-        loaded (their stream is still read and checked against the manifest)."""
+        loaded (their stream is still read and checked against the manifest).
+        ``audit_keys`` False: the key proofs are not audited one by one (restoring over
+        a live database, whose audit trail this transaction has locked)."""
         tables = [sio.TableInfo.from_dict(t) for t in env.header["tables"]]
         expected = env.trailer["tables"]
         newer = sorted(set(sio.applied_migrations(conn)) - wanted)
@@ -898,16 +906,18 @@ class Snapshots:
                     f"table {t.name}: the restored rows do not match the manifest",
                 )
             counts[t.name] = rows
-        proof = self._prove_keys(conn, sample)
+        proof = self._prove_keys(conn, sample, audited=audit_keys)
         apply_migrations(conn)  # bring the schema up to this code
         return {"ok": True, "row_counts": counts, **proof}
 
-    def _prove_keys(self, conn: Connection[TupleRow], sample: int) -> dict[str, int]:
+    def _prove_keys(
+        self, conn: Connection[TupleRow], sample: int, *, audited: bool = True
+    ) -> dict[str, int]:
         """Unwrap the restored active data keys and open a sample of sealed entries
         (one per content data key, plus ``sample`` at random): proof that the keystore
         matches the restored data. KeyUnavailableError (exit 5) if the KMS key is not
         usable; SnapshotIntegrityError if a document does not open."""
-        keys = self._keys()
+        keys: KeyUse = self._keys() if audited else self._raw_provider()
         records = {k.id.bytes: k for k in sio.data_keys(conn)}
         unwrapped: dict[bytes, DataKey] = {}
 

@@ -85,6 +85,12 @@ def migrations() -> list[tuple[int, str, str]]:
 SCHEMA_VERSION = max(v for v, _, _ in migrations())
 
 
+def lock_schema(conn: Connection[TupleRow]) -> None:
+    """Take the schema-change lock for the caller's transaction (as migrations do), so
+    a process opening the database meanwhile waits instead of deadlocking with it."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+
+
 def apply_migrations(conn: Connection[TupleRow], only: Collection[int] | None = None) -> int:
     """Apply pending migrations, each in its own transaction; safe to run concurrently.
 
