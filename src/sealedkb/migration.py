@@ -327,15 +327,7 @@ class Migrator:
         """Every source row mapped and validated (cheap: no crypto); reasons of the
         first few failures (keys and field names only)."""
         bad: list[str] = []
-        for rows in msql.iter_foreign_rows(
-            src,
-            mapping.schema,
-            mapping.table,
-            mapping.columns["id"],
-            mapping.read_columns(),
-            batch=2000,
-            key_is_text=mapping.key_is_text,
-        ):
+        for rows in _source_batches(src, mapping, batch=2000):
             for r in rows:
                 try:
                     self._foreign_entry(mapping, r)
@@ -753,16 +745,7 @@ class Migrator:
         after = key_from_json(marker.get("after"), mapping.key_type)
         done = int(marker.get("rows_copied") or 0)
         with self._source() as src:
-            for rows in msql.iter_foreign_rows(
-                src,
-                mapping.schema,
-                mapping.table,
-                mapping.columns["id"],
-                mapping.read_columns(),
-                after=after,
-                batch=self.batch,
-                key_is_text=mapping.key_is_text,
-            ):
+            for rows in _source_batches(src, mapping, after=after, batch=self.batch):
                 entries = [self._foreign_entry(mapping, r) for r in rows]
                 sealed = sealer.seal_foreign(entries, source_id, self._vector_model())
                 done += len(rows)
@@ -905,15 +888,7 @@ class Migrator:
         count = mismatch = 0
         with self._source() as src:
             mapping = self._mapping(src, None)
-            for rows in msql.iter_foreign_rows(
-                src,
-                mapping.schema,
-                mapping.table,
-                mapping.columns["id"],
-                mapping.read_columns(),
-                batch=1000,
-                key_is_text=mapping.key_is_text,
-            ):
+            for rows in _source_batches(src, mapping, batch=1000):
                 for r in rows:
                     count += 1
                     e = self._foreign_entry(mapping, r)
@@ -993,6 +968,22 @@ def _after_rollback(conn: Connection[TupleRow], marker: dict[str, Any]) -> None:
     """Inside the restore transaction: record the rollback in the restored kb_meta."""
     msql.drop_working_tables(conn)
     write_marker(conn, {**marker, "state": ROLLED_BACK, "rolled_back_at": _now_iso()})
+
+
+def _source_batches(
+    src: Connection[TupleRow], mapping: ForeignMapping, *, after: Any = None, batch: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The mapped columns of the source rows in key order, in batches (key first)."""
+    return msql.iter_foreign_rows(
+        src,
+        mapping.schema,
+        mapping.table,
+        mapping.columns["id"],
+        mapping.read_columns(),
+        after=after,
+        batch=batch,
+        key_is_text=mapping.key_is_text,
+    )
 
 
 def _resumable(marker: dict[str, Any] | None) -> bool:
