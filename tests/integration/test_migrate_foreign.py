@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+import sealedkb
 from sealedkb.config import Settings
 from sealedkb.domain import EncryptionMode
 from sealedkb.errors import ValidationError
@@ -167,3 +172,42 @@ def test_missing_table_refused(make_settings: Callable[..., Settings], source_ur
     with pytest.raises(ValidationError) as info:
         Migrator(make_settings(), spec).plan()
     assert info.value.field == "table"
+
+
+def test_cli_plan_json_and_bad_mapping_exit_code(
+    make_settings: Callable[..., Settings], home: Path, database_url: str, source_url: str
+) -> None:
+    settings = make_settings()
+    kb, _ = KnowledgeBase.init(settings, EncryptionMode.ON)
+    kb.close()
+    base = [sys.executable, "-m", "sealedkb", "--home", str(home), "migrate", "plan"]
+    src = ["--from", source_url, "--table", "knowledge_entries"]
+    ok = subprocess.run(
+        [*base, *src, "--map", GOOD_MAP, "--json"],
+        env=_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    plan = json.loads(ok.stdout)
+    assert plan["rows"] == ROWS and plan["estimate_seconds"] > 0 and len(plan["steps"]) >= 3
+    bad = subprocess.run(
+        [*base, *src, "--map", "id=id,content=body"],
+        env=_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2
+    assert "error[VALIDATION_ERROR] (map)" in bad.stderr and "no column 'body'" in bad.stderr
+    assert "Traceback" not in bad.stderr and "SELECT" not in bad.stderr
+
+
+def _env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
+    env["SEALEDKB_EMBEDDER"] = "hash"
+    env["SEALEDKB_DATABASE_URL"] = database_url
+    src = str(Path(sealedkb.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    return env
