@@ -1222,7 +1222,7 @@ def _estimate(
     other = (0.2 + size / VACUUM_BYTES_PER_S) if in_place else 0.2
     total = seal + write + index + snapshot + scrub + other
     # The last changes, sealed under the lock, and the row counts (index-only scans).
-    switch = 0.2 + 20 * (per_row + WRITE_S_PER_ROW) + rows * SWITCH_S_PER_ROW
+    switch = 0.02 + 20 * (per_row + WRITE_S_PER_ROW) + rows * SWITCH_S_PER_ROW
     return {
         "estimate_seconds": round(total, 1),
         "estimate_breakdown_seconds": {
@@ -1253,7 +1253,7 @@ SNAPSHOT_BYTES_PER_S = 200e6  # of pg_total_relation_size
 SCRUB_BYTES_PER_S = 70e6  # VACUUM FULL's table rewrite and the checkpoints
 SCRUB_FIXED_S = 0.5  # the other tables, pg_statistic, 3 WAL switches and checkpoints
 VACUUM_BYTES_PER_S = 150e6  # VACUUM of both tables before the switch
-SWITCH_S_PER_ROW = 0.000002  # under the lock: the row counts
+SWITCH_S_PER_ROW = 0.0000002  # under the lock: the row counts (index-only scans)
 
 
 def _steps(in_place: bool) -> list[str]:
