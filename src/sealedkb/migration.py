@@ -31,7 +31,6 @@ transaction (the audit trail is kept, not rewound).
 
 from __future__ import annotations
 
-import logging
 import tempfile
 import time
 import uuid
@@ -50,7 +49,6 @@ from psycopg.rows import TupleRow
 
 from sealedkb.codec import EntryDoc
 from sealedkb.config import Settings
-from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.domain import DEFAULT_NAMESPACE, EncryptionMode, EntryType, WrappedDataKey
 from sealedkb.embed import load_embedder
@@ -94,8 +92,6 @@ from sealedkb.store import migration_sql as msql
 from sealedkb.store.db import Database, classify_transport, connect, lock_schema, mapped_errors
 from sealedkb.store.entries import EntryRow
 from sealedkb.store.search import SearchColumns
-
-log = logging.getLogger("sealedkb.migration")
 
 DIGEST_DOMAIN = "migration-row"
 DEFAULT_BATCH = 500
@@ -223,11 +219,9 @@ class Migrator:
             finally:
                 conn.close()
 
-    def _source_id(self) -> str:
+    def _source_id(self, conn: Connection[TupleRow]) -> str:
         """Identity of the foreign source (database + table), for deterministic ids."""
-        assert self.foreign is not None
-        with self._source() as conn:
-            row = conn.execute("SELECT current_database()").fetchone()
+        row = conn.execute("SELECT current_database()").fetchone()
         return f"{row[0] if row else '?'}/{self._schema}.{self._table}"
 
     def _mapping(self, conn: Connection[TupleRow], model_dim: int | None) -> ForeignMapping:
@@ -245,18 +239,11 @@ class Migrator:
     def _plan_in_place(self) -> dict[str, Any]:
         target = self._target()
         with self._connect(target.url) as conn:
-            mode = _get_meta(conn, "encryption")
-            if mode is None:
-                raise NotInitializedError("the database has no knowledge base; nothing to migrate")
             marker = read_marker(conn)
+            _require_in_place_source(_get_meta(conn, "encryption"), marker)
             rows, plain, size = msql.source_stats(conn)
             sample = msql.plain_rows_after(conn, None, min(self.sample_size, max(rows, 1)))
             db = _index_facts(conn, rows, sample)
-        if mode == EncryptionMode.ON.value and not _resumable(marker):
-            raise ValidationError(
-                "this knowledge base is already encrypted: nothing to migrate in place",
-                field="encryption",
-            )
         per_row = self._measure_in_place(sample)
         est = _estimate(rows, size, per_row, in_place=True, db=db)
         return {
@@ -287,15 +274,7 @@ class Migrator:
                 rows, size = msql.foreign_stats(
                     src, mapping.schema, mapping.table, mapping.columns["content"]
                 )
-                sample = msql.foreign_rows(
-                    src,
-                    mapping.schema,
-                    mapping.table,
-                    mapping.columns["id"],
-                    mapping.read_columns(),
-                    limit=min(self.sample_size, max(rows, 1)),
-                    key_is_text=mapping.key_is_text,
-                )
+                sample = _source_rows(src, mapping, limit=min(self.sample_size, max(rows, 1)))
                 invalid = self._count_invalid(src, mapping)
         finally:
             if kb is not None:
@@ -399,13 +378,7 @@ class Migrator:
             with db.transaction("migration") as conn:
                 mode = _get_meta(conn, "encryption")
                 marker = read_marker(conn)
-            if mode is None:
-                raise NotInitializedError("the database has no knowledge base; nothing to migrate")
-            if mode == EncryptionMode.ON.value and not _resumable(marker):
-                raise ValidationError(
-                    "this knowledge base is already encrypted: nothing to migrate in place",
-                    field="encryption",
-                )
+            _require_in_place_source(mode, marker)
             provider = key_provider(self.settings)
             if (
                 marker is None
@@ -670,8 +643,8 @@ class Migrator:
                     field="encryption",
                 )
             model_dim = kb.embedder.dim if kb.embedder is not None else None
-            source_id = self._source_id()
             with self._source() as src:
+                source_id = self._source_id(src)
                 mapping = self._mapping(src, model_dim)
                 total = msql.foreign_stats(
                     src, mapping.schema, mapping.table, mapping.columns["content"]
@@ -884,9 +857,9 @@ class Migrator:
                 return msql.count_digests(conn), 0
         assert kb.keyring is not None
         sealer = _Sealer(self.settings, kb.keyring, kb)
-        source_id = self._source_id()
         count = mismatch = 0
         with self._source() as src:
+            source_id = self._source_id(src)
             mapping = self._mapping(src, None)
             for rows in _source_batches(src, mapping, batch=1000):
                 for r in rows:
@@ -974,38 +947,47 @@ def _source_batches(
     src: Connection[TupleRow], mapping: ForeignMapping, *, after: Any = None, batch: int
 ) -> Iterator[list[tuple[Any, ...]]]:
     """The mapped columns of the source rows in key order, in batches (key first)."""
-    return msql.iter_foreign_rows(
+    while rows := _source_rows(src, mapping, after=after, limit=batch):
+        yield rows
+        after = rows[-1][0]
+
+
+def _source_rows(
+    src: Connection[TupleRow], mapping: ForeignMapping, *, after: Any = None, limit: int
+) -> list[tuple[Any, ...]]:
+    return msql.foreign_rows(
         src,
         mapping.schema,
         mapping.table,
         mapping.columns["id"],
         mapping.read_columns(),
         after=after,
-        batch=batch,
+        limit=limit,
         key_is_text=mapping.key_is_text,
     )
+
+
+def _require_in_place_source(mode: str | None, marker: dict[str, Any] | None) -> None:
+    """An in-place migration needs a plaintext knowledge base, or one it is resuming."""
+    if mode is None:
+        raise NotInitializedError("the database has no knowledge base; nothing to migrate")
+    if mode == EncryptionMode.ON.value and not _resumable(marker):
+        raise ValidationError(
+            "this knowledge base is already encrypted: nothing to migrate in place",
+            field="encryption",
+        )
 
 
 def _resumable(marker: dict[str, Any] | None) -> bool:
     return marker is not None and marker.get("state") in (PREPARING, COPYING, SWITCHED)
 
 
-def _entry_digest(kb: KnowledgeBase, row: EntryRow, *, in_place: bool) -> str:
-    assert kb.keyring is not None
-    doc = kb._open_doc(row)
-    facts: dict[str, Any] = {}
-    if in_place:
-        facts = {
-            "verified": row.verified,
-            "archived": row.archived,
-            "version": row.version,
-            "created_at": row.created_at,
-            "updated_at": row.updated_at,
-            "deleted_at": row.deleted_at,
-        }
+def _row_digest(ring: KeyRing, namespace: str, entry_type: str, doc: EntryDoc, **facts: Any) -> str:
+    """The keyed digest ``migrate verify`` compares: of the source row when it is
+    sealed, of the opened entry afterwards (same fields, same code)."""
     data = digest_fields(
-        namespace=row.namespace,
-        entry_type=row.entry_type,
+        namespace=namespace,
+        entry_type=entry_type,
         title=doc.title,
         content=doc.content,
         source=doc.source,
@@ -1013,7 +995,38 @@ def _entry_digest(kb: KnowledgeBase, row: EntryRow, *, in_place: bool) -> str:
         tags=doc.tags,
         **facts,
     )
-    return kb.keyring.blinder(row.namespace).digest(DIGEST_DOMAIN, data)
+    return ring.blinder(namespace).digest(DIGEST_DOMAIN, data)
+
+
+def _in_place_facts(
+    verified: bool,
+    archived: bool,
+    version: int,
+    created_at: datetime | None,
+    updated_at: datetime | None,
+    deleted_at: datetime | None,
+) -> dict[str, Any]:
+    """Row facts an in-place migration keeps as they were (part of its digest)."""
+    return {
+        "verified": verified,
+        "archived": archived,
+        "version": version,
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "deleted_at": deleted_at,
+    }
+
+
+def _entry_digest(kb: KnowledgeBase, row: EntryRow, *, in_place: bool) -> str:
+    assert kb.keyring is not None
+    facts = (
+        _in_place_facts(
+            row.verified, row.archived, row.version, row.created_at, row.updated_at, row.deleted_at
+        )
+        if in_place
+        else {}
+    )
+    return _row_digest(kb.keyring, row.namespace, row.entry_type, kb._open_doc(row), **facts)
 
 
 # --- sealing -------------------------------------------------------------------------------
@@ -1029,9 +1042,6 @@ class _Sealer:
             kb = _offline_kb(settings, ring)
         self.kb = kb
         self.ring = ring
-
-    def _blinder(self, namespace: str) -> Blinder:
-        return self.ring.blinder(namespace)
 
     def _vectors(
         self, docs: list[tuple[str, str]], given: list[Any], model: str | None
@@ -1067,7 +1077,7 @@ class _Sealer:
             eid, ns = r[0], r[1]
             cols = kb.indexer.columns(ns, eid, doc, vec, with_fingerprint=r[16] is not None)
             if r[17] is not None:
-                cols.import_key = self._blinder(ns).file_token(r[17])
+                cols.import_key = self.ring.blinder(ns).file_token(r[17])
             row = EntryRow(
                 id=eid,
                 namespace=ns,
@@ -1078,38 +1088,15 @@ class _Sealer:
                 **kb._store_columns(ns, eid, doc),
             )
             facts = {"created_at": r[10], "updated_at": r[11], "deleted_at": r[13]}
-            digest = self._blinder(ns).digest(
-                DIGEST_DOMAIN,
-                digest_fields(
-                    namespace=ns,
-                    entry_type=r[2],
-                    title=doc.title,
-                    content=doc.content,
-                    source=doc.source,
-                    metadata=doc.metadata,
-                    tags=doc.tags,
-                    verified=r[8],
-                    archived=r[9],
-                    version=r[12],
-                    **facts,
-                ),
+            digest = _row_digest(
+                self.ring, ns, r[2], doc, **_in_place_facts(r[8], r[9], r[12], r[10], r[11], r[13])
             )
             out.append(_Sealed(msql.row_values(row, cols, facts), (eid, str(eid), digest)))
         return out
 
     def foreign_digest(self, e: SourceEntry) -> str:
-        return self._blinder(e.namespace).digest(
-            DIGEST_DOMAIN,
-            digest_fields(
-                namespace=e.namespace,
-                entry_type=e.entry_type,
-                title=e.title,
-                content=e.content,
-                source=e.source,
-                metadata=e.metadata,
-                tags=e.tags,
-            ),
-        )
+        doc = EntryDoc(e.title, e.content, e.source, e.metadata, e.tags)
+        return _row_digest(self.ring, e.namespace, e.entry_type, doc)
 
     def seal_foreign(
         self, entries: Sequence[SourceEntry], source_id: str, model: str | None
@@ -1139,7 +1126,11 @@ class _Sealer:
             out.append(
                 _Sealed(
                     msql.row_values(row, cols, facts),
-                    (eid, str(key_to_json(e.key)), self.foreign_digest(e)),
+                    (
+                        eid,
+                        str(key_to_json(e.key)),
+                        _row_digest(self.ring, e.namespace, e.entry_type, doc),
+                    ),
                 )
             )
         return out

@@ -692,9 +692,7 @@ class Snapshots:
             env = read_envelope(path)
             details["kind"] = env.header["kind"]
             key_uri = env.header["kms_key_id"]
-            wanted = self._check_schema(env)
-            keys = self._unwrap(env)
-            authenticate(env, keys)  # before anything is created
+            wanted, keys = self._authenticated(env)  # before anything is created
             url, dbname, create = self._target(target)
             details["database"] = dbname
             result = self._restore(env, keys, wanted, url, dbname, create, sample)
@@ -718,6 +716,14 @@ class Snapshots:
         )
         self._record_in_restored(url, sid, details)
         return result
+
+    def _authenticated(self, env: Envelope) -> tuple[set[int], SnapshotKeys]:
+        """The schema versions a restore builds, and the snapshot's keys, once the
+        schema is known here and every chunk of the file has been authenticated."""
+        wanted = self._check_schema(env)
+        keys = self._unwrap(env)
+        authenticate(env, keys)
+        return wanted, keys
 
     @staticmethod
     def _check_schema(env: Envelope) -> set[int]:
@@ -783,9 +789,7 @@ class Snapshots:
             env = read_envelope(path)
             details["kind"] = env.header["kind"]
             key_uri = env.header["kms_key_id"]
-            wanted = self._check_schema(env)
-            keys = self._unwrap(env)
-            authenticate(env, keys)  # before anything is touched
+            wanted, keys = self._authenticated(env)  # before anything is touched
             with (
                 mapped_errors("restore"),
                 connect(url, allow_insecure=self.settings.database_allow_insecure) as conn,

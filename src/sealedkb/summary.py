@@ -440,9 +440,9 @@ def _transport(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
 def migration(kb: KnowledgeBase, st: dict[str, Any]) -> Check | None:
     """State of the plaintext-to-encrypted migration (migration.py), if one ever ran:
     OK when complete, WARN while it runs or after a rollback."""
-    from sealedkb.migration_guard import COMPLETE, parse_marker
+    from sealedkb.migration_guard import COMPLETE, MARKER, parse_marker
 
-    marker = parse_marker(kb.meta.get("migration"))
+    marker = parse_marker(kb.meta.get(MARKER))
     if marker is None:
         return None
     state = str(marker.get("state"))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import random
 import uuid
 from pathlib import Path
-from typing import Any
 
 from tests.integration.test_canary import (
     add_marked_entries,
@@ -19,6 +18,7 @@ from tests.integration.test_canary import (
     needles,
     pg_dump,
 )
+from tests.integration.test_migrate_inplace import all_entries
 
 from sealedkb.config import load_settings
 from sealedkb.domain import EncryptionMode
@@ -54,17 +54,6 @@ WORDS = [
 QUERIES = ["rotate token", "backup replica", "vacuum schema migration", "queue retry timeout"]
 
 
-def _all(kb: KnowledgeBase) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    offset = 0
-    while True:
-        page = kb.list(limit=1000, offset=offset)
-        if not page:
-            return out
-        out.update({str(e.id): e.to_dict() for e in page})
-        offset += len(page)
-
-
 def _fill(kb: KnowledgeBase) -> None:
     rng = random.Random(7)
     for i in range(FILLER):
@@ -89,7 +78,7 @@ def test_in_place_migration_leaves_no_plaintext(embedded_home: Path) -> None:  #
     try:
         add_marked_entries(kb, marker)
         _fill(kb)
-        before = _all(kb)
+        before = all_entries(kb)
         searches = {m: _top(kb, m) for m in ("keyword", "semantic", "hybrid")}
         marked_hits = {h.id for h in kb.search(marker, mode="keyword", limit=50).hits}
     finally:
@@ -107,7 +96,7 @@ def test_in_place_migration_leaves_no_plaintext(embedded_home: Path) -> None:  #
 
     with KnowledgeBase.open(settings) as kb:
         assert kb.encrypted
-        assert _all(kb) == before  # every entry, identical
+        assert all_entries(kb) == before  # every entry, identical
         status = kb.status()
         assert status["storage_encrypted"] and status["entries_plaintext"] == 0
         after = {m: _top(kb, m) for m in ("keyword", "semantic", "hybrid")}

@@ -12,9 +12,9 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
+from tests.integration.test_migrate_inplace import all_entries
 
 import sealedkb
 from sealedkb.config import Settings
@@ -26,22 +26,13 @@ from sealedkb.service import KnowledgeBase
 ENTRIES = 1500
 
 
-def _env(database_url: str) -> dict[str, str]:
+def cli_env(database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
     env["SEALEDKB_EMBEDDER"] = "hash"
     env["SEALEDKB_DATABASE_URL"] = database_url
     src = str(Path(sealedkb.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return env
-
-
-def _all(kb: KnowledgeBase) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    offset = 0
-    while page := kb.list(limit=1000, offset=offset):
-        out.update({str(e.id): e.to_dict() for e in page})
-        offset += len(page)
-    return out
 
 
 def _fill(kb: KnowledgeBase, n: int) -> None:
@@ -61,13 +52,13 @@ def test_sigkill_then_rerun_completes(
     settings = make_settings()
     kb, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
     _fill(kb, ENTRIES)
-    before = _all(kb)
+    before = all_entries(kb)
     kb.close()
 
     argv = [sys.executable, "-m", "sealedkb", "--home", str(home), "migrate", "run"]
     proc = subprocess.Popen(
         [*argv, "--batch", "10"],
-        env=_env(database_url),
+        env=cli_env(database_url),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -87,10 +78,10 @@ def test_sigkill_then_rerun_completes(
     # the plaintext knowledge base still reads (and writes) meanwhile
     with KnowledgeBase.open(settings) as kb:
         assert not kb.encrypted
-        assert _all(kb) == before
+        assert all_entries(kb) == before
 
     rerun = subprocess.run(
-        [*argv, "--json"], env=_env(database_url), capture_output=True, text=True, timeout=300
+        [*argv, "--json"], env=cli_env(database_url), capture_output=True, text=True, timeout=300
     )
     assert rerun.returncode == 0, rerun.stderr
     result = json.loads(rerun.stdout)
@@ -98,13 +89,13 @@ def test_sigkill_then_rerun_completes(
 
     with KnowledgeBase.open(settings) as kb:
         assert kb.encrypted
-        assert _all(kb) == before  # nothing lost, nothing duplicated
+        assert all_entries(kb) == before  # nothing lost, nothing duplicated
     with psycopg.connect(database_url) as conn:
         (n,) = conn.execute("SELECT count(*) FROM kb_entries").fetchone() or (0,)
     assert n == ENTRIES
     verify = subprocess.run(
         [sys.executable, "-m", "sealedkb", "--home", str(home), "migrate", "verify", "--json"],
-        env=_env(database_url),
+        env=cli_env(database_url),
         capture_output=True,
         text=True,
         timeout=300,
@@ -119,7 +110,7 @@ def test_rollback_readers_get_errors_never_wrong_data(
     settings = make_settings()
     kb, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
     _fill(kb, 300)
-    before = _all(kb)
+    before = all_entries(kb)
     kb.close()
     Migrator(settings).run()
 
@@ -159,7 +150,7 @@ def test_rollback_readers_get_errors_never_wrong_data(
     assert seen["ok"] > 0
     with KnowledgeBase.open(settings) as kb:
         assert not kb.encrypted
-        assert _all(kb) == before
+        assert all_entries(kb) == before
         assert kb.status()["entries_plaintext"] == len(before)
         # the audit trail was kept, not rewound: the migration's events are still there
         actions = {e["action"] for e in kb.audit.events(limit=10000)}

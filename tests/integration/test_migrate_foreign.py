@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -16,8 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
+from tests.integration.test_migrate_crash import cli_env
 
-import sealedkb
 from sealedkb.config import Settings
 from sealedkb.domain import EncryptionMode
 from sealedkb.errors import ValidationError
@@ -184,7 +183,7 @@ def test_cli_plan_json_and_bad_mapping_exit_code(
     src = ["--from", source_url, "--table", "knowledge_entries"]
     ok = subprocess.run(
         [*base, *src, "--map", GOOD_MAP, "--json"],
-        env=_env(database_url),
+        env=cli_env(database_url),
         capture_output=True,
         text=True,
         timeout=120,
@@ -194,7 +193,7 @@ def test_cli_plan_json_and_bad_mapping_exit_code(
     assert plan["rows"] == ROWS and plan["estimate_seconds"] > 0 and len(plan["steps"]) >= 3
     bad = subprocess.run(
         [*base, *src, "--map", "id=id,content=body"],
-        env=_env(database_url),
+        env=cli_env(database_url),
         capture_output=True,
         text=True,
         timeout=120,
@@ -202,12 +201,3 @@ def test_cli_plan_json_and_bad_mapping_exit_code(
     assert bad.returncode == 2
     assert "error[VALIDATION_ERROR] (map)" in bad.stderr and "no column 'body'" in bad.stderr
     assert "Traceback" not in bad.stderr and "SELECT" not in bad.stderr
-
-
-def _env(database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
-    env["SEALEDKB_EMBEDDER"] = "hash"
-    env["SEALEDKB_DATABASE_URL"] = database_url
-    src = str(Path(sealedkb.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env

@@ -17,11 +17,13 @@ from sealedkb.service import KnowledgeBase
 from sealedkb.summary import build_summary
 
 
-def _snapshot_of(kb: KnowledgeBase) -> dict[str, Any]:
-    out = {}
-    for e in kb.list(limit=1000):
-        d = e.to_dict()
-        out[str(e.id)] = d
+def all_entries(kb: KnowledgeBase) -> dict[str, dict[str, Any]]:
+    """Every live entry by id (pages of 1000), for before/after comparisons."""
+    out: dict[str, Any] = {}
+    offset = 0
+    while page := kb.list(limit=1000, offset=offset):
+        out.update({str(e.id): e.to_dict() for e in page})
+        offset += len(page)
     return out
 
 
@@ -43,7 +45,7 @@ def test_in_place_run_verify_rollback(make_settings: Callable[..., Settings]) ->
     _fill(plain, 40)
     e = plain.list(limit=1)[0]
     plain.delete(e.id)
-    before = _snapshot_of(plain)
+    before = all_entries(plain)
     plain.close()
 
     plan = Migrator(settings).plan()
@@ -55,7 +57,7 @@ def test_in_place_run_verify_rollback(make_settings: Callable[..., Settings]) ->
 
     with KnowledgeBase.open(settings) as kb:
         assert kb.encrypted
-        assert _snapshot_of(kb) == before
+        assert all_entries(kb) == before
         st = kb.status()
         assert st["storage_encrypted"] and st["entries_plaintext"] == 0
         hits = kb.search("topic", mode="keyword", namespace="default")
@@ -75,7 +77,7 @@ def test_in_place_run_verify_rollback(make_settings: Callable[..., Settings]) ->
     assert r["state"] == "rolled-back"
     with KnowledgeBase.open(settings) as kb:
         assert not kb.encrypted
-        assert _snapshot_of(kb) == before
+        assert all_entries(kb) == before
         checks = {c.check: c for c in build_summary(kb)}
         assert checks["migration"].ok is None and "rolled-back" in checks["migration"].value
         assert checks["storage_encrypted"].ok is False
@@ -160,7 +162,7 @@ def test_reads_and_writes_go_on_during_the_copy(
         if phase == "switch" and done == 0 and "before" not in state:
             stop_writing.set()
             writer_done.wait(30)
-            state["before"] = _snapshot_of_all(plain)
+            state["before"] = all_entries(plain)
 
     thread = threading.Thread(target=client)
     thread.start()
@@ -174,14 +176,5 @@ def test_reads_and_writes_go_on_during_the_copy(
     assert counts["writes"] > 20 and counts["reads"] > 20
     assert result["state"] == "complete"
     with KnowledgeBase.open(settings) as kb:
-        assert _snapshot_of_all(kb) == state["before"]
+        assert all_entries(kb) == state["before"]
     assert Migrator(settings).verify()["ok"]
-
-
-def _snapshot_of_all(kb: KnowledgeBase) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    offset = 0
-    while page := kb.list(limit=1000, offset=offset):
-        out.update({str(e.id): e.to_dict() for e in page})
-        offset += len(page)
-    return out

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,10 +103,7 @@ def create_shadow(conn: Connection[TupleRow]) -> None:
         if not re.fullmatch(r"[a-z_]+=[0-9a-z_.]+(, [a-z_]+=[0-9a-z_.]+)*", row[0]):
             raise ValueError("unexpected table options on kb_entries")
         conn.execute(f"ALTER TABLE {SHADOW} SET ({row[0]})")
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {ROWS} (id uuid PRIMARY KEY, source_key text NOT NULL,"
-        " digest text NOT NULL)"
-    )
+    create_rows_table(conn)
 
 
 def create_rows_table(conn: Connection[TupleRow]) -> None:
@@ -449,24 +446,3 @@ def foreign_rows(
         return conn.execute(q, (limit,)).fetchall()
     q = sql.SQL("{} WHERE {} > %s ORDER BY {} LIMIT %s").format(base, order, order)
     return conn.execute(q, (after, limit)).fetchall()
-
-
-def iter_foreign_rows(
-    conn: Connection[TupleRow],
-    schema: str,
-    table: str,
-    key_col: str,
-    columns: Sequence[str],
-    *,
-    after: Any = None,
-    batch: int = 500,
-    key_is_text: bool = False,
-) -> Iterator[list[tuple[Any, ...]]]:
-    while True:
-        rows = foreign_rows(
-            conn, schema, table, key_col, columns, after=after, limit=batch, key_is_text=key_is_text
-        )
-        if not rows:
-            return
-        yield rows
-        after = rows[-1][0]
