@@ -216,24 +216,20 @@ def git_commit() -> str | None:
 
 
 def ingest(kbs: dict[str, KnowledgeBase], entries: list[dict[str, Any]]) -> dict[str, Any]:
-    secs = dict.fromkeys(kbs, 0.0)
+    """Paired: every entry is added to both knowledge bases back to back, the mode that
+    goes first alternating, so drift in the machine's speed hits both modes alike."""
     per: dict[str, list[float]] = {m: [] for m in kbs}
-    round_size = 50
-    for start in range(0, len(entries), round_size):
-        order = list(kbs) if (start // round_size) % 2 == 0 else list(kbs)[::-1]
-        batch = entries[start : start + round_size]
-        for m in order:
+    modes = list(kbs)
+    for i, e in enumerate(entries):
+        for m in modes if i % 2 == 0 else modes[::-1]:
             kb = kbs[m]
             t0 = time.perf_counter()
-            for e in batch:
-                t1 = time.perf_counter()
-                kb.add(e["content"], title=e["title"], source=e["source"], entry_type="doc")
-                per[m].append(time.perf_counter() - t1)
-            secs[m] += time.perf_counter() - t0
+            kb.add(e["content"], title=e["title"], source=e["source"], entry_type="doc")
+            per[m].append(time.perf_counter() - t0)
     out: dict[str, Any] = {}
     for m in kbs:
         out[m] = {
-            "entries_per_s": len(entries) / secs[m],
+            "entries_per_s": len(entries) / sum(per[m]),
             "add_p50_ms": statistics.median(per[m]) * 1e3,
             "add_p95_ms": pct(per[m], 0.95) * 1e3,
         }
@@ -242,18 +238,19 @@ def ingest(kbs: dict[str, KnowledgeBase], entries: list[dict[str, Any]]) -> dict
 
 
 def latency(kbs: dict[str, KnowledgeBase], queries: list[str], rounds: int) -> dict[str, Any]:
+    """Paired: each query runs in both modes back to back, the mode that goes first
+    alternating by query and round (a slow moment of the shared machine hits both)."""
     out: dict[str, Any] = {}
+    modes = list(kbs)
     for mode in (SearchMode.HYBRID, SearchMode.KEYWORD, SearchMode.SEMANTIC):
         times: dict[str, list[float]] = {m: [] for m in kbs}
         for r in range(rounds):
-            for start in range(0, len(queries), 20):
-                order = list(kbs) if ((start // 20) + r) % 2 == 0 else list(kbs)[::-1]
-                for m in order:
+            for i, q in enumerate(queries):
+                for m in modes if (i + r) % 2 == 0 else modes[::-1]:
                     kb = kbs[m]
-                    for q in queries[start : start + 20]:
-                        times[m].append(
-                            timed(lambda kb=kb, q=q, mode=mode: kb.search(q, mode=mode, limit=10))
-                        )
+                    times[m].append(
+                        timed(lambda kb=kb, q=q, mode=mode: kb.search(q, mode=mode, limit=10))
+                    )
         row = {}
         for m in kbs:
             row[f"{m}_p50_ms"] = statistics.median(times[m]) * 1e3

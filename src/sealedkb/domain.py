@@ -214,6 +214,31 @@ def derive_title(content: str) -> str:
     return "untitled"
 
 
+def new_entry(
+    content: str,
+    *,
+    title: str | None = None,
+    entry_type: str | EntryType = EntryType.NOTE,
+    tags: list[str] | tuple[str, ...] = (),
+    namespace: str = DEFAULT_NAMESPACE,
+    source: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    verified: bool = False,
+) -> NewEntry:
+    """A validated :class:`NewEntry` (what ``KnowledgeBase.add``/``add_many`` write);
+    raises ValidationError naming the first bad field."""
+    return NewEntry(
+        namespace=validate_namespace(namespace),
+        content=validate_content(content),
+        title=validate_title(title) if title else derive_title(content),
+        entry_type=validate_entry_type(entry_type),
+        tags=validate_tags(tags),
+        source=validate_source(source),
+        metadata=validate_metadata(metadata if metadata is not None else {}),
+        verified=bool(verified),
+    )
+
+
 def _is_utf8(value: str) -> bool:
     try:
         value.encode("utf-8")

@@ -38,6 +38,7 @@ from sealedkb.domain import (
 )
 from sealedkb.errors import SealedKBError, ValidationError
 from sealedkb.store.entries import EntryRow
+from sealedkb.store.search import SearchColumns
 
 if TYPE_CHECKING:
     from sealedkb.service import KnowledgeBase
@@ -500,39 +501,43 @@ class Importer:
         existing = kb.search_table.chunks_of(ns, import_key)
         if existing and all(h == import_hash for _, h in existing):
             return FileOutcome(display, "unchanged", reason="unchanged since the last import")
-        # Embed and seal everything before the transaction: it only writes.
         vectors = kb.indexer.embed([(c.title, c.content) for c in chunks])
-        prepared = []
-        for i, c in enumerate(chunks):
-            eid = uuid.uuid4()
-            meta = {
-                "import": {
-                    "file": display,
-                    "format": kind,
-                    "heading": c.heading,
-                    "chunk": c.index + 1,
-                    "chunks": len(chunks),
+
+        def prepared() -> Iterator[tuple[EntryRow, SearchColumns]]:
+            # Lazily: each chunk is sealed while PostgreSQL inserts the one before it.
+            for i, c in enumerate(chunks):
+                eid = uuid.uuid4()
+                meta = {
+                    "import": {
+                        "file": display,
+                        "format": kind,
+                        "heading": c.heading,
+                        "chunk": c.index + 1,
+                        "chunks": len(chunks),
+                    }
                 }
-            }
-            doc = EntryDoc(c.title, c.content, c.source, meta, self.tags)
-            row = EntryRow(
-                id=eid,
-                namespace=ns,
-                entry_type=self.entry_type.value,
-                **kb._store_columns(ns, eid, doc),
-            )
-            cols = kb.indexer.columns(ns, eid, doc, vectors[i] if vectors is not None else None)
-            cols.import_key, cols.import_hash = import_key, import_hash
-            prepared.append((row, cols))
+                doc = EntryDoc(c.title, c.content, c.source, meta, self.tags)
+                row = EntryRow(
+                    id=eid,
+                    namespace=ns,
+                    entry_type=self.entry_type.value,
+                    **kb._store_columns(ns, eid, doc),
+                )
+                cols = kb.indexer.columns(ns, eid, doc, vectors[i] if vectors is not None else None)
+                cols.import_key, cols.import_hash = import_key, import_hash
+                sent.append((row, cols))
+                yield row, cols
+
+        sent: list[tuple[EntryRow, SearchColumns]] = []
         with kb.db.transaction("import") as conn:
             removed = kb.search_table.soft_delete_many(conn, [i for i, _ in existing])
-            for row, cols in prepared:
-                _stored, created = kb.search_table.insert(row, cols, dedup=True, conn=conn)
+            stored = kb.search_table.insert_many(conn, prepared(), dedup=True)
+            for (row, cols), (_stored, created) in zip(sent, stored, strict=True):
                 if not created:
                     # Same text as another live entry: keep the chunk, as a duplicate.
                     cols.fingerprint = None
                     kb.search_table.insert(row, cols, dedup=False, conn=conn)
-        return FileOutcome(display, "imported", chunks=len(prepared), removed=removed)
+        return FileOutcome(display, "imported", chunks=len(sent), removed=removed)
 
 
 def iter_chunks(paths: Sequence[str | Path]) -> Iterator[tuple[str, Chunk]]:

@@ -14,9 +14,12 @@ from __future__ import annotations
 import builtins
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from sealedkb.access import ALL_NAMESPACES, Principal, Role, parse_role
 from sealedkb.audit import AuditLog
@@ -33,7 +36,7 @@ from sealedkb.domain import (
     EntryType,
     KeyPurpose,
     NewEntry,
-    derive_title,
+    new_entry,
     parse_entry_id,
     validate_content,
     validate_entry_type,
@@ -63,7 +66,7 @@ from sealedkb.search import SearchEngine, SearchIndexer, SearchResult, reembed
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
-from sealedkb.store.search import SearchTable
+from sealedkb.store.search import SearchColumns, SearchTable
 from sealedkb.store.tokens import TokenRecord, TokenTable
 from sealedkb.telemetry import Telemetry
 
@@ -73,6 +76,7 @@ TABLE = "kb_entries"
 DOC_COLUMN = "doc"  # AAD column name of the sealed entry document (column doc_sealed)
 ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256 subkeys)"
 MAX_LIST_LIMIT = 1000
+MAX_ADD_BATCH = 500  # add_many: one transaction, results held until it ends
 
 
 def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> None:
@@ -399,15 +403,15 @@ class KnowledgeBase:
     ) -> Entry:
         """Add an entry. Identical content (after normalising whitespace) already in
         the namespace returns the existing entry instead, unless ``force``."""
-        new = NewEntry(
-            namespace=validate_namespace(namespace),
-            content=validate_content(content),
-            title=validate_title(title) if title else derive_title(content),
-            entry_type=validate_entry_type(entry_type),
-            tags=validate_tags(tags),
-            source=validate_source(source),
-            metadata=validate_metadata(metadata if metadata is not None else {}),
-            verified=bool(verified),
+        new = new_entry(
+            content,
+            title=title,
+            entry_type=entry_type,
+            tags=tags,
+            namespace=namespace,
+            source=source,
+            metadata=metadata,
+            verified=verified,
         )
         return self.add_entry(new, force=force)
 
@@ -416,13 +420,53 @@ class KnowledgeBase:
         doc = EntryDoc(new.title, new.content, new.source, new.metadata, new.tags)
         vectors = self.indexer.embed([(doc.title, doc.content)])
         # Seal and index before touching the database: nothing is ever half-encrypted.
+        row, search_cols = self._prepare(
+            new, entry_id, doc, vectors[0] if vectors is not None else None, force
+        )
+        stored, created = self.search_table.insert(row, search_cols, dedup=not force)
+        return self._to_entry(stored, doc if created else None)
+
+    def add_many(self, entries: Sequence[NewEntry], *, force: bool = False) -> list[Entry]:
+        """Add up to MAX_ADD_BATCH entries (see :func:`new_entry`) in one transaction:
+        all or none. Dedup as :meth:`add`, also within the batch. Returns the entries
+        in order (an existing entry where a duplicate was not added).
+
+        The bulk path: one embedding batch, and each entry is sealed and indexed while
+        PostgreSQL inserts the one before it (pipeline mode), so the encryption work
+        overlaps the database's instead of adding to it. Every row is complete before
+        it is sent; an error anywhere rolls the whole batch back."""
+        if not 1 <= len(entries) <= MAX_ADD_BATCH:
+            raise ValidationError(f"a batch holds 1 to {MAX_ADD_BATCH} entries", field="entries")
+        for new in entries:
+            if not isinstance(new, NewEntry):
+                raise ValidationError("entries must be validated (new_entry)", field="entries")
+        docs = [EntryDoc(n.title, n.content, n.source, n.metadata, n.tags) for n in entries]
+        vectors = self.indexer.embed([(d.title, d.content) for d in docs])
+
+        def prepared() -> Iterator[tuple[EntryRow, SearchColumns]]:
+            for i, (new, doc) in enumerate(zip(entries, docs, strict=True)):
+                vec = vectors[i] if vectors is not None else None
+                yield self._prepare(new, uuid.uuid4(), doc, vec, force)
+
+        with self.db.transaction("add") as conn:
+            stored = self.search_table.insert_many(conn, prepared(), dedup=not force)
+        return [
+            self._to_entry(row, doc if created else None)
+            for (row, created), doc in zip(stored, docs, strict=True)
+        ]
+
+    def _prepare(
+        self,
+        new: NewEntry,
+        entry_id: uuid.UUID,
+        doc: EntryDoc,
+        vector: NDArray[np.float32] | None,
+        force: bool,
+    ) -> tuple[EntryRow, SearchColumns]:
+        """The sealed row and search columns of one new entry (no database access)."""
         cols = self._store_columns(new.namespace, entry_id, doc)
         search_cols = self.indexer.columns(
-            new.namespace,
-            entry_id,
-            doc,
-            vectors[0] if vectors is not None else None,
-            with_fingerprint=not force,
+            new.namespace, entry_id, doc, vector, with_fingerprint=not force
         )
         row = EntryRow(
             id=entry_id,
@@ -431,8 +475,7 @@ class KnowledgeBase:
             verified=new.verified,
             **cols,
         )
-        stored, created = self.search_table.insert(row, search_cols, dedup=not force)
-        return self._to_entry(stored, doc if created else None)
+        return row, search_cols
 
     def get(self, entry_id: str | uuid.UUID) -> Entry:
         eid = parse_entry_id(entry_id)

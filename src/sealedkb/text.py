@@ -43,6 +43,14 @@ MAX_WORD_CHARS = 64  # longer "words" are base64 blobs or hashes: no search valu
 MAX_QUERY_TERMS = 32
 
 _WORD_RE = re.compile(r"\w+")
+_NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
+# bytes.translate table of the ASCII fast path: [A-Za-z0-9_] kept (letters lowered),
+# every other byte (including "?", which encode("ascii", "replace") substitutes for a
+# non-ASCII character) becomes a space, so str.split() yields the \w+ runs.
+_ASCII_WORD_TABLE = bytes(
+    ord(chr(b).lower()) if b < 128 and (chr(b).isalnum() or b == ord("_")) else 0x20
+    for b in range(256)
+)
 _stemmer = snowballstemmer.stemmer("english")
 
 # word -> stem, or None for a stop word / over-long word. A plain dict (cleared when
@@ -81,15 +89,30 @@ def normalize(text: str) -> str:
 
 
 def words(text: str) -> list[str]:
-    """Normalised words of ``text`` (stop words included), in order."""
-    return _WORD_RE.findall(normalize(text))
+    """Normalised words of ``text`` (stop words included), in order: the ``\\w+`` runs
+    of its NFKC casefolded form.
+
+    On the write path of every entry, so the regex only runs when the text holds a
+    non-ASCII *word* character (é, ß, 日): otherwise every non-ASCII character is a
+    separator (’ — › ¶ …) and a bytes translate + split (C, ~3x faster) gives the same
+    list. ``c.isalnum() or c == "_"`` is exactly the ``re`` module's Unicode ``\\w``.
+    """
+    s = normalize(text)
+    if s.isascii():
+        raw = s.encode("ascii")
+    else:
+        for c in set(_NON_ASCII_RE.findall(s)):
+            if c.isalnum() or c == "_":
+                return _WORD_RE.findall(s)
+        raw = s.encode("ascii", "replace")
+    return raw.translate(_ASCII_WORD_TABLE).decode("ascii").split()
 
 
 def terms(text: str) -> list[str]:
     """Stems of the non-stop words of ``text``, in order (duplicates kept)."""
     get = _STEMS.get
     out = []
-    for w in _WORD_RE.findall(normalize(text)):
+    for w in words(text):
         s = get(w, _MISSING)
         if s is _MISSING:
             s = _stem_slow(w)
@@ -121,7 +144,7 @@ def positioned_terms(title: str, content: str) -> dict[str, list[str]]:
     get_out = out.get
     pos = 0
     for table, text in ((_POS_A, title), (_POS, content)):
-        for w in _WORD_RE.findall(unicodedata.normalize("NFKC", text).casefold()):
+        for w in words(text):
             t = get_stem(w, _MISSING)
             if t is _MISSING:
                 t = _stem_slow(w)
@@ -173,13 +196,15 @@ class LexemeIndexer:
         cache = self._cache
         lex = list(map(cache.get, words, repeat(_MISSING)))
         if _MISSING in lex:
-            if len(cache) + len(words) > self._max:
+            new = set(words).difference(cache)  # only the unseen words, once each
+            if len(cache) + len(new) > self._max:
                 cache.clear()
-            for i, w in enumerate(words):
-                if lex[i] is _MISSING:
-                    t = term_of(w)
-                    cache[w] = lex[i] = None if t is None else self._lexeme_of(t)
-        return [x for x in lex if x is not None]
+                new = set(words)
+            for w in new:
+                t = term_of(w)
+                cache[w] = None if t is None else self._lexeme_of(t)
+            lex = list(map(cache.get, words))
+        return list(filter(None, lex))  # None: stop word (lexemes are never empty)
 
     def tsvector(self, title: str, content: str) -> str:
         """tsvector text of title (positions ``nA``) and content (after a gap)."""

@@ -162,23 +162,27 @@ def test_a_failing_file_leaves_nothing_behind(
     assert first.chunks_added == 3
     before = count(any_kb.db.url)
     (docs / "guide.md").write_text(GUIDE + "\n## New section\n\nMore.\n")
-    real_insert = SearchTable.insert
+    real_statement = SearchTable._insert_statement
     calls = {"n": 0}
 
-    def flaky(self, row, cols, *, dedup, conn=None):  # type: ignore[no-untyped-def]
+    def flaky(row, cols, dedup):  # type: ignore[no-untyped-def]
+        # The third chunk's INSERT fails in PostgreSQL, after two were sent down the
+        # pipeline: the server's error must roll the whole file back.
         calls["n"] += 1
+        stmt, values = real_statement(row, cols, dedup)
         if calls["n"] == 3:
-            raise DatabaseError("database unavailable during import")
-        return real_insert(self, row, cols, dedup=dedup, conn=conn)
+            stmt = "SELECT 1 / (%s::int - %s::int)"
+            values = [1, 1]
+        return stmt, values
 
-    monkeypatch.setattr(SearchTable, "insert", flaky)
+    monkeypatch.setattr(SearchTable, "_insert_statement", staticmethod(flaky))
     with pytest.raises(DatabaseError):
         any_kb.import_paths([str(docs / "guide.md")])
     # the old chunks are still there, none of the new ones
     assert count(any_kb.db.url) == before
     titles = {e.title for e in any_kb.list(limit=100)}
     assert "Install guide › New section" not in titles
-    monkeypatch.setattr(SearchTable, "insert", real_insert)
+    monkeypatch.setattr(SearchTable, "_insert_statement", staticmethod(real_statement))
     assert any_kb.import_paths([str(docs / "guide.md")]).chunks_added == 4
     assert count(any_kb.db.url) == before + 1
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import unicodedata
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sealedkb import text
 from sealedkb.crypto.blind import Blinder, TextHasher
@@ -21,6 +26,30 @@ def test_pipeline_splits_on_non_word_characters() -> None:
     assert text.terms("sys.path/foo-bar_baz:qux") == ["sys", "path", "foo", "bar_baz", "qux"]
     assert text.terms("the and of") == []
     assert text.terms("x" * 65 + " kept") == ["kept"]  # over-long "words" are dropped
+
+
+def _words_by_definition(s: str) -> list[str]:
+    return re.findall(r"\w+", unicodedata.normalize("NFKC", s).casefold())
+
+
+def test_words_fast_path_equals_the_regex_definition() -> None:
+    # ASCII, non-ASCII separators only (the translate path), non-ASCII word characters
+    # (the regex path), and what NFKC/casefold turn into ASCII.
+    for s in [
+        "Hello, World! sys.path/foo-bar_baz:qux 42x",
+        "It\u2019s \u2014 a \u203a breadcrumb \u00b6 \u2026 done",
+        "caf\u00e9 na\u00efve stra\u00dfe \u65e5\u672c\u8a9e \u0130stanbul",
+        "\ufb01ne \uff21\uff22\uff23 \u2167 \u00b2 \u00bd x\u00a0y\u2028z",
+        "\x00\x1f\x7f?? _ __ a_",
+        "",
+    ]:
+        assert text.words(s) == _words_by_definition(s), s
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
+def test_words_equals_the_regex_definition_on_any_text(s: str) -> None:
+    assert text.words(s) == _words_by_definition(s)
 
 
 def test_query_terms_are_distinct_and_bounded() -> None:

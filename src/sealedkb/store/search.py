@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -154,15 +154,52 @@ class SearchTable:
         """Insert the entry with its search columns. With ``dedup`` and a live entry of
         the same fingerprint in the namespace, insert nothing and return that entry.
         Returns (row, created)."""
+        stmt, values = self._insert_statement(row, cols, dedup)
+        if conn is None:
+            with self.db.transaction("add") as c:
+                return self._insert(c, stmt, values, row.namespace, cols.fingerprint)
+        return self._insert(conn, stmt, values, row.namespace, cols.fingerprint)
+
+    def insert_many(
+        self,
+        conn: Connection[TupleRow],
+        items: Iterable[tuple[EntryRow, SearchColumns]],
+        *,
+        dedup: bool,
+    ) -> list[tuple[EntryRow, bool]]:
+        """Insert entries in the caller's transaction, in pipeline mode: each INSERT is
+        sent without waiting for its result, so while PostgreSQL inserts one row (heap,
+        GIN, HNSW) the caller's ``items`` generator seals and indexes the next one.
+        Dedup as :meth:`insert` (a duplicate of an earlier item of the same batch
+        returns that item's row). Returns (row, created) per item, in order; any
+        error aborts the whole transaction."""
+        sent: list[tuple[Any, str, str | None]] = []
+        with conn.pipeline():
+            for row, cols in items:
+                stmt, values = self._insert_statement(row, cols, dedup)
+                cur = conn.cursor(binary=True)
+                cur.execute(stmt, values)
+                sent.append((cur, row.namespace, cols.fingerprint))
+        out = []
+        for cur, ns, fp in sent:
+            r = cur.fetchone()
+            if r is not None:
+                out.append((_from_db(r), True))
+                continue
+            existing = conn.execute(_BY_FINGERPRINT, (ns, fp), binary=True).fetchone()
+            if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
+                raise RuntimeError("dedup conflict without a live entry")
+            out.append((_from_db(existing), False))
+        return out
+
+    @staticmethod
+    def _insert_statement(row: EntryRow, cols: SearchColumns, dedup: bool) -> tuple[str, list[Any]]:
         values = [_adapt(c, getattr(row, c)) for c in _INSERT_COLS]
         if row.tag_tokens is None:
             values[_INSERT_COLS.index("tag_tokens")] = []
         values.extend(getattr(cols, c) for c in SEARCH_COLS)
         stmt = _INSERT + (_ON_DUP if dedup and cols.fingerprint else "") + _RETURNING
-        if conn is None:
-            with self.db.transaction("add") as c:
-                return self._insert(c, stmt, values, row.namespace, cols.fingerprint)
-        return self._insert(conn, stmt, values, row.namespace, cols.fingerprint)
+        return stmt, values
 
     @staticmethod
     def _insert(
