@@ -69,12 +69,15 @@ def pad64(data: bytes) -> bytes:
 
 
 def unpad64(data: bytes) -> bytes:
-    if not data or len(data) % PAD_BLOCK:
+    n = len(data)
+    if not n or n % PAD_BLOCK:
         raise IntegrityError(_OPEN_FAILED)
-    end = data.rstrip(b"\x00")
-    if not end or end[-1] != 0x80 or len(data) - len(end) >= PAD_BLOCK:
+    # The marker is the last 0x80 byte, in the last block, with only zeros after it
+    # (one copy of the value instead of the two of rstrip + slice: opened per hit).
+    i = data.rfind(b"\x80", n - PAD_BLOCK)
+    if i < 0 or data.count(b"\x00", i + 1) != n - i - 1:
         raise IntegrityError(_OPEN_FAILED)
-    return end[:-1]
+    return data[:i]
 
 
 def derive_subkey(material: bytes, salt: bytes) -> bytes:
@@ -173,7 +176,8 @@ class FieldOpener:
         raises :class:`OpenFailedError` naming its index; nothing is returned."""
         if len(blobs) != len(aads):
             raise ValueError("one AAD per sealed value")
-        out = []
+        out: list[bytes] = []
+        append = out.append
         last = b""
         aead: AESGCM | None = None
         for i, blob in enumerate(blobs):
@@ -182,9 +186,10 @@ class FieldOpener:
             if aead is None or blob[1:_SALT_END] != last:
                 aead = self._aead(blob)
                 last = blob[1:_SALT_END]
+            view = memoryview(blob)  # no copy of the ciphertext per value
             try:
-                padded = aead.decrypt(blob[_SALT_END:HEADER_LEN], blob[HEADER_LEN:], aads[i])
-                out.append(unpad64(padded))
+                padded = aead.decrypt(view[_SALT_END:HEADER_LEN], view[HEADER_LEN:], aads[i])
+                append(unpad64(padded))
             except (InvalidTag, IntegrityError):
                 raise OpenFailedError(i) from None
         return out
