@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.test_tamper_cli import expect, make_cli
 
 from sealedkb.domain import NewEntry, new_entry
 from sealedkb.errors import ValidationError
@@ -102,3 +105,49 @@ def test_add_many_refuses_bad_batches(any_kb: KnowledgeBase) -> None:
         new_entry("x", namespace="bad namespace!")
     assert exc.value.field == "namespace"
     assert live_count(any_kb) == 0
+
+
+# --- sealedkb add-many (JSON Lines) ----------------------------------------------
+
+
+def test_cli_add_many_from_json_lines(home: Path, database_url: str) -> None:
+    cli = make_cli(home, database_url)
+    expect(cli("init"), 0)
+    lines = [
+        json.dumps({"content": "Pool in session mode.", "title": "pooling", "tags": ["db"]}),
+        "",
+        json.dumps({"content": "Rotate keys yearly.", "type": "runbook", "namespace": "ops"}),
+        json.dumps({"content": "Pool  in session mode."}),  # a duplicate of line 1
+    ]
+    out = expect(cli("add-many", "-", "--tag", "import", "--json", input="\n".join(lines)), 0)
+    got = json.loads(out.output)
+    assert got["entries"] == 3 and len(got["ids"]) == 3
+    assert got["ids"][2] == got["ids"][0]
+    shown = json.loads(expect(cli("get", got["ids"][0], "--json"), 0).output)
+    assert shown["title"] == "pooling" and shown["tags"] == ["import", "db"]
+    ops = json.loads(expect(cli("get", got["ids"][1], "--json"), 0).output)
+    assert ops["namespace"] == "ops" and ops["entry_type"] == "runbook"
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "says"),
+    [
+        ("not json", "line", "line 2: not valid JSON"),
+        ("[1, 2]", "line", "line 2: expected a JSON object"),
+        ('{"content": "x", "colour": "red"}', "line", "unknown field 'colour'"),
+        ('{"content": "   "}', "content", "line 2: content must not be empty"),
+        ('{"content": "x", "type": "memo"}', "entry_type", "line 2: unknown entry type"),
+        ('{"content": "x", "tags": "db"}', "tags", "line 2: tags must be a list"),
+        ('{"content": "x", "title": 5}', "line", "line 2: a field has the wrong type"),
+    ],
+)
+def test_cli_add_many_refuses_a_bad_line_before_writing(
+    home: Path, database_url: str, line: str, field: str, says: str
+) -> None:
+    cli = make_cli(home, database_url)
+    expect(cli("init"), 0)
+    text = json.dumps({"content": "a good line SECRETWORD"}) + "\n" + line + "\n"
+    res = expect(cli("add-many", "-", input=text), 2)
+    assert f"({field})" in res.output and says in res.output
+    assert "SECRETWORD" not in res.output and "red" not in res.output
+    assert json.loads(expect(cli("list", "--json"), 0).output) == []  # nothing written

@@ -498,9 +498,10 @@ from sealedkb.adapters import cli_snapshot  # noqa: E402
 app.add_typer(cli_snapshot.snapshot_app, name="snapshot")
 
 # search, import, reembed (issue 3)
-from sealedkb.adapters import cli_migrate, cli_search  # noqa: E402
+from sealedkb.adapters import cli_bulk, cli_migrate, cli_search  # noqa: E402
 
 app.add_typer(cli_migrate.migrate_app, name="migrate")
+app.command("add-many")(cli_bulk.add_many)
 
 cli_search.register(app)
 
