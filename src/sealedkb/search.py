@@ -175,20 +175,26 @@ def check_embedder(embedder: Embedder) -> None:
 class SearchIndexer:
     """Computes the search columns of an entry (write side)."""
 
-    def __init__(self, keyring: KeyRing | None, embedder: Embedder | None) -> None:
+    def __init__(
+        self,
+        keyring: KeyRing | None,
+        embedder: Embedder | None,
+        tokenizer: int = text.TOKENIZER,
+    ) -> None:
         self.keyring = keyring
         self.embedder = embedder
+        self.tokenizer = tokenizer  # the knowledge base's keyword_tokenizer (kb_meta)
         # namespace -> (its blinder, a word -> blind token cache over that blinder);
         # replaced when the key ring hands out another blinder (key expiry, rotation).
         self._lexers: dict[str, tuple[Blinder, text.LexemeIndexer]] = {}
 
     def _lexer(self, namespace: str, blinder: Blinder) -> text.LexemeIndexer:
         hit = self._lexers.get(namespace)
-        if hit is not None and hit[0] is blinder:
+        if hit is not None and hit[0] is blinder and hit[1].tokenizer == self.tokenizer:
             return hit[1]
         if len(self._lexers) >= MAX_CACHED_NAMESPACES:
             self._lexers.clear()
-        lexer = text.LexemeIndexer(blinder.word_token)
+        lexer = text.LexemeIndexer(blinder.word_token, tokenizer=self.tokenizer)
         self._lexers[namespace] = (blinder, lexer)
         return lexer
 
@@ -328,8 +334,10 @@ class SearchEngine:
         open_doc: Callable[[str, uuid.UUID, bytes], EntryDoc],
         *,
         open_docs: Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]] | None = None,
+        tokenizer: int = text.TOKENIZER,
     ) -> None:
         self.table = table
+        self.tokenizer = tokenizer  # as the indexer's: query words split as stored ones
         self.keyring = keyring
         self.embedder = embedder
         self.open_doc = open_doc
@@ -402,7 +410,7 @@ class SearchEngine:
 
         warnings: list[str] = []
         used = requested
-        stems = text.query_terms(query)
+        stems = text.query_terms(query, self.tokenizer)
         window = offset + limit
 
         # --- query vector (semantic and hybrid)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sealedkb import text
 from sealedkb.access import ALL_NAMESPACES, Principal, Role, parse_role
 from sealedkb.audit import AuditLog
 from sealedkb.codec import EntryDoc, decode_doc, encode_doc
@@ -79,6 +80,21 @@ MAX_LIST_LIMIT = 1000
 MAX_ADD_BATCH = 500  # add_many: one transaction, results held until it ends
 
 
+TOKENIZER_KEY = "keyword_tokenizer"  # kb_meta: the word splitting of the keyword index
+
+
+def keyword_tokenizer(meta: dict[str, str]) -> int:
+    """The keyword tokenizer version a knowledge base was indexed with (kb_meta; absent
+    in those made before version 2 existed: version 1)."""
+    raw = meta.get(TOKENIZER_KEY, str(text.TOKENIZER_V1))
+    if not raw.isdigit() or int(raw) not in text.TOKENIZERS:
+        raise IntegrityError(
+            f"this knowledge base's keyword index uses tokenizer version {raw!r}, which this "
+            "sealedkb does not know; upgrade sealedkb"
+        )
+    return int(raw)
+
+
 def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> None:
     """kb_meta says plaintext, but this home holds a keystore: someone with SQL access
     may have flipped the mode to make new writes land in clear. Refuse, unless an
@@ -105,6 +121,7 @@ class KnowledgeBase:
         *,
         principal: str | None = None,
         now: Callable[[], datetime] | None = None,
+        tokenizer: int | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
@@ -143,13 +160,16 @@ class KnowledgeBase:
         # Search (search.py): the model loads lazily, on the first text to embed.
         self.embedder = load_embedder(settings.embedder)
         self.search_table = SearchTable(db)
-        self.indexer = SearchIndexer(self.keyring, self.embedder)
+        if tokenizer is None:
+            tokenizer = keyword_tokenizer(self.meta.all())
+        self.indexer = SearchIndexer(self.keyring, self.embedder, tokenizer)
         self.engine = SearchEngine(
             self.search_table,
             self.keyring,
             self.embedder,
             self._open_sealed,
             open_docs=self._open_sealed_many,
+            tokenizer=tokenizer,
         )
 
     # --- lifecycle --------------------------------------------------------------
@@ -208,6 +228,8 @@ class KnowledgeBase:
                     new_key_uri = new_key.key_id
                     created = True
                 provider.describe_key(kms_key_uri)
+            if existing is None:  # a new knowledge base: today's word splitting
+                meta.set_default(TOKENIZER_KEY, str(text.TOKENIZER))
             meta.set_default("encryption", mode.value)
             kb = cls(settings, target, db, mode, provider, kms_key_uri, now=now)
             if new_key_uri is not None:
@@ -261,7 +283,15 @@ class KnowledgeBase:
             if mode is EncryptionMode.ON and kms_key_uri is None:
                 raise IntegrityError("the database says encryption is on but names no KMS key")
             kb = cls(
-                settings, target, db, mode, provider, kms_key_uri, principal=principal, now=now
+                settings,
+                target,
+                db,
+                mode,
+                provider,
+                kms_key_uri,
+                principal=principal,
+                now=now,
+                tokenizer=keyword_tokenizer(values),
             )
             if kb.keys is not None:
                 kb.keys.run_due()

@@ -42,7 +42,21 @@ MAX_POSITIONS_PER_TERM = 256
 MAX_WORD_CHARS = 64  # longer "words" are base64 blobs or hashes: no search value
 MAX_QUERY_TERMS = 32
 
+# Word splitting, versioned (kb_meta ``keyword_tokenizer``; blind tokens of one
+# version never match another's, so a knowledge base keeps the version it began with):
+#   1: every ``\w+`` run ("3.1.2" -> "3", "1", "2");
+#   2: as 1, but a dotted number ("3.1.2", "3.11", "0.5" — digit groups joined by
+#      single dots, not glued to a word character or another dot) is one word, as
+#      PostgreSQL's parser makes it one lexeme. Splitting them filled the index
+#      with "1", "2", "3" from every section and version number: those tokens held
+#      20-48 % of the rows, and queries naming a section ranked thousands of rows.
+TOKENIZER_V1 = 1
+TOKENIZER_V2 = 2
+TOKENIZERS = (TOKENIZER_V1, TOKENIZER_V2)
+TOKENIZER = TOKENIZER_V2  # what new knowledge bases use
 _WORD_RE = re.compile(r"\w+")
+_WORD_RE_V2 = re.compile(r"(?<![\w.])(?>\d+(?:\.\d+)+)(?!\w)|\w+")
+_DOTTED_NUMBER_RE = re.compile(r"\d\.\d")  # absent: version 2 splits as version 1
 _NON_ASCII_RE = re.compile(r"[^\x00-\x7f]")
 # bytes.translate table of the ASCII fast path: [A-Za-z0-9_] kept (letters lowered),
 # every other byte (including "?", which encode("ascii", "replace") substitutes for a
@@ -88,9 +102,9 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFKC", text).casefold()
 
 
-def words(text: str) -> list[str]:
+def words(text: str, tokenizer: int = TOKENIZER) -> list[str]:
     """Normalised words of ``text`` (stop words included), in order: the ``\\w+`` runs
-    of its NFKC casefolded form.
+    of its NFKC casefolded form (version 2: dotted numbers whole, see TOKENIZER_V2).
 
     On the write path of every entry, so the regex only runs when the text holds a
     non-ASCII *word* character (é, ß, 日): otherwise every non-ASCII character is a
@@ -98,6 +112,8 @@ def words(text: str) -> list[str]:
     list. ``c.isalnum() or c == "_"`` is exactly the ``re`` module's Unicode ``\\w``.
     """
     s = normalize(text)
+    if tokenizer != TOKENIZER_V1 and _DOTTED_NUMBER_RE.search(s):
+        return _WORD_RE_V2.findall(s)
     if s.isascii():
         raw = s.encode("ascii")
     else:
@@ -108,11 +124,11 @@ def words(text: str) -> list[str]:
     return raw.translate(_ASCII_WORD_TABLE).decode("ascii").split()
 
 
-def terms(text: str) -> list[str]:
+def terms(text: str, tokenizer: int = TOKENIZER) -> list[str]:
     """Stems of the non-stop words of ``text``, in order (duplicates kept)."""
     get = _STEMS.get
     out = []
-    for w in words(text):
+    for w in words(text, tokenizer):
         s = get(w, _MISSING)
         if s is _MISSING:
             s = _stem_slow(w)
@@ -121,17 +137,17 @@ def terms(text: str) -> list[str]:
     return out
 
 
-def query_terms(text: str) -> list[str]:
+def query_terms(text: str, tokenizer: int = TOKENIZER) -> list[str]:
     """Distinct stems of a query, first occurrence order, at most MAX_QUERY_TERMS."""
     seen: dict[str, None] = {}
-    for t in terms(text):
+    for t in terms(text, tokenizer):
         seen.setdefault(t, None)
         if len(seen) >= MAX_QUERY_TERMS:
             break
     return list(seen)
 
 
-def positioned_terms(title: str, content: str) -> dict[str, list[str]]:
+def positioned_terms(title: str, content: str, tokenizer: int = TOKENIZER) -> dict[str, list[str]]:
     """term -> its positions as tsvector text (``"3A"`` in the title, ``"17"`` in the
     content), title first (positions 1..), content after a gap.
 
@@ -144,7 +160,7 @@ def positioned_terms(title: str, content: str) -> dict[str, list[str]]:
     get_out = out.get
     pos = 0
     for table, text in ((_POS_A, title), (_POS, content)):
-        for w in words(text):
+        for w in words(text, tokenizer):
             t = get_stem(w, _MISSING)
             if t is _MISSING:
                 t = _stem_slow(w)
@@ -187,8 +203,11 @@ class LexemeIndexer:
     Lexemes must need no quoting ([0-9a-f]).
     """
 
-    def __init__(self, lexeme_of: Callable[[str], str], max_words: int = 65536) -> None:
+    def __init__(
+        self, lexeme_of: Callable[[str], str], max_words: int = 65536, tokenizer: int = TOKENIZER
+    ) -> None:
         self._lexeme_of = lexeme_of
+        self.tokenizer = tokenizer
         self._cache: dict[str, str | None] = {}
         self._max = max_words
 
@@ -208,13 +227,14 @@ class LexemeIndexer:
 
     def tsvector(self, title: str, content: str) -> str:
         """tsvector text of title (positions ``nA``) and content (after a gap)."""
-        tl = self._lexemes(words(title))
-        cl = self._lexemes(words(content))
+        tl = self._lexemes(words(title, self.tokenizer))
+        cl = self._lexemes(words(content, self.tokenizer))
         nt, nc = len(tl), len(cl)
         if nt + nc + 1 >= MAX_POSITION:  # positions would be clamped: the grouped path
             lexeme_of = self._lexeme_of
             return tsvector_literal(
-                (lexeme_of(t), p) for t, p in positioned_terms(title, content).items()
+                (lexeme_of(t), p)
+                for t, p in positioned_terms(title, content, self.tokenizer).items()
             )
         parts = list(map(add, tl, _SUFFIX_A[1 : nt + 1]))
         parts.extend(map(add, cl, _SUFFIX[nt + 2 : nt + 2 + nc]))

@@ -355,3 +355,33 @@ def test_a_tampered_hit_or_candidate_fails_naming_its_entry(kb: KnowledgeBase, c
     with pytest.raises(IntegrityError, match=str(target)):
         kb.search("pgbouncer session prepared statements pooling", mode=mode, limit=10)
     assert kb.keyring.open_failures == before + 1  # type: ignore[union-attr]
+
+
+def test_keyword_tokenizer_version_is_recorded_and_followed(
+    any_kb: KnowledgeBase, make_settings: Callable[..., Settings]
+) -> None:
+    from sealedkb import text
+
+    url = any_kb.db.url
+    assert sql(url, "SELECT value FROM kb_meta WHERE key = 'keyword_tokenizer'") == [("2",)]
+    release = any_kb.add("Python 3.11.4 fixes the tokenizer.", title="release notes").id
+    section = any_kb.add("Section 3 lists 11 items and 4 tables.", title="counts").id
+    # version 2: "3.11.4" is one word, as PostgreSQL's parser makes it one lexeme
+    assert [h.id for h in any_kb.search("3.11.4", mode="keyword").hits] == [release]
+    # A knowledge base indexed before version 2 existed (no kb_meta key) keeps
+    # version 1, for writes and queries alike: its stored tokens stay findable.
+    any_kb.close()
+    sql(url, "DELETE FROM kb_meta WHERE key = 'keyword_tokenizer'")
+    old = KnowledgeBase.open(make_settings())
+    try:
+        assert old.engine.tokenizer == old.indexer.tokenizer == text.TOKENIZER_V1
+        v1 = old.add("Python 3.11.4 fixes the tokenizer again.", title="v1 notes").id
+        got = {h.id for h in old.search("3.11.4", mode="keyword", limit=10).hits}
+        assert v1 in got
+        if old.encrypted:  # blind tokens of "3", "11", "4" (plaintext: PostgreSQL's parser)
+            assert section in got
+    finally:
+        old.close()
+    sql(url, "INSERT INTO kb_meta (key, value) VALUES ('keyword_tokenizer', '9')")
+    with pytest.raises(IntegrityError, match="tokenizer version"):
+        KnowledgeBase.open(make_settings())

@@ -28,8 +28,31 @@ def test_pipeline_splits_on_non_word_characters() -> None:
     assert text.terms("x" * 65 + " kept") == ["kept"]  # over-long "words" are dropped
 
 
-def _words_by_definition(s: str) -> list[str]:
-    return re.findall(r"\w+", unicodedata.normalize("NFKC", s).casefold())
+def _words_by_definition(s: str, tokenizer: int = text.TOKENIZER_V1) -> list[str]:
+    norm = unicodedata.normalize("NFKC", s).casefold()
+    if tokenizer == text.TOKENIZER_V1:
+        return re.findall(r"\w+", norm)
+    # version 2: a dotted number is one word, unless glued to a word character or a dot
+    return re.findall(r"(?<![\w.])(?>\d+(?:\.\d+)+)(?!\w)|\w+", norm)
+
+
+def test_tokenizer_v2_keeps_dotted_numbers_whole() -> None:
+    s = "3.1.2. Strings (part 4): Python 3.11, 0.5 s, v1.2, 4.3.2a, 192.168.0.1 a.1.2 1..2"
+    assert text.words(s, text.TOKENIZER_V1) == [
+        *("3", "1", "2", "strings", "part", "4", "python", "3", "11", "0", "5", "s"),
+        *("v1", "2", "4", "3", "2a", "192", "168", "0", "1", "a", "1", "2", "1", "2"),
+    ]
+    assert text.words(s, text.TOKENIZER_V2) == [
+        *("3.1.2", "strings", "part", "4", "python", "3.11", "0.5", "s"),
+        *("v1", "2", "4", "3", "2a", "192.168.0.1", "a", "1", "2", "1", "2"),
+    ]
+    assert text.query_terms("What changed in 3.11?", text.TOKENIZER_V2) == ["chang", "3.11"]
+    assert text.TOKENIZER == text.TOKENIZER_V2  # new knowledge bases
+    # the hashing test embedder keeps version 1: its vectors must not change
+    from sealedkb.embed.hashing import HashingEmbedder
+
+    h = HashingEmbedder()
+    assert (h.embed(["release 3.11"])[0] != h.embed(["release 3 11"])[0]).sum() == 0
 
 
 def test_words_fast_path_equals_the_regex_definition() -> None:
@@ -43,13 +66,18 @@ def test_words_fast_path_equals_the_regex_definition() -> None:
         "\x00\x1f\x7f?? _ __ a_",
         "",
     ]:
-        assert text.words(s) == _words_by_definition(s), s
+        for v in text.TOKENIZERS:
+            assert text.words(s, v) == _words_by_definition(s, v), (s, v)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=60))
+@given(
+    st.text(alphabet=st.characters(codec="utf-8"), max_size=60)
+    | st.text(alphabet="0123456789.a _", max_size=30)
+)
 def test_words_equals_the_regex_definition_on_any_text(s: str) -> None:
-    assert text.words(s) == _words_by_definition(s)
+    for v in text.TOKENIZERS:
+        assert text.words(s, v) == _words_by_definition(s, v)
 
 
 def test_query_terms_are_distinct_and_bounded() -> None:

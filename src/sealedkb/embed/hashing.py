@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from sealedkb.text import terms
+from sealedkb.text import TOKENIZER_V1, terms
 
 
 class HashingEmbedder:
@@ -31,7 +31,7 @@ class HashingEmbedder:
 
     def _vector(self, text: str) -> NDArray[np.float32]:
         v = np.zeros(self._dim, dtype=np.float32)
-        ts = terms(text)
+        ts = terms(text, TOKENIZER_V1)  # pinned: its vectors must not change
         feats = ts + [a + " " + b for a, b in itertools.pairwise(ts)]
         for f in feats:
             h = hashlib.blake2b(f.encode(), digest_size=8).digest()
