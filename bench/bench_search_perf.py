@@ -99,7 +99,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--entries", type=int, default=10_000)
     ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--rounds", type=int, default=3, help="passes over the queries per mode")
+    ap.add_argument("--rounds", type=int, default=6, help="passes over the queries per mode")
     ap.add_argument("--batch", type=int, default=50, help="entries per add_many (bulk ingest)")
     ap.add_argument("--single", type=int, default=1000, help="entries added one by one at the end")
     ap.add_argument("--json", action="store_true")
