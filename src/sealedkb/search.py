@@ -440,7 +440,7 @@ class SearchEngine:
                 kw_query = " | ".join(lexemes)
                 freqs = self.table.term_frequencies("kw_tokens")
             else:
-                lexemes = [f"'{s}'" for s in stems]  # \w+ stems: nothing to escape
+                lexemes = [f"'{s}'" for s in stems]  # [\w.] stems: nothing to escape
                 kw_query = query
                 freqs = self.table.term_frequencies("kw_plain")
             keep = match_terms(
