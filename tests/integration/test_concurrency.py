@@ -40,10 +40,16 @@ try:
     # A barrier, not a start time: under load, interpreter start-up can take longer
     # than any fixed delay. Each worker says it is ready, then waits for all.
     folder = Path(barrier)
-    (folder / name).touch()
-    deadline = time.time() + 60
-    while len(list(folder.iterdir())) < int(sys.argv[7]) and time.time() < deadline:
-        time.sleep(0.001)
+    procs = int(sys.argv[7])
+
+    def wait_for(suffix):
+        deadline = time.time() + 60
+        while (len([p for p in folder.iterdir() if p.name.endswith(suffix)]) < procs
+               and time.time() < deadline):
+            time.sleep(0.001)
+
+    (folder / (name + ".ready")).touch()
+    wait_for(".ready")
     for i in range(int(count)):
         e = kb.add(
             f"{name} entry {i} body",
@@ -53,6 +59,12 @@ try:
             metadata={"worker": name, "i": i},
         )
         ids.append(str(e.id))
+        if i == 0:
+            # Both first adds (the data-key race in a new namespace) happen before
+            # either worker goes on, so the writes overlap even when the machine
+            # starves one process for a while.
+            (folder / (name + ".first")).touch()
+            wait_for(".first")
 finally:
     kb.close()
 print(json.dumps(ids))
