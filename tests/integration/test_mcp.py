@@ -122,6 +122,52 @@ def test_error_codes_are_structured(kb: KnowledgeBase) -> None:
     run(go())
 
 
+def test_add_many_tool(kb: KnowledgeBase) -> None:
+    a_writer = Principal("a", Role.WRITER, frozenset({"team-a"}))
+
+    async def go() -> None:
+        async with Client(build_server(kb, principal=lambda: a_writer)) as c:
+            entries = [
+                {"content": "Pool in session mode.", "title": "pooling", "namespace": "team-a"},
+                {"content": "Rotate keys yearly.", "entry_type": "runbook", "namespace": "team-a"},
+                {"content": "Pool  in session mode.", "namespace": "team-a"},  # a duplicate
+            ]
+            r = await c.call_tool("kb_add_many", {"entries": entries})
+            assert not r.is_error, r
+            got = r.structured_content["entries"]
+            assert [e["title"] for e in got] == ["pooling", "Rotate keys yearly.", "pooling"]
+            assert got[2]["id"] == got[0]["id"] and got[0]["version"] == 1
+            assert kb.get(got[1]["id"]).entry_type.value == "runbook"
+            # a bad entry names itself and nothing of the batch is written
+            bad = await c.call_tool(
+                "kb_add_many",
+                {
+                    "entries": [
+                        {"content": "fine", "namespace": "team-a"},
+                        {"content": "  ", "namespace": "team-a"},
+                    ]
+                },
+            )
+            assert error_of(bad) == {
+                "code": "VALIDATION_ERROR",
+                "message": "entry 1: content must not be empty",
+                "field": "entries[1].content",
+            }
+            other = await c.call_tool(
+                "kb_add_many", {"entries": [{"content": "x", "namespace": "team-b"}]}
+            )
+            assert error_of(other)["code"] == "ACCESS_DENIED"
+            too_many = [{"content": f"n{i}", "namespace": "team-a"} for i in range(101)]
+            assert (await c.call_tool("kb_add_many", {"entries": too_many})).is_error
+            assert error_of(await c.call_tool("kb_add_many", {"entries": []}))["field"] == (
+                "entries"
+            )
+
+    run(go())
+    assert len(kb.list(namespace="team-a", limit=100)) == 2
+    assert kb.list(namespace="team-b", limit=100) == []
+
+
 def test_result_size_cap(kb: KnowledgeBase) -> None:
     for i in range(5):
         kb.add("x" * 5000 + str(i))

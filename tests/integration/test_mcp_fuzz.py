@@ -53,9 +53,17 @@ GOOD: dict[str, st.SearchStrategy[Any]] = {
     "query": st.text(min_size=1, max_size=60),
     "mode": st.sampled_from(["hybrid", "keyword", "semantic"]),
     "since": st.sampled_from(["2020-01-01", "2026-11-01T00:00:00+00:00"]),
+    "entries": st.lists(
+        st.fixed_dictionaries(
+            {"content": st.text(min_size=1, max_size=80)},
+            optional={"title": words, "tags": st.lists(words, max_size=2), "namespace": words},
+        ),
+        max_size=3,
+    ),
 }
 PARAMS = {
     "kb_add": ["content", "title", "entry_type", "tags", "namespace", "source", "metadata"],
+    "kb_add_many": ["entries"],
     "kb_get": ["id"],
     "kb_update": ["id", "expected_version", "title", "content", "entry_type", "tags", "archived"],
     "kb_delete": ["id"],

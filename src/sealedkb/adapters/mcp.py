@@ -22,11 +22,11 @@ from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, TextContent
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from sealedkb import __version__
 from sealedkb.access import OPERATOR, Action, Principal, Role
-from sealedkb.domain import DEFAULT_NAMESPACE, Entry, EntryPatch, EntryType
+from sealedkb.domain import DEFAULT_NAMESPACE, Entry, EntryPatch, EntryType, new_entry
 from sealedkb.errors import AccessDeniedError, NotFoundError, SealedKBError, ValidationError
 from sealedkb.monitor import TOOL_SECONDS
 from sealedkb.service import KnowledgeBase
@@ -38,8 +38,9 @@ INSTRUCTIONS = """\
 sealedkb is the team's encrypted knowledge base: documentation, code patterns,
 architecture notes, decisions, runbooks and lessons. Search it (kb_search) before
 answering questions about how this team does things, and record durable knowledge
-(kb_add) when you learn something others will need. Entries have a type (note, doc,
-decision, pattern, runbook, lesson, constraint), tags and a namespace (project).
+(kb_add; kb_add_many for a batch) when you learn something others will need.
+Entries have a type (note, doc, decision, pattern, runbook, lesson, constraint),
+tags and a namespace (project).
 Errors come back as JSON {"code", "message", "field"}: VALIDATION_ERROR (fix the
 argument named in field), NOT_FOUND, CONFLICT (get the entry again, then retry with
 its version), ACCESS_DENIED, KEY_UNAVAILABLE (the knowledge base is locked: tell the
@@ -66,6 +67,21 @@ def _principal_from_request() -> Principal:
         Role(claims.get("role", Role.READER.value)),
         None if namespaces is None else frozenset(namespaces),
     )
+
+
+MAX_ADD_MANY = 100  # entries per kb_add_many call (a module constant: read by the SDK)
+
+
+class NewEntryIn(BaseModel):
+    """One entry of kb_add_many (the fields of kb_add)."""
+
+    content: str = Field(description="The knowledge, as markdown.")
+    title: str | None = Field(default=None, description="Short title; defaults to the first line.")
+    entry_type: str = Field(default=EntryType.NOTE.value, description="note, doc, decision, ...")
+    tags: list[str] | None = Field(default=None, description="Tags, e.g. ['postgres'].")
+    namespace: str = Field(default=DEFAULT_NAMESPACE, description="Project or team namespace.")
+    source: str | None = Field(default=None, description="Path, URL or reference.")
+    metadata: dict[str, Any] | None = Field(default=None, description="Extra JSON attributes.")
 
 
 def _entry_out(e: Entry, *, content: bool = True) -> dict[str, Any]:
@@ -187,6 +203,54 @@ def build_server(
             return _entry_out(e)
 
         return await call("kb_add", go)
+
+    @server.tool(
+        description="Add several entries (up to 100) in one transaction: all are added or "
+        "none. Returns id, title, namespace and version of each, in order (an existing "
+        "entry's where identical content was already there)."
+    )
+    async def kb_add_many(
+        entries: Annotated[
+            list[NewEntryIn],
+            Field(description="The entries, each as for kb_add.", max_length=MAX_ADD_MANY),
+        ],
+    ) -> dict[str, Any]:
+        p = principal()
+
+        def go() -> dict[str, Any]:
+            news = []
+            for i, e in enumerate(entries):
+                p.require(Action.ADD, e.namespace)
+                try:
+                    news.append(
+                        new_entry(
+                            e.content,
+                            title=e.title,
+                            entry_type=e.entry_type,
+                            tags=e.tags or [],
+                            namespace=e.namespace,
+                            source=e.source,
+                            metadata=e.metadata,
+                        )
+                    )
+                except ValidationError as exc:
+                    raise ValidationError(
+                        f"entry {i}: {exc.message}", field=f"entries[{i}].{exc.field}"
+                    ) from None
+            added = kb.add_many(news)
+            return {
+                "entries": [
+                    {
+                        "id": str(a.id),
+                        "title": a.title,
+                        "namespace": a.namespace,
+                        "version": a.version,
+                    }
+                    for a in added
+                ]
+            }
+
+        return await call("kb_add_many", go)
 
     @server.tool(description="Get one entry by id, with its content, tags and version.")
     async def kb_get(
