@@ -791,6 +791,7 @@ class KnowledgeBase:
             "entries_plaintext": counts["plaintext"],
             "entries_sealed": counts["sealed"],
             "namespaces": counts["namespaces"],
+            "keyword_tokenizer": self.indexer.tokenizer,  # docs/FORMATS.md §5
             "availability": availability,
             "database": {
                 "kind": self.target.kind,

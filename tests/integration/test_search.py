@@ -364,6 +364,7 @@ def test_keyword_tokenizer_version_is_recorded_and_followed(
 
     url = any_kb.db.url
     assert sql(url, "SELECT value FROM kb_meta WHERE key = 'keyword_tokenizer'") == [("2",)]
+    assert any_kb.status()["keyword_tokenizer"] == 2
     release = any_kb.add("Python 3.11.4 fixes the tokenizer.", title="release notes").id
     section = any_kb.add("Section 3 lists 11 items and 4 tables.", title="counts").id
     # version 2: "3.11.4" is one word, as PostgreSQL's parser makes it one lexeme
@@ -375,6 +376,7 @@ def test_keyword_tokenizer_version_is_recorded_and_followed(
     old = KnowledgeBase.open(make_settings())
     try:
         assert old.engine.tokenizer == old.indexer.tokenizer == text.TOKENIZER_V1
+        assert old.status()["keyword_tokenizer"] == 1
         v1 = old.add("Python 3.11.4 fixes the tokenizer again.", title="v1 notes").id
         got = {h.id for h in old.search("3.11.4", mode="keyword", limit=10).hits}
         assert v1 in got
