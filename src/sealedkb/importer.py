@@ -517,13 +517,13 @@ class Importer:
                     }
                 }
                 doc = EntryDoc(c.title, c.content, c.source, meta, self.tags)
-                row = EntryRow(
-                    id=eid,
-                    namespace=ns,
-                    entry_type=self.entry_type.value,
-                    **kb._store_columns(ns, eid, doc),
+                row, cols = kb._sealed_row(
+                    ns,
+                    self.entry_type.value,
+                    eid,
+                    doc,
+                    vectors[i] if vectors is not None else None,
                 )
-                cols = kb.indexer.columns(ns, eid, doc, vectors[i] if vectors is not None else None)
                 cols.import_key, cols.import_hash = import_key, import_hash
                 sent.append((row, cols))
                 yield row, cols

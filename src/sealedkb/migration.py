@@ -91,7 +91,6 @@ from sealedkb.service import KnowledgeBase
 from sealedkb.store import migration_sql as msql
 from sealedkb.store.db import Database, classify_transport, connect, lock_schema, mapped_errors
 from sealedkb.store.entries import EntryRow
-from sealedkb.store.search import SearchColumns
 
 DIGEST_DOMAIN = "migration-row"
 DEFAULT_BATCH = 500
@@ -1034,7 +1033,7 @@ def _entry_digest(kb: KnowledgeBase, row: EntryRow, *, in_place: bool) -> str:
 
 class _Sealer:
     """Source rows -> sealed insert parameters (+ keyed digests), in batches. Uses the
-    knowledge base's own sealing and indexing (KnowledgeBase._store_columns,
+    knowledge base's own sealing and indexing (KnowledgeBase._sealed_row,
     SearchIndexer) so a migrated entry is bit-for-bit the kind ``add`` writes."""
 
     def __init__(self, settings: Settings, ring: KeyRing, kb: KnowledgeBase | None = None) -> None:
@@ -1075,18 +1074,19 @@ class _Sealer:
         out = []
         for r, doc, vec in zip(rows, docs, vectors, strict=True):
             eid, ns = r[0], r[1]
-            cols = kb.indexer.columns(ns, eid, doc, vec, with_fingerprint=r[16] is not None)
-            if r[17] is not None:
-                cols.import_key = self.ring.blinder(ns).file_token(r[17])
-            row = EntryRow(
-                id=eid,
-                namespace=ns,
-                entry_type=r[2],
+            row, cols = kb._sealed_row(
+                ns,
+                r[2],
+                eid,
+                doc,
+                vec,
+                with_fingerprint=r[16] is not None,
                 verified=r[8],
                 archived=r[9],
                 version=r[12],
-                **kb._store_columns(ns, eid, doc),
             )
+            if r[17] is not None:
+                cols.import_key = self.ring.blinder(ns).file_token(r[17])
             facts = {"created_at": r[10], "updated_at": r[11], "deleted_at": r[13]}
             digest = _row_digest(
                 self.ring, ns, r[2], doc, **_in_place_facts(r[8], r[9], r[12], r[10], r[11], r[13])
@@ -1110,13 +1110,7 @@ class _Sealer:
         now = datetime.now(UTC)
         for e, doc, vec in zip(entries, docs, vectors, strict=True):
             eid = migrated_id(source_id, key_to_json(e.key))
-            cols: SearchColumns = kb.indexer.columns(e.namespace, eid, doc, _as_vector(vec))
-            row = EntryRow(
-                id=eid,
-                namespace=e.namespace,
-                entry_type=e.entry_type,
-                **kb._store_columns(e.namespace, eid, doc),
-            )
+            row, cols = kb._sealed_row(e.namespace, e.entry_type, eid, doc, _as_vector(vec))
             created = e.created_at or now
             facts = {
                 "created_at": created,

@@ -450,8 +450,14 @@ class KnowledgeBase:
         doc = EntryDoc(new.title, new.content, new.source, new.metadata, new.tags)
         vectors = self.indexer.embed([(doc.title, doc.content)])
         # Seal and index before touching the database: nothing is ever half-encrypted.
-        row, search_cols = self._prepare(
-            new, entry_id, doc, vectors[0] if vectors is not None else None, force
+        row, search_cols = self._sealed_row(
+            new.namespace,
+            new.entry_type.value,
+            entry_id,
+            doc,
+            vectors[0] if vectors is not None else None,
+            with_fingerprint=not force,
+            verified=new.verified,
         )
         stored, created = self.search_table.insert(row, search_cols, dedup=not force)
         return self._to_entry(stored, doc if created else None)
@@ -475,8 +481,15 @@ class KnowledgeBase:
 
         def prepared() -> Iterator[tuple[EntryRow, SearchColumns]]:
             for i, (new, doc) in enumerate(zip(entries, docs, strict=True)):
-                vec = vectors[i] if vectors is not None else None
-                yield self._prepare(new, uuid.uuid4(), doc, vec, force)
+                yield self._sealed_row(
+                    new.namespace,
+                    new.entry_type.value,
+                    uuid.uuid4(),
+                    doc,
+                    vectors[i] if vectors is not None else None,
+                    with_fingerprint=not force,
+                    verified=new.verified,
+                )
 
         with self.db.transaction("add") as conn:
             stored = self.search_table.insert_many(conn, prepared(), dedup=not force)
@@ -485,26 +498,26 @@ class KnowledgeBase:
             for (row, created), doc in zip(stored, docs, strict=True)
         ]
 
-    def _prepare(
+    def _sealed_row(
         self,
-        new: NewEntry,
+        namespace: str,
+        entry_type: str,
         entry_id: uuid.UUID,
         doc: EntryDoc,
         vector: NDArray[np.float32] | None,
-        force: bool,
+        *,
+        with_fingerprint: bool = True,
+        **flags: Any,
     ) -> tuple[EntryRow, SearchColumns]:
-        """The sealed row and search columns of one new entry (no database access)."""
-        cols = self._store_columns(new.namespace, entry_id, doc)
+        """The sealed kb_entries row and its search columns for one entry, without
+        database access: the one place a new row is sealed and indexed (add, add_many,
+        import, migration). ``flags``: further EntryRow fields (verified, archived,
+        version) for rows that carry them over."""
+        cols = self._store_columns(namespace, entry_id, doc)
         search_cols = self.indexer.columns(
-            new.namespace, entry_id, doc, vector, with_fingerprint=not force
+            namespace, entry_id, doc, vector, with_fingerprint=with_fingerprint
         )
-        row = EntryRow(
-            id=entry_id,
-            namespace=new.namespace,
-            entry_type=new.entry_type.value,
-            verified=new.verified,
-            **cols,
-        )
+        row = EntryRow(id=entry_id, namespace=namespace, entry_type=entry_type, **flags, **cols)
         return row, search_cols
 
     def get(self, entry_id: str | uuid.UUID) -> Entry:

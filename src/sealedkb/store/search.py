@@ -67,6 +67,14 @@ _BY_FINGERPRINT = (
 )
 
 
+def _existing(conn: Connection[TupleRow], namespace: str, fingerprint: str | None) -> EntryRow:
+    """The live entry whose fingerprint made a dedup INSERT insert nothing."""
+    r = conn.execute(_BY_FINGERPRINT, (namespace, fingerprint), binary=True).fetchone()
+    if r is None:  # pragma: no cover - the conflicting row was deleted meanwhile
+        raise RuntimeError("dedup conflict without a live entry")
+    return _from_db(r)
+
+
 @dataclass(frozen=True, slots=True)
 class SearchFilter:
     namespace: str
@@ -183,13 +191,7 @@ class SearchTable:
         out = []
         for cur, ns, fp in sent:
             r = cur.fetchone()
-            if r is not None:
-                out.append((_from_db(r), True))
-                continue
-            existing = conn.execute(_BY_FINGERPRINT, (ns, fp), binary=True).fetchone()
-            if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
-                raise RuntimeError("dedup conflict without a live entry")
-            out.append((_from_db(existing), False))
+            out.append((_from_db(r), True) if r is not None else (_existing(conn, ns, fp), False))
         return out
 
     @staticmethod
@@ -208,10 +210,7 @@ class SearchTable:
         r = conn.execute(stmt, values, binary=True).fetchone()
         if r is not None:
             return _from_db(r), True
-        existing = conn.execute(_BY_FINGERPRINT, (ns, fp), binary=True).fetchone()
-        if existing is None:  # pragma: no cover - the conflicting row was deleted meanwhile
-            raise RuntimeError("dedup conflict without a live entry")
-        return _from_db(existing), False
+        return _existing(conn, ns, fp), False
 
     def fingerprint_taken(
         self, conn: Connection[TupleRow], namespace: str, fingerprint: str, other_than: uuid.UUID
