@@ -35,18 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sealedkb.domain import (
-    DEFAULT_NAMESPACE,
-    EntryType,
-    derive_title,
-    validate_content,
-    validate_entry_type,
-    validate_metadata,
-    validate_namespace,
-    validate_source,
-    validate_tags,
-    validate_title,
-)
+from sealedkb.domain import DEFAULT_NAMESPACE, EntryType, new_entry
 from sealedkb.errors import ValidationError
 from sealedkb.store.migration_sql import ColumnInfo
 
@@ -267,21 +256,27 @@ def foreign_entry(
     key = row[0]
     values = dict(zip(mapping.read_fields(), row[1:], strict=True))
     try:
-        content = validate_content(values.get("content") or "")
-        title = values.get("title")
         metadata = values.get("metadata")
         if isinstance(metadata, str):
             metadata = json.loads(metadata)
-        raw_type = values.get("entry_type")
+        new = new_entry(  # the validation every add goes through
+            values.get("content") or "",
+            title=values.get("title"),
+            entry_type=values.get("entry_type") or default_type,
+            tags=list(values.get("tags") or []),
+            namespace=values.get("namespace") or default_namespace,
+            source=values.get("source"),
+            metadata=metadata,
+        )
         return SourceEntry(
             key=key,
-            namespace=validate_namespace(values.get("namespace") or default_namespace),
-            entry_type=validate_entry_type(raw_type).value if raw_type else default_type.value,
-            title=validate_title(title) if title else derive_title(content),
-            content=content,
-            tags=validate_tags(list(values.get("tags") or [])),
-            source=validate_source(values.get("source")),
-            metadata=validate_metadata(metadata if metadata is not None else {}),
+            namespace=new.namespace,
+            entry_type=new.entry_type.value,
+            title=new.title,
+            content=new.content,
+            tags=new.tags,
+            source=new.source,
+            metadata=new.metadata,
             created_at=_aware(values.get("created_at")),
             updated_at=_aware(values.get("updated_at")),
             vector=values.get("embedding"),
