@@ -21,8 +21,8 @@ from pathlib import Path
 from measure import WORDS, pct, sentences, timed
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 from sealedkb.store.embedded import EmbeddedPostgres
 
 

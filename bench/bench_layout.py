@@ -51,10 +51,10 @@ from corpus import EmbeddingCache, LookupEmbedder, doc_chunks
 from measure import pct
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode, new_entry
 from sealedkb.embed.cache import CachingEmbedder
-from sealedkb.search import SearchMode, embedding_text
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode, new_entry
+from sealedkb.search.engine import SearchMode, embedding_text
 from sealedkb.store.embedded import EmbeddedPostgres
 
 MODES = ("plaintext", "encrypted")

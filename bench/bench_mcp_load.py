@@ -31,8 +31,8 @@ from mcp.shared._httpx_utils import create_mcp_http_client
 from measure import pct
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 
 WORDS = [
     "deploy",

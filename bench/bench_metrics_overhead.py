@@ -33,10 +33,10 @@ from typing import Any
 
 from measure import WORDS, pct, sentences
 
-from sealedkb import monitor
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
+from sealedkb.monitoring import metrics as monitor
 from sealedkb.store.embedded import EmbeddedPostgres
 
 MODES = ("off", "on")

@@ -42,9 +42,11 @@ from typing import Any
 
 from measure import WORDS, sentences
 
-from sealedkb.codec import EntryDoc
 from sealedkb.config import load_settings
-from sealedkb.domain import (
+from sealedkb.formats.entry_doc import EntryDoc
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.migrate.migrator import Migrator
+from sealedkb.model import (
     EncryptionMode,
     derive_title,
     validate_content,
@@ -52,8 +54,6 @@ from sealedkb.domain import (
     validate_tags,
     validate_title,
 )
-from sealedkb.migration import Migrator
-from sealedkb.service import KnowledgeBase
 from sealedkb.store.embedded import EmbeddedPostgres
 from sealedkb.store.entries import EntryRow
 

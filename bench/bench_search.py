@@ -42,13 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus import EmbeddingCache, LookupEmbedder, chunk_texts, doc_chunks, ensure_python_doc
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode
 from sealedkb.embed import Embedder
 from sealedkb.embed.cache import CachingEmbedder
-from sealedkb.importer import Chunk
-from sealedkb.migration import Migrator
-from sealedkb.search import SearchMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.ingest.importer import Chunk
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.migrate.migrator import Migrator
+from sealedkb.model import EncryptionMode
+from sealedkb.search.engine import SearchMode
 from sealedkb.store.embedded import EmbeddedPostgres
 
 MODES = (SearchMode.KEYWORD, SearchMode.SEMANTIC, SearchMode.HYBRID)

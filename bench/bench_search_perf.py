@@ -50,11 +50,11 @@ from corpus import EmbeddingCache, LookupEmbedder, chunk_texts, doc_chunks
 from measure import pct, timed
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode, new_entry
 from sealedkb.embed.cache import CachingEmbedder
 from sealedkb.embed.minilm import MiniLMEmbedder
-from sealedkb.search import EF_SEARCH_MIN, OVERSAMPLE, SearchMode, embedding_text
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode, new_entry
+from sealedkb.search.engine import EF_SEARCH_MIN, OVERSAMPLE, SearchMode, embedding_text
 from sealedkb.store.embedded import EmbeddedPostgres
 
 MODES = ("plaintext", "encrypted")

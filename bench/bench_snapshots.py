@@ -45,8 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(step: str, home: str, url: str, snapshot: str | None, target: str | None) -> None:
     """One measured step in this process; prints a JSON line with time and peak RSS."""
     from sealedkb.config import load_settings
-    from sealedkb.service import KnowledgeBase
-    from sealedkb.snapshots import Snapshots
+    from sealedkb.kb.knowledge_base import KnowledgeBase
+    from sealedkb.snapshots.service import Snapshots
     from sealedkb.store import snapshot_io as sio
 
     settings = load_settings(home, database_url=url)
@@ -107,8 +107,8 @@ def bench_size(server: Any, base: Path, n: int, size: int) -> dict[str, Any]:
     from tests.snapshot_helpers import bulk_add
 
     from sealedkb.config import load_settings
-    from sealedkb.domain import EncryptionMode
-    from sealedkb.service import KnowledgeBase
+    from sealedkb.kb.knowledge_base import KnowledgeBase
+    from sealedkb.model import EncryptionMode
 
     dbname, target = f"bench_{n}", f"bench_{n}_restored"
     with psycopg.connect(server.uri(), autocommit=True) as conn:

@@ -36,8 +36,8 @@ from measure import pct, timed
 from tests.tlsserver import TlsEndpoints, find_pgbouncer
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 from sealedkb.store.db import connect
 from sealedkb.store.embedded import EmbeddedPostgres
 from sealedkb.store.tls import session_of

@@ -37,7 +37,7 @@ from numpy.typing import NDArray
 from pgvector.psycopg import register_vector
 
 from sealedkb.crypto.vectors import VectorCipher
-from sealedkb.search import DCPE_BETA, OVERSAMPLE
+from sealedkb.search.engine import DCPE_BETA, OVERSAMPLE
 from sealedkb.store.embedded import EmbeddedPostgres
 
 K = 10

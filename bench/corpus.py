@@ -2,7 +2,7 @@
 
 Corpus: the Python 3.11 documentation from Debian's ``python3.11-doc`` package
 (HTML under /usr/share/doc/python3.11/html), chunked by sealedkb's own importer
-(sealedkb.importer.iter_chunks: the same parsing and chunking ``sealedkb
+(sealedkb.ingest.importer.iter_chunks: the same parsing and chunking ``sealedkb
 import`` does). Nobody on this project wrote it.
 
 Embeddings of chunk texts are cached in bench/.cache/ (gitignored), keyed by the
@@ -26,8 +26,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sealedkb.embed.minilm import MODEL_ID, MiniLMEmbedder
-from sealedkb.importer import Chunk, iter_chunks
-from sealedkb.search import embedding_text
+from sealedkb.ingest.importer import Chunk, iter_chunks
+from sealedkb.search.engine import embedding_text
 
 DOC_ROOT = Path("/usr/share/doc/python3.11/html")
 CACHE = Path(__file__).resolve().parent / ".cache"

@@ -17,8 +17,8 @@ import pytest
 from tests.tlsserver import TlsEndpoints, find_pgbouncer
 
 from sealedkb.config import Settings, load_settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 from sealedkb.store.db import apply_migrations
 from sealedkb.store.embedded import EmbeddedPostgres
 

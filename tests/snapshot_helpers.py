@@ -14,9 +14,9 @@ import random
 import uuid
 from collections.abc import Iterator
 
-from sealedkb.codec import EntryDoc
-from sealedkb.domain import EntryType
-from sealedkb.service import KnowledgeBase
+from sealedkb.formats.entry_doc import EntryDoc
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EntryType
 
 WORDS = [
     "deploy",

@@ -1,5 +1,5 @@
 """python -m sealedkb"""
 
-from sealedkb.adapters.cli import main
+from sealedkb.adapters.cli.app import main
 
 main()

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from tests.integration.test_tamper_cli import expect, make_cli
 
-from sealedkb.domain import NewEntry, new_entry
 from sealedkb.errors import ValidationError
-from sealedkb.service import MAX_ADD_BATCH, KnowledgeBase
+from sealedkb.kb.knowledge_base import MAX_ADD_BATCH, KnowledgeBase
+from sealedkb.model import NewEntry, new_entry
 
 
 def batch(n: int, **kw: Any) -> list[NewEntry]:

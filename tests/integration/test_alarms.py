@@ -17,13 +17,13 @@ import pytest
 from tests.integration.test_tamper_cli import expect, make_cli
 from tests.webhook import Receiver, receiver
 
-from sealedkb import alarms
-from sealedkb.alarms import ALARM, INSUFFICIENT_DATA, OK, Evaluator, Transition
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
 from sealedkb.errors import IntegrityError, KeyUnavailableError
-from sealedkb.notify import Notifier
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
+from sealedkb.monitoring import alarms
+from sealedkb.monitoring.alarms import ALARM, INSUFFICIENT_DATA, OK, Evaluator, Transition
+from sealedkb.monitoring.notify import Notifier
 
 SECRET = "s3cr3t-alarm-body"
 HOOK_KEY = b"webhook-signing-key"

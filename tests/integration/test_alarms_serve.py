@@ -24,8 +24,8 @@ from tests.mcp_helpers import error_of, http_client, http_server, server_env
 from tests.webhook import receiver
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 
 SECRET = "s3cr3t-served-body"
 FAST = json.dumps(

@@ -14,9 +14,9 @@ import psycopg
 import pytest
 from tests.integration.test_tamper_cli import Cli, add, expect, make_cli, sql
 
-from sealedkb.audit import event_body
+from sealedkb.audit.chain import event_body
 from sealedkb.crypto.digest import GENESIS, chain_hash
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.store.audit import AuditTable
 from sealedkb.store.db import Database
 

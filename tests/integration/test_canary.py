@@ -23,11 +23,11 @@ import psycopg
 import pytest
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode, EntryPatch
-from sealedkb.runtime import EMBEDDED_DBNAME
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.wiring import EMBEDDED_DBNAME
+from sealedkb.model import EncryptionMode, EntryPatch
+from sealedkb.search.text import stem
 from sealedkb.store.embedded import EmbeddedPostgres, pg_bin
-from sealedkb.text import stem
 
 ENTRIES = 20
 

@@ -21,8 +21,8 @@ import pytest
 
 import sealedkb
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 
 PER_PROCESS = 200
 PROCESSES = 2
@@ -31,7 +31,7 @@ _WORKER = """
 import json, sys, time
 from pathlib import Path
 from sealedkb.config import load_settings
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
 
 home, url, name, namespace, barrier, count = sys.argv[1:7]
 kb = KnowledgeBase.open(load_settings(home, database_url=url))

@@ -19,8 +19,8 @@ from psycopg.conninfo import conninfo_to_dict
 from tests.tlsserver import WRONG_HOST, TlsEndpoints
 from typer.testing import CliRunner, Result
 
-from sealedkb import doctor as doctor_module
-from sealedkb.adapters.cli import app
+from sealedkb.adapters.cli.app import app
+from sealedkb.ops import doctor as doctor_module
 
 PASSWORD = "hunter2-not-shown"
 Doctor = Callable[..., tuple[int, dict[str, dict[str, Any]], Result]]

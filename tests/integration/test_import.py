@@ -12,12 +12,12 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from sealedkb.adapters.cli import app
+from sealedkb.adapters.cli.app import app
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
 from sealedkb.errors import DatabaseError, NotFoundError, ValidationError
-from sealedkb.importer import MAX_CHUNK_CHARS, parse_html, parse_markdown, split_long
-from sealedkb.service import KnowledgeBase
+from sealedkb.ingest.importer import MAX_CHUNK_CHARS, parse_html, parse_markdown, split_long
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 from sealedkb.store.search import SearchTable
 
 GUIDE = """# Install guide

@@ -18,8 +18,8 @@ from tests.integration.test_tamper_cli import Cli, add, expect, make_cli, sql
 
 from sealedkb.config import Settings
 from sealedkb.errors import AccessDeniedError, KeyUnavailableError
+from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.keys.local import LocalKeyProvider
-from sealedkb.service import KnowledgeBase
 
 SECRET = "s3cr3t-body-text"
 

@@ -16,11 +16,11 @@ import pytest
 from mcp import Client, StdioServerParameters
 from tests.mcp_helpers import error_of, http_client, http_server, server_env
 
-from sealedkb.access import OPERATOR, Principal, Role
-from sealedkb.adapters.mcp import Limits, build_server
+from sealedkb.adapters.mcp.server import Limits, build_server
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.access import OPERATOR, Principal, Role
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 
 TOOLS = {"kb_add", "kb_get", "kb_update", "kb_delete", "kb_list", "kb_stats", "kb_health"}
 

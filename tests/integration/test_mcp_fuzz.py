@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
 
-from sealedkb.access import Principal, Role
-from sealedkb.adapters.mcp import build_server
-from sealedkb.service import KnowledgeBase
+from sealedkb.adapters.mcp.server import build_server
+from sealedkb.kb.access import Principal, Role
+from sealedkb.kb.knowledge_base import KnowledgeBase
 
 MARKER = "ZEBRA-SECRET-7731"
 CODES = {"VALIDATION_ERROR", "NOT_FOUND", "CONFLICT", "ACCESS_DENIED"}

@@ -18,9 +18,9 @@ import pytest
 from tests.mcp_helpers import error_of, http_client, http_server, server_env
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
+from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.keys.local import URI_PREFIX
-from sealedkb.service import KnowledgeBase
+from sealedkb.model import EncryptionMode
 
 
 def run(coro: Any) -> Any:

@@ -18,8 +18,8 @@ import pytest
 from tests.mcp_helpers import http_server
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 
 INSPECTOR = "@modelcontextprotocol/inspector-cli@0.16.8"
 CACHE = Path.home() / ".cache" / "sealedkb-tests" / "inspector-cli-0.16.8"

@@ -21,8 +21,8 @@ from tests.integration.test_mcp import roundtrip
 from tests.mcp_helpers import free_port, server_env
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode
 
 
 @pytest.fixture

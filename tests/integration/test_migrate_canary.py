@@ -21,10 +21,10 @@ from tests.integration.test_canary import (
 from tests.integration.test_migrate_inplace import all_entries
 
 from sealedkb.config import load_settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.migration import Migrator
-from sealedkb.runtime import EMBEDDED_DBNAME
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.wiring import EMBEDDED_DBNAME
+from sealedkb.migrate.migrator import Migrator
+from sealedkb.model import EncryptionMode
 from sealedkb.store.embedded import EmbeddedPostgres
 
 FILLER = 10_000

@@ -18,10 +18,10 @@ from tests.integration.test_migrate_inplace import all_entries
 
 import sealedkb
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
 from sealedkb.errors import SealedKBError
-from sealedkb.migration import Migrator
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.migrate.migrator import Migrator
+from sealedkb.model import EncryptionMode
 
 ENTRIES = 1500
 

@@ -18,11 +18,11 @@ from psycopg.conninfo import make_conninfo
 from tests.integration.test_migrate_crash import cli_env
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
 from sealedkb.errors import ValidationError
-from sealedkb.migration import ForeignSpec, Migrator
-from sealedkb.service import KnowledgeBase
-from sealedkb.snapshots import Snapshots
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.migrate.migrator import ForeignSpec, Migrator
+from sealedkb.model import EncryptionMode
+from sealedkb.snapshots.service import Snapshots
 from sealedkb.store.embedded import EmbeddedPostgres
 
 ROWS = 300

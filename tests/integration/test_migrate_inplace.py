@@ -10,11 +10,11 @@ import psycopg
 import pytest
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode, EntryPatch
 from sealedkb.errors import IntegrityError, ValidationError
-from sealedkb.migration import Migrator
-from sealedkb.service import KnowledgeBase
-from sealedkb.summary import build_summary
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.summary import build_summary
+from sealedkb.migrate.migrator import Migrator
+from sealedkb.model import EncryptionMode, EntryPatch
 
 
 def all_entries(kb: KnowledgeBase) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,7 @@ import sealedkb
 from sealedkb.config import Settings
 from sealedkb.crypto.sealed import key_id_of
 from sealedkb.errors import NotFoundError, ValidationError
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
 
 SECRET = "s3cr3t-body-text"
 
@@ -116,7 +116,7 @@ def test_reencrypt_skips_a_row_changed_meanwhile(kb: KnowledgeBase, database_url
     kb.keys.rotate_data_keys()
     stale = kb.keys.rekey.stale_batch(None, None, 10)
     assert [r.id for r in stale] == [entry.id]
-    from sealedkb.domain import EntryPatch
+    from sealedkb.model import EntryPatch
 
     kb.update(entry.id, EntryPatch(title="changed"))  # sealed under the new key, v2
     with kb.audit.transaction() as conn:

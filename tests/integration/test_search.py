@@ -16,10 +16,11 @@ import pytest
 
 from sealedkb.config import Settings
 from sealedkb.crypto.sealed import field_aad
-from sealedkb.domain import EncryptionMode, EntryPatch
 from sealedkb.embed.hashing import HashingEmbedder
 from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
-from sealedkb.search import (
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode, EntryPatch
+from sealedkb.search.engine import (
     EMBEDDING_COLUMN,
     TABLE,
     SearchMode,
@@ -27,7 +28,6 @@ from sealedkb.search import (
     rrf,
     vector_from_bytes,
 )
-from sealedkb.service import KnowledgeBase
 
 # Search runs over the Unix socket and through the verified-TLS endpoint (issue 8).
 pytestmark = pytest.mark.db_transports("socket", "tls")
@@ -260,7 +260,7 @@ def test_blind_tsvector_equals_the_grouped_pipeline_in_postgresql(kb: KnowledgeB
     """The write path lists every word occurrence and lets PostgreSQL merge them: the
     stored tsvector is the one the grouped literal (positioned_terms) describes,
     including the 256-position cap and clamping at 16383."""
-    from sealedkb import text
+    from sealedkb.search import text
 
     blinder = kb.keyring.blinder("default")  # type: ignore[union-attr]
     docs = [
@@ -360,7 +360,7 @@ def test_a_tampered_hit_or_candidate_fails_naming_its_entry(kb: KnowledgeBase, c
 def test_keyword_tokenizer_version_is_recorded_and_followed(
     any_kb: KnowledgeBase, make_settings: Callable[..., Settings]
 ) -> None:
-    from sealedkb import text
+    from sealedkb.search import text
 
     url = any_kb.db.url
     assert sql(url, "SELECT value FROM kb_meta WHERE key = 'keyword_tokenizer'") == [("2",)]

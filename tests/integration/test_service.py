@@ -15,9 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from sealedkb.domain import MAX_CONTENT_BYTES, EntryPatch, EntryType
 from sealedkb.errors import ConflictError, NotFoundError, ValidationError
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import MAX_CONTENT_BYTES, EntryPatch, EntryType
 
 # Every test runs over the Unix socket and through the TLS endpoint (verify-full).
 pytestmark = pytest.mark.db_transports("socket", "tls")

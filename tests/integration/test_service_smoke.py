@@ -1,4 +1,4 @@
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
 
 
 def test_add_get_roundtrip(any_kb: KnowledgeBase) -> None:

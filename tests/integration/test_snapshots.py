@@ -23,7 +23,6 @@ from tests.mcp_helpers import http_server
 from tests.snapshot_helpers import bulk_add
 
 from sealedkb.config import Settings, load_settings
-from sealedkb.domain import EncryptionMode, EntryPatch
 from sealedkb.errors import (
     ConflictError,
     KeyUnavailableError,
@@ -31,9 +30,10 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
-from sealedkb.service import KnowledgeBase
-from sealedkb.snapfile import SnapshotIntegrityError, SnapshotReader, read_envelope
-from sealedkb.snapshots import DailyWindow, Snapshots, SnapshotScheduler, open_restored
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import EncryptionMode, EntryPatch
+from sealedkb.snapshots.fileformat import SnapshotIntegrityError, SnapshotReader, read_envelope
+from sealedkb.snapshots.service import DailyWindow, Snapshots, SnapshotScheduler, open_restored
 from sealedkb.store import snapshot_io as sio
 from sealedkb.store.embedded import EmbeddedPostgres
 
@@ -690,7 +690,7 @@ def test_restore_refuses_a_snapshot_newer_than_the_code(
 ) -> None:
     snaps = Snapshots(settings, kb)
     info = snaps.create()
-    import sealedkb.snapshots as mod
+    import sealedkb.snapshots.service as mod
 
     real = mod.migrations()
     monkeypatch.setattr(mod, "migrations", lambda: real[:-1])
@@ -892,7 +892,7 @@ def test_scheduler_takes_one_per_window_and_retries_a_failure(
     window = DailyWindow.parse("03:00-04:00")
     assert window is not None and kb.keys is not None
     scheduler = SnapshotScheduler(snaps, window, 7, now=clock, retry_after=300)
-    from sealedkb.monitor import REGISTRY
+    from sealedkb.monitoring.metrics import REGISTRY
 
     def metric(outcome: str) -> float:
         value = REGISTRY.get_sample_value(
@@ -1089,7 +1089,7 @@ def test_tables_and_columns_of_later_migrations_are_copied(
     pg_server: EmbeddedPostgres,
     scratch_names: Callable[[], str],
 ) -> None:
-    import sealedkb.snapshots as snapshots_module
+    import sealedkb.snapshots.service as snapshots_module
     import sealedkb.store.db as db_module
 
     real = db_module.migrations()

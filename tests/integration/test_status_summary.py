@@ -15,9 +15,9 @@ import pytest
 from tests.integration.test_tamper_cli import SECRET, Cli, expect, make_cli, sql, write_key
 
 from sealedkb.config import Settings
-from sealedkb.domain import EncryptionMode
-from sealedkb.service import KnowledgeBase
-from sealedkb.summary import CHECK_IDS, Check, build_summary, summary_ok
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.summary import CHECK_IDS, Check, build_summary, summary_ok
+from sealedkb.model import EncryptionMode
 
 pytestmark = pytest.mark.db_transports("socket")  # the transport check expects a socket
 

@@ -17,10 +17,10 @@ import psycopg
 import pytest
 from typer.testing import CliRunner, Result
 
-from sealedkb.adapters.cli import app
+from sealedkb.adapters.cli.app import app
 from sealedkb.config import load_settings
-from sealedkb.domain import MAX_CONTENT_BYTES, EncryptionMode
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.model import MAX_CONTENT_BYTES, EncryptionMode
 from sealedkb.store.embedded import EmbeddedPostgres
 
 Cli = Callable[..., Result]

@@ -24,9 +24,9 @@ from psycopg.conninfo import conninfo_to_dict
 from tests.tlsserver import WRONG_HOST, Bouncer, TlsEndpoints
 from typer.testing import CliRunner, Result
 
-from sealedkb.adapters.cli import app
+from sealedkb.adapters.cli.app import app
 from sealedkb.errors import TransportRefusedError
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.store.db import Database
 from sealedkb.store.embedded import EmbeddedPostgres
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from tests.webhook import receiver
 
-from sealedkb.alarms import AlarmStore, Series, load_specs
 from sealedkb.config import load_settings
 from sealedkb.errors import ConfigError
-from sealedkb.notify import Notification, Notifier
+from sealedkb.monitoring.alarms import AlarmStore, Series, load_specs
+from sealedkb.monitoring.notify import Notification, Notifier
 
 NOTE = Notification(
     alarm="KeyDisabled",
@@ -95,7 +95,7 @@ def test_webhook_gives_up_without_raising(caplog: pytest.LogCaptureFixture) -> N
     with receiver(fail_first=100) as hook:
         url = hook.url + "?token=do-not-log-me"
         n = Notifier(webhook_url=url, retries=3, sleep=lambda s: None)
-        with caplog.at_level(logging.WARNING, logger="sealedkb.alarms"):
+        with caplog.at_level(logging.WARNING, logger="sealedkb.monitoring.alarms"):
             assert n.send(NOTE).webhook is False
     assert hook.attempts == 4
     assert "not delivered after 4 attempts" in caplog.text

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from sealedkb import alarms
+from sealedkb.monitoring import alarms
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus"
 DASHBOARD = ROOT / "deploy" / "grafana" / "sealedkb-dashboard.json"
 RUNBOOK = ROOT / "docs" / "ENCRYPTION-KEY-MANAGEMENT.md"
-MONITOR_SRC = (ROOT / "src" / "sealedkb" / "monitor.py").read_text()
+MONITOR_SRC = (ROOT / "src" / "sealedkb" / "monitoring" / "metrics.py").read_text()
 
 
 def _promtool() -> str:

@@ -11,10 +11,10 @@ import pytest
 
 from sealedkb.crypto.keyring import DEFAULT_MAX_AGE, KeyRing, encryption_context
 from sealedkb.crypto.sealed import field_aad
-from sealedkb.domain import KeyPurpose, WrappedDataKey
 from sealedkb.errors import IntegrityError, KeyUnavailableError
 from sealedkb.keys.local import LocalKeyProvider
 from sealedkb.keys.provider import KeyState
+from sealedkb.model import KeyPurpose, WrappedDataKey
 
 MAX_AGE = 300.0
 

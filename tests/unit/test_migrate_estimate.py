@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sealedkb.migration import _estimate, _hnsw_seconds
+from sealedkb.migrate.migrator import _estimate, _hnsw_seconds
 
 MB = 1 << 20
 

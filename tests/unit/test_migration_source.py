@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from sealedkb.domain import EntryType
 from sealedkb.errors import ValidationError
-from sealedkb.migration_source import ForeignMapping, foreign_entry
+from sealedkb.migrate.source import ForeignMapping, foreign_entry
+from sealedkb.model import EntryType
 
 MAPPING = ForeignMapping(
     schema="public",

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sealedkb.crypto.stream import derive_keys, random_nonce_prefix, random_salt
-from sealedkb.snapfile import (
+from sealedkb.snapshots.fileformat import (
     BLOCK_SIZE,
     SnapshotIntegrityError,
     SnapshotReader,

@@ -10,8 +10,8 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sealedkb import text
 from sealedkb.crypto.blind import Blinder, TextHasher
+from sealedkb.search import text
 
 KEY = bytes(range(32))
 
@@ -174,7 +174,7 @@ def test_lexeme_indexer_equals_the_general_pipeline() -> None:
 
 
 def test_indexer_word_caches_follow_the_blinder_and_are_bounded() -> None:
-    from sealedkb.search import MAX_CACHED_NAMESPACES, SearchIndexer
+    from sealedkb.search.engine import MAX_CACHED_NAMESPACES, SearchIndexer
 
     idx = SearchIndexer(None, None)
     b1, b2 = Blinder(KEY), Blinder(bytes(32))

@@ -26,9 +26,9 @@ from mcp.server.mcpserver import MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from sealedkb import monitor
 from sealedkb.errors import SealedKBError, TransportRefusedError
-from sealedkb.service import KnowledgeBase
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.monitoring import metrics as monitor
 
 log = logging.getLogger("sealedkb.http")
 

@@ -20,9 +20,9 @@ from typing import Protocol
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.sealed import DataKey, FieldOpener, FieldSealer
 from sealedkb.crypto.vectors import VectorCipher
-from sealedkb.domain import KeyPurpose, WrappedDataKey
 from sealedkb.errors import IntegrityError
 from sealedkb.keys.provider import KeyProvider
+from sealedkb.model import KeyPurpose, WrappedDataKey
 
 DEFAULT_MAX_AGE = 300.0
 

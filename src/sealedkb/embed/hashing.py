@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from sealedkb.text import TOKENIZER_V1, terms
+from sealedkb.search.text import TOKENIZER_V1, terms
 
 
 class HashingEmbedder:

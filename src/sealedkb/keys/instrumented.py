@@ -7,7 +7,7 @@ key-provider requests are measured: by operation (the method name) and outcome
 key's state (``KeyUnavailableError.key_state``) is counted on its own, which is
 what the KeyDisabled and KeyUsedWhilePendingDeletion alarms watch.
 
-Counting goes to a :class:`~sealedkb.telemetry.Telemetry` (plain integers); no
+Counting goes to a :class:`~sealedkb.monitoring.telemetry.Telemetry` (plain integers); no
 metrics library is imported here.
 """
 
@@ -24,7 +24,7 @@ from sealedkb.keys.provider import (
     KeyMetadata,
     KeyProvider,
 )
-from sealedkb.telemetry import Telemetry
+from sealedkb.monitoring.telemetry import Telemetry
 
 T = TypeVar("T")
 

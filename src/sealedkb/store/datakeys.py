@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sealedkb.domain import KeyPurpose, WrappedDataKey
+from sealedkb.model import KeyPurpose, WrappedDataKey
 from sealedkb.store.db import Database
 
 _COLS = "id, namespace, purpose, kms_key_uri, wrapped, created_at, active"

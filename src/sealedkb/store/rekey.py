@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import TupleRow
 
-from sealedkb.domain import KeyPurpose, WrappedDataKey
+from sealedkb.model import KeyPurpose, WrappedDataKey
 from sealedkb.store.db import Database
 
 _DK_COLS = "id, namespace, purpose, kms_key_uri, wrapped, created_at, active"

@@ -31,7 +31,7 @@ from typing import Any
 from psycopg import Connection, sql
 from psycopg.rows import TupleRow
 
-from sealedkb.domain import KeyPurpose, WrappedDataKey
+from sealedkb.model import KeyPurpose, WrappedDataKey
 
 MIGRATIONS_TABLE = "kb_schema_migrations"
 FIRST_USER_OID = 16384  # FirstNormalObjectId: OIDs below are built in, the same everywhere

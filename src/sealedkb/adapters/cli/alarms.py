@@ -1,0 +1,137 @@
+"""``sealedkb alarms list | history | test``: the built-in alarms (alarms.py).
+
+``serve`` evaluates the alarms and keeps their state in
+``$SEALEDKB_HOME/alarms/state.json``; these commands read it from another
+process. ``list --evaluate`` evaluates, here and now, the alarms whose data
+any process can read (availability, audit trail, snapshots); the alarms on the
+serving process's own counters keep the state ``serve`` gave them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from sealedkb.adapters.cli.app import JsonOpt, _kb, _print_json, _run, _settings, out
+from sealedkb.config import Settings
+from sealedkb.errors import ConfigError, ValidationError
+from sealedkb.monitoring import alarms
+
+alarms_app: typer.Typer = typer.Typer(
+    help="Built-in alarms on encryption health (evaluated by serve).", no_args_is_help=True
+)
+
+_STYLE = {"OK": "green", "ALARM": "bold red", "INSUFFICIENT_DATA": "yellow"}
+
+
+def _store(settings: Settings) -> alarms.AlarmStore:
+    return alarms.AlarmStore(settings.home / "alarms")
+
+
+def alarm_summary(settings: Settings) -> dict[str, str]:
+    """Alarm name -> state, for ``status``."""
+    try:
+        rows = alarms.list_alarms(
+            alarms.load_specs(settings.alarms), _store(settings), settings.alarm_runbook_base
+        )
+    except ConfigError:
+        return {}
+    return {r["name"]: r["state"] for r in rows if r["enabled"]}
+
+
+@alarms_app.command("list")
+def alarms_list(
+    evaluate: Annotated[
+        bool,
+        typer.Option(
+            "--evaluate",
+            help="Evaluate the shared-data alarms now (availability, audit, snapshots).",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Every alarm: state, reason, metric, period, threshold, runbook link."""
+
+    def go() -> list[dict[str, Any]]:
+        settings = _settings()
+        specs = alarms.load_specs(settings.alarms)
+        if evaluate:
+            with _kb() as kb:
+                alarms.Evaluator(kb, specs=specs, scopes=("shared",)).evaluate()
+        return alarms.list_alarms(specs, _store(settings), settings.alarm_runbook_base)
+
+    rows = _run(go)
+    if json_out:
+        _print_json(rows)
+        return
+    table = Table("alarm", "state", "since", "scope", "reason")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            Text(r["state"], style=_STYLE.get(r["state"], "")),
+            (r["since"] or "-")[:19],
+            r["scope"],
+            Text(r["reason"]),
+        )
+    out.print(table)
+
+
+@alarms_app.command("history")
+def alarms_history(
+    name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Only this alarm.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many changes.")] = 50,
+    json_out: JsonOpt = False,
+) -> None:
+    """State changes, newest first (tests marked)."""
+
+    def go() -> list[dict[str, Any]]:
+        settings = _settings()
+        if name is not None:
+            alarms.find_spec(alarms.load_specs(settings.alarms), name)
+        if not 1 <= limit <= alarms.HISTORY_KEPT:
+            raise ValidationError(f"--limit must be 1-{alarms.HISTORY_KEPT}", field="limit")
+        return alarms.history(_store(settings), name, limit)
+
+    items = _run(go)
+    if json_out:
+        _print_json(items)
+        return
+    table = Table("time", "alarm", "change", "reason")
+    for h in items:
+        change = Text(f"{h['previous_state']} -> ")
+        change.append(h["state"], style=_STYLE.get(h["state"], ""))
+        if h.get("test"):
+            change.append(" (test)")
+        table.add_row(str(h["time"])[:19], h["alarm"], change, Text(str(h["reason"])))
+    out.print(table)
+
+
+@alarms_app.command("test")
+def alarms_test(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The alarm to test.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Force NAME into ALARM, send its notifications, then return it to its evaluated
+    state (like CloudWatch's SetAlarmState)."""
+
+    def go() -> list[alarms.Transition]:
+        settings = _settings()
+        specs = alarms.load_specs(settings.alarms)
+        alarms.find_spec(specs, name)
+        with _kb() as kb:
+            evaluator = alarms.Evaluator(kb, specs=specs, scopes=("shared",))
+            return evaluator.force_alarm(name)
+
+    changes = _run(go)
+    if json_out:
+        _print_json([c.__dict__ for c in changes])
+        return
+    for c in changes:
+        out.print(
+            f"{c.alarm}: {c.previous_state} -> {c.state}" + (" (test)" if c.test else ""),
+            markup=False,
+            highlight=False,
+        )

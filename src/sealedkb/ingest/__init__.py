@@ -1,0 +1,1 @@
+"""Importing files: discovery, Markdown/HTML/text parsing and chunking."""

@@ -1,0 +1,839 @@
+"""The knowledge base: where plaintext meets crypto.
+
+In encrypted mode an entry's text fields (title, content, source, metadata,
+tags) are sealed together as one document (codec.py) with format v1 under the
+namespace's content data key, the AAD binding namespace, table, column and
+entry id; tags are also stored as keyed blind tokens so they filter in SQL.
+Sealing happens before any write, so a key failure never leaves a half-encrypted
+row. In plaintext mode the same
+fields go to the ``*_plain`` columns (the benchmark baseline and migration source).
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sealedkb.audit.chain import AuditLog
+from sealedkb.config import Settings
+from sealedkb.crypto.keyring import KeyRing
+from sealedkb.crypto.sealed import OpenFailedError, field_aad
+from sealedkb.crypto.tokens import TOKEN_PREFIX, new_token, token_hash
+from sealedkb.embed import load_embedder
+from sealedkb.errors import (
+    ConflictError,
+    IntegrityError,
+    KeyUnavailableError,
+    NotFoundError,
+    NotInitializedError,
+    SealedKBError,
+    ValidationError,
+)
+from sealedkb.formats.entry_doc import EntryDoc, decode_doc, encode_doc
+from sealedkb.ingest.importer import Importer, ImportSummary
+from sealedkb.kb.access import ALL_NAMESPACES, Principal, Role, parse_role
+from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
+from sealedkb.keys.instrumented import InstrumentedKeyProvider
+from sealedkb.keys.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
+from sealedkb.keys.local import LocalKeyProvider
+from sealedkb.migrate.guard import GUARD, MARKER, check_open_allowed, guard_allows_keystore
+from sealedkb.model import (
+    DEFAULT_NAMESPACE,
+    EncryptionMode,
+    Entry,
+    EntryPatch,
+    EntryType,
+    KeyPurpose,
+    NewEntry,
+    new_entry,
+    parse_entry_id,
+    validate_content,
+    validate_entry_type,
+    validate_metadata,
+    validate_namespace,
+    validate_source,
+    validate_tags,
+    validate_title,
+)
+from sealedkb.monitoring.telemetry import Telemetry
+from sealedkb.search import text
+from sealedkb.search.engine import SearchEngine, SearchIndexer, SearchResult, reembed
+from sealedkb.store.datakeys import DataKeyTable, MetaTable
+from sealedkb.store.db import Database
+from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
+from sealedkb.store.search import SearchColumns, SearchTable
+from sealedkb.store.tokens import TokenRecord, TokenTable
+
+log = logging.getLogger("sealedkb.service")
+
+TABLE = "kb_entries"
+DOC_COLUMN = "doc"  # AAD column name of the sealed entry document (column doc_sealed)
+ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256 subkeys)"
+MAX_LIST_LIMIT = 1000
+MAX_ADD_BATCH = 500  # add_many: one transaction, results held until it ends
+
+
+TOKENIZER_KEY = "keyword_tokenizer"  # kb_meta: the word splitting of the keyword index
+
+
+def keyword_tokenizer(meta: dict[str, str]) -> int:
+    """The keyword tokenizer version a knowledge base was indexed with (kb_meta; absent
+    in those made before version 2 existed: version 1)."""
+    raw = meta.get(TOKENIZER_KEY, str(text.TOKENIZER_V1))
+    if not raw.isdigit() or int(raw) not in text.TOKENIZERS:
+        raise IntegrityError(
+            f"this knowledge base's keyword index uses tokenizer version {raw!r}, which this "
+            "sealedkb does not know; upgrade sealedkb"
+        )
+    return int(raw)
+
+
+def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> None:
+    """kb_meta says plaintext, but this home holds a keystore: someone with SQL access
+    may have flipped the mode to make new writes land in clear. Refuse, unless an
+    in-place migration guard MACed under that keystore says it is the migration's
+    (migration_guard.py)."""
+    if (settings.keys_dir / "root.json").exists() and not guard_allows_keystore(settings, guard):
+        raise IntegrityError(
+            "the database says encryption is off, but this home has a keystore; refusing "
+            "to store plaintext (check kb_meta, or use a separate home for a plaintext KB)"
+        )
+
+
+class KnowledgeBase:
+    """Open with :meth:`open` (or :meth:`init`); close when done."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        target: DatabaseTarget,
+        db: Database,
+        mode: EncryptionMode,
+        provider: LocalKeyProvider | None,
+        kms_key_uri: str | None,
+        *,
+        principal: str | None = None,
+        now: Callable[[], datetime] | None = None,
+        tokenizer: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.db = db
+        self.mode = mode
+        self.provider = provider
+        self.kms_key_uri = kms_key_uri
+        self.entries = EntryTable(db)
+        self.datakeys = DataKeyTable(db)
+        self.meta = MetaTable(db)
+        self.tokens = TokenTable(db)
+        self.keyring: KeyRing | None = None
+        # Process counters (key-provider calls, integrity failures) for metrics and
+        # alarms (monitor.py, alarms.py); plain integers, no metrics library here.
+        self.telemetry = Telemetry()
+        # Key lifecycle and audit trail (lifecycle.py, audit.py): every key operation
+        # of this process is recorded under its principal.
+        self.principal = provider.principal if provider else (principal or settings.principal)
+        self.audit = AuditLog(
+            db,
+            principal=self.principal,
+            checkpoint_dir=settings.audit_dir,
+            mac_key=provider,
+            now=now,
+        )
+        self.keys: KeyLifecycle | None = None
+        if mode is EncryptionMode.ON:
+            assert provider is not None and kms_key_uri is not None
+            self.keyring = KeyRing(
+                AuditedKeyUse(InstrumentedKeyProvider(provider, self.telemetry), self.audit),
+                AuditedDataKeys(self.datakeys, self.audit),
+                kms_key_uri,
+                max_age=settings.data_key_max_age,
+            )
+            self.keys = KeyLifecycle(db, provider, kms_key_uri, self.audit, self.keyring)
+        # Search (search.py): the model loads lazily, on the first text to embed.
+        self.embedder = load_embedder(settings.embedder)
+        self.search_table = SearchTable(db)
+        if tokenizer is None:
+            tokenizer = keyword_tokenizer(self.meta.all())
+        self.indexer = SearchIndexer(self.keyring, self.embedder, tokenizer)
+        self.engine = SearchEngine(
+            self.search_table,
+            self.keyring,
+            self.embedder,
+            self._open_sealed,
+            open_docs=self._open_sealed_many,
+            tokenizer=tokenizer,
+        )
+
+    # --- lifecycle --------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        settings: Settings,
+        encryption: EncryptionMode | None = None,
+        *,
+        now: Callable[[], datetime] | None = None,
+    ) -> tuple[KnowledgeBase, bool]:
+        """Create or open the knowledge base; idempotent, never destroys data.
+
+        Returns the knowledge base and whether anything was created.
+        """
+        target = resolve_database(settings, create=True)
+        db = Database(
+            target.url,
+            max_size=settings.pool_max_size,
+            allow_insecure=settings.database_allow_insecure,
+        )
+        try:
+            meta = MetaTable(db)
+            existing = meta.get("encryption")
+            if existing is not None and encryption is not None and existing != encryption.value:
+                raise ValidationError(
+                    f"this knowledge base was initialised with --encryption {existing}; "
+                    "switching modes is a migration ('sealedkb migrate'), not an init",
+                    field="encryption",
+                )
+            mode = EncryptionMode(existing or (encryption or EncryptionMode.ON).value)
+            created = existing is None
+            provider = None
+            kms_key_uri = None
+            new_key_uri = None
+            if mode is EncryptionMode.OFF:
+                _refuse_plaintext_with_keystore(settings, meta.get(GUARD))
+            if mode is EncryptionMode.ON:
+                provider = key_provider(settings, now=now)
+                bound_key = meta.get("kms_key_uri")
+                if bound_key is not None and not provider.exists():
+                    # A fresh keystore could never open this data; making one would
+                    # only hide the real problem (a lost or misplaced keys/ folder).
+                    raise KeyUnavailableError(
+                        f"this database is sealed under {bound_key}, but there is no keystore "
+                        f"at {settings.keys_dir}; restore keys/ (and the root key) from backup"
+                    )
+                if not provider.exists():
+                    provider.initialize()
+                    created = True
+                kms_key_uri = meta.get("kms_key_uri")
+                if kms_key_uri is None:
+                    new_key = provider.create_key("sealedkb knowledge base key")
+                    kms_key_uri = meta.set_default("kms_key_uri", new_key.key_id)
+                    new_key_uri = new_key.key_id
+                    created = True
+                provider.describe_key(kms_key_uri)
+            if existing is None:  # a new knowledge base: today's word splitting
+                meta.set_default(TOKENIZER_KEY, str(text.TOKENIZER))
+            meta.set_default("encryption", mode.value)
+            kb = cls(settings, target, db, mode, provider, kms_key_uri, now=now)
+            if new_key_uri is not None:
+                kb.audit.record(
+                    "CreateKey", key_uri=new_key_uri, details={"in_use": new_key_uri == kms_key_uri}
+                )
+            if kb.keyring is not None:
+                # Create the default namespace's data keys now, so a wrong key fails at init.
+                kb.keyring.sealer(DEFAULT_NAMESPACE, KeyPurpose.CONTENT)
+                kb.keyring.blinder(DEFAULT_NAMESPACE)
+            return kb, created
+        except BaseException:
+            db.close()
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings,
+        *,
+        principal: str | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> KnowledgeBase:
+        """Open an initialised knowledge base acting for ``principal`` (default: the
+        configured one; ``serve`` passes its service principal). Scheduled key work
+        that is due (destruction after the pending window, automatic rotation) runs
+        first, so no command ever uses a key past its date."""
+        target = resolve_database(settings, create=False)
+        db = Database(
+            target.url,
+            max_size=settings.pool_max_size,
+            allow_insecure=settings.database_allow_insecure,
+        )
+        try:
+            # One read of kb_meta: a consistent view even while a migration switches or
+            # a rollback restores the database (they rewrite kb_meta in one transaction).
+            values = MetaTable(db).all()
+            mode_value = values.get("encryption")
+            if mode_value is None:
+                raise NotInitializedError("the database has no knowledge base; run 'sealedkb init'")
+            check_open_allowed(values.get(MARKER))
+            mode = EncryptionMode(mode_value)
+            if mode is EncryptionMode.OFF:
+                _refuse_plaintext_with_keystore(settings, values.get(GUARD))
+            provider = (
+                key_provider(settings, principal=principal, now=now)
+                if mode is EncryptionMode.ON
+                else None
+            )
+            kms_key_uri = values.get("kms_key_uri") if mode is EncryptionMode.ON else None
+            if mode is EncryptionMode.ON and kms_key_uri is None:
+                raise IntegrityError("the database says encryption is on but names no KMS key")
+            kb = cls(
+                settings,
+                target,
+                db,
+                mode,
+                provider,
+                kms_key_uri,
+                principal=principal,
+                now=now,
+                tokenizer=keyword_tokenizer(values),
+            )
+            if kb.keys is not None:
+                kb.keys.run_due()
+            return kb
+        except BaseException:
+            db.close()
+            raise
+
+    def close(self) -> None:
+        """Close the pool; first sign a checkpoint if this process appended events
+        (so a CLI command's events are covered by a checkpoint when it exits)."""
+        try:
+            self.engine.close()
+            if self.audit.appended:
+                self.audit.checkpoint_quietly()
+        finally:
+            self.db.close()
+
+    def start_housekeeping(self, interval: float | None = None) -> Housekeeper:
+        """For long-running processes (``serve``): run the key schedule and write a
+        signed audit checkpoint now and then every ``interval`` seconds (default
+        ``audit_checkpoint_interval``, at most 60). Stop it before :meth:`close`."""
+        every = interval if interval is not None else self.settings.audit_checkpoint_interval
+        return Housekeeper(self.keys, self.audit, every).start()
+
+    def __enter__(self) -> KnowledgeBase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def encrypted(self) -> bool:
+        return self.mode is EncryptionMode.ON
+
+    # --- sealing ----------------------------------------------------------------
+
+    def _store_columns(self, namespace: str, entry_id: uuid.UUID, doc: EntryDoc) -> dict[str, Any]:
+        """The kb_entries columns that hold ``doc``: sealed + tag tokens, or plaintext."""
+        if self.keyring is not None:
+            sealer, blinder = self.keyring.writer(namespace)
+            aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
+            return {
+                "doc_sealed": sealer.seal(encode_doc(doc), aad),
+                "tag_tokens": [blinder.tag_token(t) for t in doc.tags],
+            }
+        return {
+            "title_plain": doc.title,
+            "content_plain": doc.content,
+            "source_plain": doc.source,
+            "metadata_plain": doc.metadata,
+            "tags_plain": list(doc.tags),
+        }
+
+    def _open_sealed(self, namespace: str, entry_id: uuid.UUID, blob: bytes) -> EntryDoc:
+        if self.keyring is None:
+            raise KeyUnavailableError("row is sealed but this knowledge base has no key")
+        aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
+        try:
+            return decode_doc(self.keyring.open(blob, aad))
+        except IntegrityError:
+            # Ids are not secret; naming the entry tells the operator which row to check.
+            raise IntegrityError(f"entry {entry_id} failed its integrity check") from None
+
+    def _open_sealed_many(
+        self, namespace: str, items: Sequence[tuple[uuid.UUID, bytes]]
+    ) -> list[EntryDoc]:
+        """Open several sealed documents of one namespace in one batch (search hits)."""
+        if self.keyring is None:
+            raise KeyUnavailableError("row is sealed but this knowledge base has no key")
+        aads = [field_aad(namespace, TABLE, DOC_COLUMN, str(eid)) for eid, _ in items]
+        try:
+            plains = self.keyring.open_many([blob for _, blob in items], aads)
+        except OpenFailedError as exc:
+            bad = items[exc.index][0]
+            raise IntegrityError(f"entry {bad} failed its integrity check") from None
+        out = []
+        for (eid, _), plain in zip(items, plains, strict=True):
+            try:
+                out.append(decode_doc(plain))
+            except IntegrityError:
+                raise IntegrityError(f"entry {eid} failed its integrity check") from None
+        return out
+
+    def _open_doc(self, row: EntryRow) -> EntryDoc:
+        if row.doc_sealed is not None:
+            return self._open_sealed(row.namespace, row.id, row.doc_sealed)
+        if self.keyring is not None:
+            # A plaintext row in an encrypted knowledge base was written around sealedkb
+            # (or is a forgery): never serve it as if it were authentic.
+            self.telemetry.integrity_failure()
+            raise IntegrityError(f"entry {row.id} is not sealed in an encrypted knowledge base")
+        if row.content_plain is None:
+            raise IntegrityError("entry holds neither a sealed document nor plaintext")
+        return EntryDoc(
+            title=row.title_plain or "",
+            content=row.content_plain,
+            source=row.source_plain,
+            metadata=row.metadata_plain or {},
+            tags=tuple(row.tags_plain or ()),
+        )
+
+    def _to_entry(self, row: EntryRow, doc: EntryDoc | None = None) -> Entry:
+        """Build the Entry; ``doc`` skips opening when the caller just sealed it."""
+        if doc is None:
+            doc = self._open_doc(row)
+        assert row.created_at is not None and row.updated_at is not None
+        return Entry(
+            id=row.id,
+            namespace=row.namespace,
+            title=doc.title,
+            content=doc.content,
+            entry_type=EntryType(row.entry_type),
+            tags=doc.tags,
+            source=doc.source,
+            metadata=doc.metadata,
+            verified=row.verified,
+            archived=row.archived,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            version=row.version,
+            deleted_at=row.deleted_at,
+        )
+
+    # --- operations ---------------------------------------------------------
+
+    def add(
+        self,
+        content: str,
+        *,
+        title: str | None = None,
+        entry_type: str | EntryType = EntryType.NOTE,
+        tags: list[str] | tuple[str, ...] = (),
+        namespace: str = DEFAULT_NAMESPACE,
+        source: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        verified: bool = False,
+        force: bool = False,
+    ) -> Entry:
+        """Add an entry. Identical content (after normalising whitespace) already in
+        the namespace returns the existing entry instead, unless ``force``."""
+        new = new_entry(
+            content,
+            title=title,
+            entry_type=entry_type,
+            tags=tags,
+            namespace=namespace,
+            source=source,
+            metadata=metadata,
+            verified=verified,
+        )
+        return self.add_entry(new, force=force)
+
+    def add_entry(self, new: NewEntry, *, force: bool = False) -> Entry:
+        entry_id = uuid.uuid4()
+        doc = EntryDoc(new.title, new.content, new.source, new.metadata, new.tags)
+        vectors = self.indexer.embed([(doc.title, doc.content)])
+        # Seal and index before touching the database: nothing is ever half-encrypted.
+        row, search_cols = self._sealed_row(
+            new.namespace,
+            new.entry_type.value,
+            entry_id,
+            doc,
+            vectors[0] if vectors is not None else None,
+            with_fingerprint=not force,
+            verified=new.verified,
+        )
+        stored, created = self.search_table.insert(row, search_cols, dedup=not force)
+        return self._to_entry(stored, doc if created else None)
+
+    def add_many(self, entries: Sequence[NewEntry], *, force: bool = False) -> list[Entry]:
+        """Add up to MAX_ADD_BATCH entries (see :func:`new_entry`) in one transaction:
+        all or none. Dedup as :meth:`add`, also within the batch. Returns the entries
+        in order (an existing entry where a duplicate was not added).
+
+        The bulk path: one embedding batch, and each entry is sealed and indexed while
+        PostgreSQL inserts the one before it (pipeline mode), so the encryption work
+        overlaps the database's instead of adding to it. Every row is complete before
+        it is sent; an error anywhere rolls the whole batch back."""
+        if not 1 <= len(entries) <= MAX_ADD_BATCH:
+            raise ValidationError(f"a batch holds 1 to {MAX_ADD_BATCH} entries", field="entries")
+        for new in entries:
+            if not isinstance(new, NewEntry):
+                raise ValidationError("entries must be validated (new_entry)", field="entries")
+        docs = [EntryDoc(n.title, n.content, n.source, n.metadata, n.tags) for n in entries]
+        vectors = self.indexer.embed([(d.title, d.content) for d in docs])
+
+        def prepared() -> Iterator[tuple[EntryRow, SearchColumns]]:
+            for i, (new, doc) in enumerate(zip(entries, docs, strict=True)):
+                yield self._sealed_row(
+                    new.namespace,
+                    new.entry_type.value,
+                    uuid.uuid4(),
+                    doc,
+                    vectors[i] if vectors is not None else None,
+                    with_fingerprint=not force,
+                    verified=new.verified,
+                )
+
+        with self.db.transaction("add") as conn:
+            stored = self.search_table.insert_many(conn, prepared(), dedup=not force)
+        return [
+            self._to_entry(row, doc if created else None)
+            for (row, created), doc in zip(stored, docs, strict=True)
+        ]
+
+    def _sealed_row(
+        self,
+        namespace: str,
+        entry_type: str,
+        entry_id: uuid.UUID,
+        doc: EntryDoc,
+        vector: NDArray[np.float32] | None,
+        *,
+        with_fingerprint: bool = True,
+        **flags: Any,
+    ) -> tuple[EntryRow, SearchColumns]:
+        """The sealed kb_entries row and its search columns for one entry, without
+        database access: the one place a new row is sealed and indexed (add, add_many,
+        import, migration). ``flags``: further EntryRow fields (verified, archived,
+        version) for rows that carry them over."""
+        cols = self._store_columns(namespace, entry_id, doc)
+        search_cols = self.indexer.columns(
+            namespace, entry_id, doc, vector, with_fingerprint=with_fingerprint
+        )
+        row = EntryRow(id=entry_id, namespace=namespace, entry_type=entry_type, **flags, **cols)
+        return row, search_cols
+
+    def get(self, entry_id: str | uuid.UUID) -> Entry:
+        eid = parse_entry_id(entry_id)
+        row = self.entries.get(eid)
+        if row is None:
+            raise NotFoundError("entry not found", field="id")
+        return self._to_entry(row)
+
+    def update(
+        self,
+        entry_id: str | uuid.UUID,
+        patch: EntryPatch,
+        *,
+        expected_version: int | None = None,
+    ) -> Entry:
+        eid = parse_entry_id(entry_id)
+        if patch.is_empty():
+            raise ValidationError("nothing to update", field="update")
+        values: dict[str, Any] = {}
+        if patch.title is not None:
+            values["title"] = validate_title(patch.title)
+        if patch.content is not None:
+            values["content"] = validate_content(patch.content)
+        if patch.source is not None:
+            values["source"] = validate_source(patch.source)
+        if patch.metadata is not None:
+            values["metadata"] = validate_metadata(patch.metadata)
+        if patch.tags is not None:
+            values["tags"] = validate_tags(patch.tags)
+        flags: dict[str, Any] = {}
+        if patch.entry_type is not None:
+            flags["entry_type"] = validate_entry_type(patch.entry_type).value
+        if patch.verified is not None:
+            flags["verified"] = patch.verified
+        if patch.archived is not None:
+            flags["archived"] = patch.archived
+        with self.db.transaction("update") as conn:
+            row = self.entries.get_for_update(conn, eid)
+            if row is None:
+                raise NotFoundError("entry not found", field="id")
+            if expected_version is not None and row.version != expected_version:
+                raise ConflictError(
+                    f"entry is at version {row.version}, not {expected_version}; "
+                    "get it again and retry",
+                    field="expected_version",
+                )
+            changes: dict[str, Any] = dict(flags)
+            doc = self._open_doc(row)
+            if values:
+                old = doc
+                doc = doc._replace(**values)
+                changes.update(self._store_columns(row.namespace, eid, doc))
+                if (doc.title, doc.content) != (old.title, old.content):
+                    changes.update(self._search_changes(conn, row.namespace, eid, doc))
+            updated = self.entries.update(conn, eid, changes)
+        return self._to_entry(updated, doc)
+
+    def _search_changes(
+        self, conn: Any, namespace: str, eid: uuid.UUID, doc: EntryDoc
+    ) -> dict[str, Any]:
+        """Search columns for changed title/content: tokens, vector, fingerprint (kept
+        only while no other live entry of the namespace has the same content)."""
+        vectors = self.indexer.embed([(doc.title, doc.content)])
+        cols = self.indexer.columns(
+            namespace, eid, doc, vectors[0] if vectors is not None else None
+        )
+        if cols.fingerprint and self.search_table.fingerprint_taken(
+            conn, namespace, cols.fingerprint, eid
+        ):
+            cols.fingerprint = None
+        changes = cols.as_changes()
+        del changes["import_key"], changes["import_hash"]  # an edited chunk stays imported
+        return changes
+
+    def delete(self, entry_id: str | uuid.UUID) -> None:
+        eid = parse_entry_id(entry_id)
+        if not self.entries.soft_delete(eid):
+            raise NotFoundError("entry not found", field="id")
+
+    def list(
+        self,
+        *,
+        namespace: str | None = None,
+        entry_type: str | None = None,
+        tag: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+        include_archived: bool = True,
+        namespaces: list[str] | None = None,
+    ) -> list[Entry]:
+        """Entries newest first. ``namespaces`` restricts the result to an access scope."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValidationError(f"limit must be between 1 and {MAX_LIST_LIMIT}", field="limit")
+        if offset < 0:
+            raise ValidationError("offset must not be negative", field="offset")
+        ns = validate_namespace(namespace) if namespace is not None else None
+        et = validate_entry_type(entry_type).value if entry_type is not None else None
+        tag_token = tag_plain = None
+        if tag is not None:
+            (norm,) = validate_tags([tag])
+            if self.encrypted:
+                if ns is None:
+                    raise ValidationError(
+                        "filtering by tag needs --namespace in encrypted mode "
+                        "(tag tokens are keyed per namespace)",
+                        field="namespace",
+                    )
+                assert self.keyring is not None
+                tag_token = self.keyring.blinder(ns).tag_token(norm)
+            else:
+                tag_plain = norm
+        rows = self.entries.list(
+            ListFilter(
+                ns,
+                et,
+                tag_token,
+                tag_plain,
+                include_archived,
+                limit,
+                offset,
+                tuple(namespaces) if namespaces is not None else None,
+            )
+        )
+        return [self._to_entry(r) for r in rows]
+
+    def stats(
+        self, namespaces: builtins.list[str] | None = None, top_tags: int = 20
+    ) -> dict[str, Any]:
+        """Counts by namespace and type, and the most used tags per namespace.
+
+        In encrypted mode tags are keyed tokens; a token's name is recovered by
+        opening one entry that carries it, so this costs one open per tag listed.
+        """
+        by_ns: dict[str, dict[str, Any]] = {}
+        for ns, et, n in self.entries.stats(namespaces):
+            item = by_ns.setdefault(ns, {"total": 0, "by_type": {}, "top_tags": {}})
+            item["total"] += n
+            item["by_type"][et] = n
+        for ns, item in by_ns.items():
+            for tag, n, sample_id in self.entries.tag_counts(ns, top_tags):
+                if self.keyring is not None:
+                    row = self.entries.get(sample_id)
+                    if row is None:
+                        continue
+                    blinder = self.keyring.blinder(ns)
+                    names = [t for t in self._open_doc(row).tags if blinder.tag_token(t) == tag]
+                    if not names:
+                        continue
+                    tag = names[0]
+                item["top_tags"][tag] = n
+        return {
+            "entries_total": sum(i["total"] for i in by_ns.values()),
+            "namespaces": by_ns,
+        }
+
+    # --- bearer tokens (HTTP MCP) ------------------------------------------------
+
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        namespaces: builtins.list[str],
+        expires_days: int | None = None,
+    ) -> tuple[TokenRecord, str]:
+        """Create a bearer token; returns its record and the token, which is not stored."""
+        if not name or len(name) > 100 or not name.isprintable():
+            raise ValidationError("token name must be 1-100 printable characters", field="name")
+        parsed_role = parse_role(role)
+        if not namespaces:
+            raise ValidationError("give at least one --namespace (or '*')", field="namespace")
+        scopes = sorted(
+            {ns if ns == ALL_NAMESPACES else validate_namespace(ns) for ns in namespaces}
+        )
+        expires_at = None
+        if expires_days is not None:
+            if not 1 <= expires_days <= 3650:
+                raise ValidationError("expires must be 1-3650 days", field="expires")
+            expires_at = datetime.now(UTC) + timedelta(days=expires_days)
+        secret = new_token()
+        record = self.tokens.insert(name, token_hash(secret), parsed_role.value, scopes, expires_at)
+        return record, secret
+
+    def list_tokens(self, include_revoked: bool = False) -> builtins.list[TokenRecord]:
+        return self.tokens.list_all(include_revoked)
+
+    def revoke_token(self, name: str) -> None:
+        if not self.tokens.revoke(name):
+            raise NotFoundError("no active token with this name", field="name")
+
+    def authenticate(self, secret: str) -> Principal | None:
+        """The principal a bearer token stands for, or None (unknown, revoked, expired)."""
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            return None
+        rec = self.tokens.find_active(token_hash(secret))
+        if rec is None:
+            return None
+        scopes = None if ALL_NAMESPACES in rec.namespaces else frozenset(rec.namespaces)
+        return Principal(rec.name, Role(rec.role), scopes)
+
+    # --- search, import (search.py, importer.py) --------------------------------
+
+    def search(self, query: str, **options: Any) -> SearchResult:
+        """Hybrid (default), semantic or keyword search; see SearchEngine.search."""
+        return self.engine.search(query, **options)
+
+    def import_paths(
+        self,
+        paths: Sequence[str],
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        entry_type: str = "doc",
+        tags: Sequence[str] = (),
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> ImportSummary:
+        """Import Markdown, text and HTML files and folders as chunked entries."""
+        importer = Importer(self, namespace=namespace, entry_type=entry_type, tags=tags)
+        return importer.run(paths, progress)
+
+    def reembed(
+        self,
+        *,
+        namespace: str | None = None,
+        redo_all: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> dict[str, int]:
+        """Recompute vectors made by another model (or missing); resumable."""
+        return reembed(self, namespace=namespace, redo_all=redo_all, progress=progress)
+
+    # --- status ----------------------------------------------------------------
+
+    def availability(self) -> tuple[str, str | None]:
+        """('available', None) or ('inaccessible-encryption-credentials', reason)."""
+        if self.keyring is None:
+            return "available", None
+        try:
+            self.keyring.check_available(DEFAULT_NAMESPACE)
+        except SealedKBError as exc:
+            return "inaccessible-encryption-credentials", exc.message
+        return "available", None
+
+    def _tls_status(self) -> dict[str, Any]:
+        """Negotiated TLS of the database connection (null over a Unix socket)."""
+        tls = self.db.tls_session()
+        return {
+            "tls_protocol": tls.protocol if tls else None,
+            "tls_cipher": tls.cipher if tls else None,
+        }
+
+    def status(self) -> dict[str, Any]:
+        counts = self.entries.counts()
+        warnings: list[str] = []
+        availability, reason = self.availability()
+        key_state: str | None = None
+        provider_name: str | None = None
+        root_source: str | None = None
+        if self.encrypted:
+            assert self.provider is not None and self.kms_key_uri is not None
+            provider_name = self.provider.scheme
+            try:
+                key_state = self.provider.describe_key(self.kms_key_uri).state.value
+                root_source = self.provider.root_key_source()
+            except SealedKBError as exc:
+                key_state = "Unavailable"
+                reason = reason or exc.message
+            warnings.extend(self.provider.warnings())
+        else:
+            warnings.append("encryption is off: entries are stored in plaintext")
+        if reason:
+            warnings.append(f"keys unavailable: {reason}")
+        if self.target.transport.kind == "insecure-tcp":
+            warnings.append("database connection is not TLS-verified (opt-out in effect)")
+        return {
+            "storage_encrypted": self.encrypted and counts["plaintext"] == 0,
+            "encryption_mode": self.mode.value,
+            "encryption_scheme": ENCRYPTION_SCHEME if self.encrypted else "none",
+            "kms_key_id": self.kms_key_uri,
+            "key_state": key_state,
+            "key_provider": provider_name,
+            "root_key_source": root_source,
+            "data_key_max_age_seconds": self.settings.data_key_max_age,
+            "data_keys": {**self.datakeys.counts(), **self._data_key_states()},
+            "entries_total": counts["total"],
+            "entries_plaintext": counts["plaintext"],
+            "entries_sealed": counts["sealed"],
+            "namespaces": counts["namespaces"],
+            "keyword_tokenizer": self.indexer.tokenizer,  # docs/FORMATS.md §5
+            "availability": availability,
+            "database": {
+                "kind": self.target.kind,
+                "transport": self.target.transport.kind,
+                **self._tls_status(),
+                "server_version": self.db.server_version(),
+                "pgvector": self.db.pgvector_version(),
+                "schema_version": self.db.schema_version,
+            },
+            "home": str(self.settings.home),
+            "principal": self.principal,
+            **self._key_status(),
+            "audit": self.audit.head(),
+            "warnings": warnings,
+        }
+
+    def _data_key_states(self) -> dict[str, int]:
+        if self.keys is None:
+            return {}
+        return self.keys.rekey.data_key_counts()
+
+    def _key_status(self) -> dict[str, Any]:
+        """Rotation facts, and where the rows are (issue 5): data keys on the newest
+        KMS key version, entries on active / retired data keys."""
+        if self.keys is None:
+            return {"key_rotation": None, "entries_by_data_key": None}
+        info = self.keys.status()
+        return {
+            "key_rotation": info["key_rotation"],
+            "data_keys_on_newest_key_version": info["data_keys_on_newest_key_version"],
+            "entries_by_data_key": info["entries_by_data_key"],
+        }

@@ -1,0 +1,1 @@
+"""Migrations: plaintext to encrypted in place, foreign tables, the guard, rollback."""

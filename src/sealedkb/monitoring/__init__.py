@@ -1,0 +1,1 @@
+"""Metrics, telemetry counters, alarms and their notifications."""

@@ -1,0 +1,675 @@
+"""Hybrid search over sealed entries: blind keyword tokens + DCPE vectors (DESIGN.md §4).
+
+Where plaintext meets crypto for search, next to service.py:
+
+* write side (:class:`SearchIndexer`): title and content go through the keyword
+  pipeline (:mod:`sealedkb.search.text`); each stem becomes a keyed blind token and the
+  tokens a tsvector with positions (title weight A). The embedding of title +
+  content is encrypted with DCPE for the HNSW index and sealed exactly beside it.
+  A keyed fingerprint of the normalised content deduplicates. In plaintext mode
+  the same features run on plaintext (to_tsvector, plain vectors, sha256).
+* read side (:class:`SearchEngine`): the query's stems become tokens (OR-ed
+  tsquery, ranked with ts_rank_cd); the query vector is rotated (never
+  perturbed) and the HNSW index over-fetches ``k x oversample`` candidates, which
+  are re-ranked by exact cosine after opening their sealed embeddings. Hybrid
+  mode fuses both lists with reciprocal rank fusion (k = 60) and falls back to
+  keyword-only when the embedder fails.
+
+β, oversample and ef_search were chosen by measurement (docs/SEARCH.md,
+bench/bench_vectors.py): with β = 1.0 and oversample 4, recall@10 against exact
+plaintext search was >= 0.99 on real MiniLM vectors and on 100k synthetic ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+import unicodedata
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sealedkb.crypto.blind import Blinder
+from sealedkb.crypto.keyring import KeyRing
+from sealedkb.crypto.sealed import FieldSealer, OpenFailedError, field_aad
+from sealedkb.embed import Embedder
+from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
+from sealedkb.formats.entry_doc import EntryDoc
+from sealedkb.model import (
+    EntryType,
+    KeyPurpose,
+    validate_entry_type,
+    validate_namespace,
+    validate_tags,
+)
+from sealedkb.search import text
+from sealedkb.store.search import (
+    HitRow,
+    SearchColumns,
+    SearchFilter,
+    SearchTable,
+    VectorCandidate,
+)
+
+if TYPE_CHECKING:
+    from sealedkb.kb.knowledge_base import KnowledgeBase
+
+log = logging.getLogger("sealedkb.search")
+
+TABLE = "kb_entries"  # as in service.py: AAD table name
+EMBEDDING_COLUMN = "embedding"  # AAD column name of the sealed exact embedding
+DB_DIM = 384  # vector(384) columns of migration 003
+
+# DCPE and ANN settings, chosen by measurement (docs/SEARCH.md).
+DCPE_BETA = 1.0
+OVERSAMPLE = 4
+EF_SEARCH_MIN = 40
+RRF_K = 60
+SEARCH_WORKERS = 4  # threads running hybrid searches' keyword arms
+MATCH_BUDGET = 0.05  # keyword search ranks the rows of its rarest words, up to ~5 % of rows
+
+MAX_QUERY_CHARS = 1000
+MAX_LIMIT = 50  # hits per page
+MAX_WINDOW = 200  # offset + limit: the hard cap on how deep a search pages
+MIN_FUSION_DEPTH = 10
+MAX_CACHED_NAMESPACES = 16  # word -> token caches kept by the indexer (<= 65,536 words each)
+EMBED_TEXT_CHARS = 4000  # the model sees 256 tokens (~1,000 chars); cut early
+
+
+class SearchMode(StrEnum):
+    HYBRID = "hybrid"
+    SEMANTIC = "semantic"
+    KEYWORD = "keyword"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    id: uuid.UUID
+    namespace: str
+    title: str
+    score: float
+    snippet: str
+    entry_type: EntryType
+    tags: tuple[str, ...]
+    source: str | None
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "namespace": self.namespace,
+            "title": self.title,
+            "score": round(self.score, 6),
+            "snippet": self.snippet,
+            "entry_type": self.entry_type.value,
+            "tags": list(self.tags),
+            "source": self.source,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    hits: list[SearchHit]
+    mode: SearchMode  # what ran (keyword when hybrid fell back)
+    requested_mode: SearchMode
+    limit: int
+    offset: int
+    next_offset: int | None  # None: no further page (or the depth cap is reached)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode.value,
+            "requested_mode": self.requested_mode.value,
+            "limit": self.limit,
+            "offset": self.offset,
+            "next_offset": self.next_offset,
+            "warnings": self.warnings,
+            "hits": [h.to_dict() for h in self.hits],
+        }
+
+
+# --- helpers shared by write and read side ------------------------------------
+
+_WS_RE = re.compile(r"\s+")
+_WORD_SPAN_RE = re.compile(r"\w+")
+
+
+def normalize_content(content: str) -> str:
+    """What dedup compares: NFKC, whitespace runs collapsed, ends stripped."""
+    return _WS_RE.sub(" ", unicodedata.normalize("NFKC", content)).strip()
+
+
+def embedding_text(title: str, content: str) -> str:
+    return f"{title}\n\n{content[:EMBED_TEXT_CHARS]}" if title else content[:EMBED_TEXT_CHARS]
+
+
+def vector_bytes(v: NDArray[np.float32]) -> bytes:
+    return np.asarray(v, dtype="<f4").tobytes()
+
+
+def vector_from_bytes(b: bytes, dim: int) -> NDArray[np.float32]:
+    if len(b) != 4 * dim:
+        raise IntegrityError("sealed embedding has the wrong size")
+    return np.frombuffer(b, dtype="<f4").astype(np.float32)
+
+
+def check_embedder(embedder: Embedder) -> None:
+    if embedder.dim != DB_DIM:
+        raise EmbeddingError(
+            f"embedder {embedder.model_id} makes {embedder.dim}-d vectors; the database "
+            f"stores {DB_DIM}-d vectors (a different dimension needs a schema migration)"
+        )
+
+
+class SearchIndexer:
+    """Computes the search columns of an entry (write side)."""
+
+    def __init__(
+        self,
+        keyring: KeyRing | None,
+        embedder: Embedder | None,
+        tokenizer: int = text.TOKENIZER,
+    ) -> None:
+        self.keyring = keyring
+        self.embedder = embedder
+        self.tokenizer = tokenizer  # the knowledge base's keyword_tokenizer (kb_meta)
+        # namespace -> (its blinder, a word -> blind token cache over that blinder);
+        # replaced when the key ring hands out another blinder (key expiry, rotation).
+        self._lexers: dict[str, tuple[Blinder, text.LexemeIndexer]] = {}
+
+    def _lexer(self, namespace: str, blinder: Blinder) -> text.LexemeIndexer:
+        hit = self._lexers.get(namespace)
+        if hit is not None and hit[0] is blinder and hit[1].tokenizer == self.tokenizer:
+            return hit[1]
+        if len(self._lexers) >= MAX_CACHED_NAMESPACES:
+            self._lexers.clear()
+        lexer = text.LexemeIndexer(blinder.word_token, tokenizer=self.tokenizer)
+        self._lexers[namespace] = (blinder, lexer)
+        return lexer
+
+    def embed(self, docs: Sequence[tuple[str, str]]) -> NDArray[np.float32] | None:
+        """Vectors of (title, content) pairs, or None when there is no embedder or it
+        fails: the entry is stored without a vector and ``reembed`` fills it in later."""
+        if self.embedder is None or not docs:
+            return None
+        try:
+            check_embedder(self.embedder)
+            return self.embedder.embed([embedding_text(t, c) for t, c in docs])
+        except EmbeddingError as exc:
+            log.warning("storing without embeddings: %s", exc.message)
+            return None
+
+    def columns(
+        self,
+        namespace: str,
+        entry_id: uuid.UUID,
+        doc: EntryDoc,
+        vector: NDArray[np.float32] | None,
+        *,
+        with_fingerprint: bool = True,
+    ) -> SearchColumns:
+        cols = SearchColumns()
+        norm = normalize_content(doc.content)
+        sealer: FieldSealer | None = None
+        if self.keyring is not None:
+            sealer, blinder = self.keyring.writer(namespace)  # the content sealer
+            cols.kw_tokens = self._lexer(namespace, blinder).tsvector(doc.title, doc.content)
+            if with_fingerprint:
+                cols.fingerprint = blinder.fingerprint(norm)
+        elif with_fingerprint:
+            cols.fingerprint = hashlib.sha256(norm.encode()).hexdigest()
+        if vector is not None and self.embedder is not None:
+            self.set_vector(cols, namespace, entry_id, vector, sealer=sealer)
+        return cols
+
+    def set_vector(
+        self,
+        cols: SearchColumns,
+        namespace: str,
+        entry_id: uuid.UUID,
+        vector: NDArray[np.float32],
+        *,
+        sealer: FieldSealer | None = None,
+    ) -> None:
+        assert self.embedder is not None
+        cols.embed_model = self.embedder.model_id
+        cols.embed_dim = self.embedder.dim
+        if self.keyring is not None:
+            cipher = self.keyring.vector_cipher(namespace, self.embedder.dim, DCPE_BETA)
+            cols.embedding_enc = cipher.encrypt(vector)[0]
+            if sealer is None:
+                sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
+            aad = field_aad(namespace, TABLE, EMBEDDING_COLUMN, str(entry_id))
+            cols.embedding_sealed = sealer.seal(vector_bytes(vector), aad)
+        else:
+            cols.embedding_plain = np.asarray(vector, dtype=np.float32)
+
+
+# --- read side ------------------------------------------------------------------
+
+
+def parse_since(value: str | datetime | None) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    from datetime import UTC
+
+    try:
+        dt = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ValidationError(
+            "since must be a date (YYYY-MM-DD) or an ISO 8601 time", field="since"
+        ) from None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+SNIPPET_SCAN_CHARS = 20_000  # look for the best window in the first 20 KB only
+SNIPPET_CHARS = 240
+
+
+def _is_word_char(c: str) -> bool:
+    return c.isalnum() or c == "_"
+
+
+def snippet(content: str, stems: set[str], width: int = SNIPPET_CHARS) -> str:
+    """About ``width`` characters of the content around the densest cluster of query
+    words (the start when none occur), cut at spaces, whitespace collapsed, with
+    ellipses where it was cut.
+
+    Stems are looked up once per distinct word and matches found with str.find (no
+    per-query regex to compile): a snippet costs tens of microseconds.
+    """
+    head = content[:SNIPPET_SCAN_CHARS]
+    low = head.lower()
+    start = 0
+    if stems and len(low) == len(head):  # lower() kept the offsets (nearly always)
+        term_of = text.term_of
+        pos: list[int] = []
+        for w in [w for w in set(_WORD_SPAN_RE.findall(low)) if term_of(w) in stems]:
+            i = low.find(w)
+            while i >= 0:
+                e = i + len(w)
+                if (i == 0 or not _is_word_char(low[i - 1])) and (
+                    e == len(low) or not _is_word_char(low[e])
+                ):
+                    pos.append(i)
+                i = low.find(w, e)
+        pos.sort()
+        best, best_n, j = 0, 0, 0
+        for i, p in enumerate(pos):  # most matches within one window
+            while pos[j] < p - width * 3 // 4:
+                j += 1
+            if i - j + 1 > best_n:
+                best, best_n = pos[j], i - j + 1
+        start = max(0, best - width // 4)
+        if start:
+            space = head.rfind(" ", 0, start)
+            start = space + 1 if space >= 0 else 0
+    end = start + width
+    if end < len(content):
+        space = content.find(" ", end)
+        end = space if space >= 0 and space - end < 40 else end
+    out = _WS_RE.sub(" ", content[start:end]).strip()
+    return ("… " if start > 0 else "") + out + (" …" if end < len(content.rstrip()) else "")
+
+
+class SearchEngine:
+    """The read side. ``open_doc`` opens a sealed entry document (service.py)."""
+
+    def __init__(
+        self,
+        table: SearchTable,
+        keyring: KeyRing | None,
+        embedder: Embedder | None,
+        open_doc: Callable[[str, uuid.UUID, bytes], EntryDoc],
+        *,
+        open_docs: Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]] | None = None,
+        tokenizer: int = text.TOKENIZER,
+    ) -> None:
+        self.table = table
+        self.tokenizer = tokenizer  # as the indexer's: query words split as stored ones
+        self.keyring = keyring
+        self.embedder = embedder
+        self.open_doc = open_doc
+        self.open_docs = open_docs  # a page of hits in one batch, when given
+        self.oversample = OVERSAMPLE
+        self.ef_search_min = EF_SEARCH_MIN
+        self.parallel_arms = True  # hybrid: keyword and vector arms concurrently
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_lock = threading.Lock()
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._executor_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=SEARCH_WORKERS, thread_name_prefix="sealedkb-search"
+                    )
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the worker threads of hybrid search (running searches finish first)."""
+        with self._executor_lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def search(
+        self,
+        query: str,
+        *,
+        mode: str | SearchMode = SearchMode.HYBRID,
+        limit: int = 10,
+        offset: int = 0,
+        namespace: str = "default",
+        entry_type: str | None = None,
+        tags: Sequence[str] = (),
+        since: str | datetime | None = None,
+    ) -> SearchResult:
+        # --- validate everything before any work
+        try:
+            requested = SearchMode(mode)
+        except ValueError:
+            raise ValidationError(
+                "mode must be hybrid, semantic or keyword", field="mode"
+            ) from None
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("query must not be empty", field="query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise ValidationError(
+                f"query is longer than {MAX_QUERY_CHARS} characters", field="query"
+            )
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValidationError(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+        if offset < 0 or offset + limit > MAX_WINDOW:
+            raise ValidationError(
+                f"offset must be >= 0 and offset + limit <= {MAX_WINDOW}", field="offset"
+            )
+        ns = validate_namespace(namespace)
+        et = validate_entry_type(entry_type).value if entry_type is not None else None
+        norm_tags = validate_tags(list(tags))
+        filt = SearchFilter(
+            ns,
+            et,
+            tag_tokens=tuple(self.keyring.blinder(ns).tag_token(t) for t in norm_tags)
+            if self.keyring is not None
+            else (),
+            tags_plain=() if self.keyring is not None else norm_tags,
+            since=parse_since(since),
+        )
+
+        warnings: list[str] = []
+        used = requested
+        stems = text.query_terms(query, self.tokenizer)
+        window = offset + limit
+
+        # --- query vector (semantic and hybrid)
+        qvec: NDArray[np.float32] | None = None
+        if requested is not SearchMode.KEYWORD:
+            try:
+                if self.embedder is None:
+                    raise EmbeddingError("no embedder is configured (SEALEDKB_EMBEDDER=none)")
+                check_embedder(self.embedder)
+                qvec = self.embedder.embed([query])[0]
+            except EmbeddingError as exc:
+                if requested is SearchMode.SEMANTIC:
+                    raise
+                used = SearchMode.KEYWORD
+                warnings.append(f"semantic search unavailable, keyword results only: {exc.message}")
+                log.warning("hybrid search fell back to keyword: %s", exc.code)
+
+        # One more than the page tells whether another page exists. Hybrid fuses lists
+        # of the same depth (at least MIN_FUSION_DEPTH): deeper lists cost the encrypted
+        # mode k x oversample opened vectors each, and did not change the FAQ results.
+        depth = window + 1 if used is not SearchMode.HYBRID else max(MIN_FUSION_DEPTH, window + 1)
+        kw_query = kw_filter = None
+        if used is not SearchMode.SEMANTIC and stems:
+            if self.keyring is not None:
+                tok = self.keyring.blinder(ns).word_token
+                lexemes = [tok(s) for s in stems]
+                kw_query = " | ".join(lexemes)
+                freqs = self.table.term_frequencies("kw_tokens")
+            else:
+                lexemes = [f"'{s}'" for s in stems]  # [\w.] stems: nothing to escape
+                kw_query = query
+                freqs = self.table.term_frequencies("kw_plain")
+            keep = match_terms(
+                lexemes, [freqs.get(s) for s in (lexemes if self.keyring is not None else stems)]
+            )
+            # No pruning: the ranking query selects the rows itself (in plaintext mode
+            # PostgreSQL's parser may make lexemes, e.g. 'sys.path', that our split
+            # does not).
+            kw_filter = " | ".join(keep) if len(keep) < len(lexemes) else None
+        encrypted = self.keyring is not None
+        model_id = self.embedder.model_id if self.embedder is not None else None
+
+        def keyword_arm() -> list[tuple[uuid.UUID, float]]:
+            assert kw_query is not None
+            return self.table.keyword_candidates(
+                filt,
+                encrypted=encrypted,
+                keyword_query=kw_query,
+                keyword_filter=kw_filter,
+                depth=depth,
+            )
+
+        # Hybrid: the keyword arm runs on another pooled connection while this thread
+        # runs the vector arm and its re-rank (both modes alike): the slower arm sets
+        # the latency, and the encrypted mode's re-rank overlaps the keyword scan.
+        kw_job = (
+            self._pool().submit(keyword_arm)
+            if kw_query and qvec is not None and self.parallel_arms
+            else None
+        )
+        try:
+            vec_arg: NDArray[np.float32] | None = None
+            fetch = depth
+            if qvec is not None:
+                if self.keyring is not None:
+                    assert self.embedder is not None
+                    cipher = self.keyring.vector_cipher(ns, self.embedder.dim, DCPE_BETA)
+                    vec_arg = cipher.rotate(qvec)[0]
+                    fetch = depth * self.oversample
+                else:
+                    vec_arg = qvec
+            sem: list[tuple[uuid.UUID, float]] = []
+            if vec_arg is not None and qvec is not None:
+                vec = self.table.vector_candidates(
+                    filt,
+                    encrypted=encrypted,
+                    vector=vec_arg,
+                    model_id=model_id,
+                    depth=fetch,
+                    ef_search=max(self.ef_search_min, fetch),
+                )
+                sem = self._rerank(ns, qvec, vec, depth)
+        except BaseException:
+            if kw_job is not None:
+                kw_job.cancel()
+            raise
+        kw = kw_job.result() if kw_job is not None else keyword_arm() if kw_query else []
+
+        # --- rank
+        ranked: list[tuple[uuid.UUID, float]]
+        if used is SearchMode.KEYWORD:
+            ranked = kw
+        elif used is SearchMode.SEMANTIC:
+            ranked = sem
+        else:
+            ranked = rrf([kw, sem])
+        page = ranked[offset:window]
+        more = len(ranked) > window and window < MAX_WINDOW
+        hits = self._hits(page, set(stems))
+        return SearchResult(
+            hits=hits,
+            mode=used,
+            requested_mode=requested,
+            limit=limit,
+            offset=offset,
+            next_offset=window if more else None,
+            warnings=warnings,
+        )
+
+    def _rerank(
+        self,
+        ns: str,
+        qvec: NDArray[np.float32],
+        cands: list[VectorCandidate],
+        depth: int,
+    ) -> list[tuple[uuid.UUID, float]]:
+        """The ``depth`` best candidates by exact cosine (encrypted: open the sealed
+        vectors, all in one batch: the per-candidate work is the over-fetch's price)."""
+        if self.keyring is None:
+            return [(i, s) for i, s, _ in cands if s is not None and isinstance(i, uuid.UUID)][
+                :depth
+            ]
+        if not cands:
+            return []
+        dim = qvec.shape[0]
+        prefix = field_aad(ns, TABLE, EMBEDDING_COLUMN, "")  # ".../embedding|" + id
+        ids = [str(c[0]) for c in cands]
+        try:
+            plains = self.keyring.open_many(
+                [c[2] or b"" for c in cands], [prefix + i.encode() for i in ids]
+            )
+        except OpenFailedError as exc:
+            raise IntegrityError(f"entry {ids[exc.index]} failed its integrity check") from None
+        for i, plain in enumerate(plains):
+            if len(plain) != 4 * dim:
+                raise IntegrityError(f"entry {ids[i]} failed its integrity check")
+        mat = np.frombuffer(b"".join(plains), dtype="<f4").reshape(len(cands), dim)
+        scores = mat @ qvec
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [(uuid.UUID(ids[i]), float(scores[i])) for i in order]
+
+    def _hits(self, page: list[tuple[uuid.UUID, float]], stems: set[str]) -> list[SearchHit]:
+        rows = self.table.hit_rows([i for i, _ in page])
+        opened: dict[uuid.UUID, EntryDoc] = {}
+        if self.open_docs is not None:
+            by_ns: dict[str, list[tuple[uuid.UUID, bytes]]] = {}
+            for hit in rows.values():
+                if hit.doc_sealed is not None:
+                    by_ns.setdefault(hit.namespace, []).append((hit.id, hit.doc_sealed))
+            for ns, items in by_ns.items():
+                opened.update(zip([i for i, _ in items], self.open_docs(ns, items), strict=True))
+        out = []
+        for eid, score in page:
+            r = rows.get(eid)
+            if r is None:  # deleted between the two queries
+                continue
+            doc = opened.get(eid) or self._doc(r)
+            out.append(
+                SearchHit(
+                    id=r.id,
+                    namespace=r.namespace,
+                    title=doc.title,
+                    score=score,
+                    snippet=snippet(doc.content, stems),
+                    entry_type=EntryType(r.entry_type),
+                    tags=doc.tags,
+                    source=doc.source,
+                    created_at=r.created_at,
+                )
+            )
+        return out
+
+    def _doc(self, r: HitRow) -> EntryDoc:
+        if r.doc_sealed is not None:
+            return self.open_doc(r.namespace, r.id, r.doc_sealed)
+        if self.keyring is not None:
+            raise IntegrityError(f"entry {r.id} is not sealed in an encrypted knowledge base")
+        return EntryDoc(
+            r.title_plain or "",
+            r.content_plain or "",
+            r.source_plain,
+            {},
+            tuple(r.tags_plain or ()),
+        )
+
+
+def match_terms(lexemes: Sequence[str], freqs: Sequence[float | None]) -> list[str]:
+    """The query lexemes whose rows are ranked: the rarest first, adding more while the
+    share of rows they select stays within MATCH_BUDGET (at least one lexeme). Lexemes
+    without a statistic are rarer than every listed one, so they are always kept.
+
+    ts_rank_cd still scores with every query word; only rows that hold nothing but
+    very common words (say "object" and "method" in a Python manual) go unranked —
+    what an IDF weighting would rank last anyway — and ranking stays ~10x cheaper.
+    """
+    if not freqs or all(f is None for f in freqs):
+        return list(lexemes)
+    order = sorted(range(len(lexemes)), key=lambda i: freqs[i] or 0.0)
+    keep: list[str] = []
+    share = 0.0
+    for i in order:
+        f = freqs[i] or 0.0
+        if keep and share + f > MATCH_BUDGET:
+            break
+        keep.append(lexemes[i])
+        share += f
+    return keep
+
+
+def rrf(
+    lists: Sequence[Sequence[tuple[uuid.UUID, float]]], k: int = RRF_K
+) -> list[tuple[uuid.UUID, float]]:
+    """Reciprocal rank fusion: score(d) = sum over lists of 1 / (k + rank_d), rank from 1."""
+    scores: dict[uuid.UUID, float] = {}
+    for lst in lists:
+        for rank, (eid, _s) in enumerate(lst, start=1):
+            scores[eid] = scores.get(eid, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+
+REEMBED_BATCH = 32
+
+
+def reembed(
+    kb: KnowledgeBase,
+    *,
+    namespace: str | None = None,
+    redo_all: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Recompute the vectors of live entries whose vector is missing or was made by
+    another model (``redo_all``: every entry), a batch per transaction.
+
+    Resumable: each committed batch is done, and a rerun selects only what still
+    differs from the current model. An entry updated meanwhile keeps the vector its
+    own update wrote.
+    """
+    emb = kb.embedder
+    if emb is None:
+        raise EmbeddingError("no embedder is configured (SEALEDKB_EMBEDDER=none)")
+    check_embedder(emb)
+    ns = validate_namespace(namespace) if namespace is not None else None
+    done = 0
+    after: uuid.UUID | None = None
+    while True:
+        rows = kb.search_table.needing_embedding(
+            emb.model_id, emb.dim, ns, after, REEMBED_BATCH, redo_all=redo_all
+        )
+        if not rows:
+            break
+        after = rows[-1].id
+        docs = [kb._open_doc(r) for r in rows]
+        vectors = emb.embed([embedding_text(d.title, d.content) for d in docs])
+        with kb.db.transaction("reembed") as conn:
+            for r, v in zip(rows, vectors, strict=True):
+                cols = SearchColumns()
+                kb.indexer.set_vector(cols, r.namespace, r.id, v)
+                if kb.search_table.set_embedding(conn, r.id, r.version, cols):
+                    done += 1
+        if progress is not None:
+            progress(done)
+    return {"reembedded": done, "model": emb.model_id, "dim": emb.dim}

@@ -1,0 +1,1 @@
+"""Encrypted snapshots: the file format, create, verify, restore, copy, drill, schedule."""
