@@ -15,14 +15,12 @@ import psycopg
 import pytest
 
 from sealedkb.config import Settings
-from sealedkb.crypto.sealed import field_aad
 from sealedkb.embed.hashing import HashingEmbedder
 from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
+from sealedkb.formats.aad import EMBEDDING_COLUMN, ENTRIES_TABLE, field_aad
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode, EntryPatch
 from sealedkb.search.engine import (
-    EMBEDDING_COLUMN,
-    TABLE,
     SearchMode,
     match_terms,
     rrf,
@@ -247,7 +245,7 @@ def test_encrypted_rows_hold_tokens_dcpe_and_sealed_vectors(kb: KnowledgeBase) -
     assert blinder.word_token("zebra") in kw
     assert model == "hashing-v1-384" and dim == 384
     exact = kb.embedder.embed(["Savanna\n\nZebras graze near the watering hole"])[0]  # type: ignore[union-attr]
-    aad = field_aad("default", TABLE, EMBEDDING_COLUMN, str(e.id))
+    aad = field_aad("default", ENTRIES_TABLE, EMBEDDING_COLUMN, str(e.id))
     opened = vector_from_bytes(kb.keyring.open(bytes(sealed), aad), 384)  # type: ignore[union-attr]
     assert np.allclose(opened, exact, atol=1e-6)
     enc_v = np.array([float(x) for x in enc.strip("[]").split(",")])  # no pgvector on this conn

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sealedkb.crypto.keyring import DEFAULT_MAX_AGE, KeyRing, encryption_context
-from sealedkb.crypto.sealed import field_aad
 from sealedkb.errors import IntegrityError, KeyUnavailableError
+from sealedkb.formats.aad import field_aad
 from sealedkb.keys.local import LocalKeyProvider
 from sealedkb.keys.provider import KeyState
 from sealedkb.model import KeyPurpose, WrappedDataKey

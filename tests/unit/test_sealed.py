@@ -17,7 +17,6 @@ from sealedkb.crypto.sealed import (
     FieldOpener,
     FieldSealer,
     OpenFailedError,
-    field_aad,
     key_id_of,
     open_with,
     pad64,
@@ -25,6 +24,7 @@ from sealedkb.crypto.sealed import (
     unpad64,
 )
 from sealedkb.errors import IntegrityError, KeyUnavailableError
+from sealedkb.formats.aad import field_aad
 
 VECTORS_PATH = Path(__file__).parent / "vectors" / "sealed_v1.json"
 

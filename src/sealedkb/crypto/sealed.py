@@ -38,7 +38,6 @@ OVERHEAD = HEADER_LEN + TAG_LEN  # 61 bytes, plus padding
 PAD_BLOCK = 64
 SEALS_PER_SALT = 1 << 24
 HKDF_INFO = b"sealedkb/v1/field"
-AAD_PREFIX = "sealedkb/v1"
 
 _OPEN_FAILED = "sealed value failed to open (tampered, moved, or sealed under another key)"
 
@@ -53,14 +52,6 @@ class DataKey:
     def __post_init__(self) -> None:
         if len(self.key_id) != KEY_ID_LEN or len(self.material) != 32:
             raise ValueError("data key must be 32 bytes with a 16-byte id")
-
-
-def field_aad(namespace: str, table: str, column: str, entry_id: str) -> bytes:
-    """The AAD that binds a sealed value to its place (namespace, table, column, row)."""
-    for part in (namespace, table, column, entry_id):
-        if "|" in part:
-            raise ValueError("AAD components must not contain '|'")
-    return f"{AAD_PREFIX}|{namespace}|{table}|{column}|{entry_id}".encode()
 
 
 def pad64(data: bytes) -> bytes:

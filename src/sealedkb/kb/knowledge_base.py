@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from sealedkb.audit.chain import AuditLog
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.sealed import OpenFailedError, field_aad
+from sealedkb.crypto.sealed import OpenFailedError
 from sealedkb.crypto.tokens import TOKEN_PREFIX, new_token, token_hash
 from sealedkb.embed import load_embedder
 from sealedkb.errors import (
@@ -36,6 +36,7 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
+from sealedkb.formats.aad import entry_doc_aad
 from sealedkb.formats.entry_doc import EntryDoc, decode_doc, encode_doc
 from sealedkb.ingest.importer import Importer, ImportSummary
 from sealedkb.kb.access import ALL_NAMESPACES, Principal, Role, parse_role
@@ -73,8 +74,6 @@ from sealedkb.store.tokens import TokenRecord, TokenTable
 
 log = logging.getLogger("sealedkb.service")
 
-TABLE = "kb_entries"
-DOC_COLUMN = "doc"  # AAD column name of the sealed entry document (column doc_sealed)
 ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256 subkeys)"
 MAX_LIST_LIMIT = 1000
 MAX_ADD_BATCH = 500  # add_many: one transaction, results held until it ends
@@ -333,7 +332,7 @@ class KnowledgeBase:
         """The kb_entries columns that hold ``doc``: sealed + tag tokens, or plaintext."""
         if self.keyring is not None:
             sealer, blinder = self.keyring.writer(namespace)
-            aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
+            aad = entry_doc_aad(namespace, entry_id)
             return {
                 "doc_sealed": sealer.seal(encode_doc(doc), aad),
                 "tag_tokens": [blinder.tag_token(t) for t in doc.tags],
@@ -349,7 +348,7 @@ class KnowledgeBase:
     def _open_sealed(self, namespace: str, entry_id: uuid.UUID, blob: bytes) -> EntryDoc:
         if self.keyring is None:
             raise KeyUnavailableError("row is sealed but this knowledge base has no key")
-        aad = field_aad(namespace, TABLE, DOC_COLUMN, str(entry_id))
+        aad = entry_doc_aad(namespace, entry_id)
         try:
             return decode_doc(self.keyring.open(blob, aad))
         except IntegrityError:
@@ -362,7 +361,7 @@ class KnowledgeBase:
         """Open several sealed documents of one namespace in one batch (search hits)."""
         if self.keyring is None:
             raise KeyUnavailableError("row is sealed but this knowledge base has no key")
-        aads = [field_aad(namespace, TABLE, DOC_COLUMN, str(eid)) for eid, _ in items]
+        aads = [entry_doc_aad(namespace, eid) for eid, _ in items]
         try:
             plains = self.keyring.open_many([blob for _, blob in items], aads)
         except OpenFailedError as exc:

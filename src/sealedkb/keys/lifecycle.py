@@ -33,13 +33,13 @@ from typing import Any
 
 from sealedkb.audit.chain import AuditLog
 from sealedkb.crypto.keyring import KeyRing, encryption_context
-from sealedkb.crypto.sealed import field_aad
 from sealedkb.errors import (
     IntegrityError,
     NotFoundError,
     SealedKBError,
     ValidationError,
 )
+from sealedkb.formats.aad import entry_doc_aad
 from sealedkb.keys.local import URI_PREFIX, LocalKeyProvider
 from sealedkb.keys.policy import SYSTEM_PRINCIPAL, parse_policy_text
 from sealedkb.keys.provider import KeyMetadata, KeyProvider, KeyState
@@ -50,8 +50,6 @@ from sealedkb.store.rekey import RekeyTable
 
 log = logging.getLogger("sealedkb.lifecycle")
 
-ENTRY_TABLE = "kb_entries"
-DOC_COLUMN = "doc"
 DEFAULT_REWRAP_BATCH = 100
 DEFAULT_REENCRYPT_BATCH = 500
 MAX_BATCH = 10000
@@ -546,7 +544,7 @@ class KeyLifecycle:
                 after = rows[-1].id
                 resealed = []
                 for row in rows:
-                    aad = field_aad(row.namespace, ENTRY_TABLE, DOC_COLUMN, str(row.id))
+                    aad = entry_doc_aad(row.namespace, row.id)
                     try:
                         plain = self.keyring.open(row.doc_sealed, aad)
                     except IntegrityError:

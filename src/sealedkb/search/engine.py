@@ -40,9 +40,10 @@ from numpy.typing import NDArray
 
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.sealed import FieldSealer, OpenFailedError, field_aad
+from sealedkb.crypto.sealed import FieldSealer, OpenFailedError
 from sealedkb.embed import Embedder
 from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
+from sealedkb.formats.aad import embedding_aad, embedding_aad_prefix
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.model import (
     EntryType,
@@ -65,8 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sealedkb.search")
 
-TABLE = "kb_entries"  # as in service.py: AAD table name
-EMBEDDING_COLUMN = "embedding"  # AAD column name of the sealed exact embedding
 DB_DIM = 384  # vector(384) columns of migration 003
 
 # DCPE and ANN settings, chosen by measurement (docs/SEARCH.md).
@@ -250,7 +249,7 @@ class SearchIndexer:
             cols.embedding_enc = cipher.encrypt(vector)[0]
             if sealer is None:
                 sealer = self.keyring.sealer(namespace, KeyPurpose.CONTENT)
-            aad = field_aad(namespace, TABLE, EMBEDDING_COLUMN, str(entry_id))
+            aad = embedding_aad(namespace, entry_id)
             cols.embedding_sealed = sealer.seal(vector_bytes(vector), aad)
         else:
             cols.embedding_plain = np.asarray(vector, dtype=np.float32)
@@ -536,7 +535,7 @@ class SearchEngine:
         if not cands:
             return []
         dim = qvec.shape[0]
-        prefix = field_aad(ns, TABLE, EMBEDDING_COLUMN, "")  # ".../embedding|" + id
+        prefix = embedding_aad_prefix(ns)
         ids = [str(c[0]) for c in cands]
         try:
             plains = self.keyring.open_many(

@@ -60,7 +60,7 @@ from sealedkb import __version__
 from sealedkb.audit.chain import AuditLog
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import encryption_context
-from sealedkb.crypto.sealed import DataKey, FieldOpener, field_aad
+from sealedkb.crypto.sealed import DataKey, FieldOpener
 from sealedkb.crypto.stream import (
     DEFAULT_CHUNK_SIZE,
     SnapshotKeys,
@@ -78,6 +78,7 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
+from sealedkb.formats.aad import ENTRIES_TABLE, entry_doc_aad
 from sealedkb.formats.entry_doc import decode_doc
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.wiring import key_provider, tls_files
@@ -115,8 +116,6 @@ KINDS = ("manual", "automated")
 DB_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MAX_NAME = 100
 RESTORE_SAMPLE = 32  # random sealed entries opened after a restore (plus one per data key)
-ENTRIES_TABLE = "kb_entries"
-DOC_COLUMN = "doc"
 
 # Actions recorded in the audit trail (the monitoring alarms read these names).
 CREATE, VERIFY, RESTORE, COPY, DELETE, DRILL = (
@@ -945,7 +944,7 @@ class Snapshots:
         opener = FieldOpener(resolve)
         entries = sio.sample_sealed_entries(conn, sample)
         for entry_id, namespace, blob in entries:
-            aad = field_aad(namespace, ENTRIES_TABLE, DOC_COLUMN, str(entry_id))
+            aad = entry_doc_aad(namespace, entry_id)
             try:
                 decode_doc(opener.open(blob, aad))
             except IntegrityError:

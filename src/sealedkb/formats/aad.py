@@ -1,0 +1,51 @@
+"""The one place AAD strings are made (docs/FORMATS.md §2 pins them with vectors).
+
+Every sealed field binds its place: ``sealedkb/v1|<namespace>|<table>|<column>|<id>``.
+A value copied to another row, column or namespace therefore fails to open. Callers
+ask for the AAD of a *place* (the entry document, the exact embedding) and never
+spell table or column names themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+__all__ = [
+    "AAD_PREFIX",
+    "DOC_COLUMN",
+    "EMBEDDING_COLUMN",
+    "ENTRIES_TABLE",
+    "embedding_aad",
+    "embedding_aad_prefix",
+    "entry_doc_aad",
+    "field_aad",
+]
+
+AAD_PREFIX = "sealedkb/v1"
+ENTRIES_TABLE = "kb_entries"
+DOC_COLUMN = "doc"  # the sealed entry document (column doc_sealed)
+EMBEDDING_COLUMN = "embedding"  # the sealed exact embedding (column embedding_sealed)
+
+
+def field_aad(namespace: str, table: str, column: str, entry_id: str) -> bytes:
+    """The AAD that binds a sealed value to its place (namespace, table, column, row)."""
+    for part in (namespace, table, column, entry_id):
+        if "|" in part:
+            raise ValueError("AAD components must not contain '|'")
+    return f"{AAD_PREFIX}|{namespace}|{table}|{column}|{entry_id}".encode()
+
+
+def entry_doc_aad(namespace: str, entry_id: uuid.UUID | str) -> bytes:
+    """AAD of an entry's sealed document."""
+    return field_aad(namespace, ENTRIES_TABLE, DOC_COLUMN, str(entry_id))
+
+
+def embedding_aad(namespace: str, entry_id: uuid.UUID | str) -> bytes:
+    """AAD of an entry's sealed exact embedding."""
+    return field_aad(namespace, ENTRIES_TABLE, EMBEDDING_COLUMN, str(entry_id))
+
+
+def embedding_aad_prefix(namespace: str) -> bytes:
+    """``embedding_aad(namespace, id) == embedding_aad_prefix(namespace) + id`` (the
+    hot search path appends ids to it instead of formatting each)."""
+    return field_aad(namespace, ENTRIES_TABLE, EMBEDDING_COLUMN, "")
