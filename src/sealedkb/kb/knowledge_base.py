@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 import logging
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -104,6 +104,14 @@ def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> No
             "the database says encryption is off, but this home has a keystore; refusing "
             "to store plaintext (check kb_meta, or use a separate home for a plaintext KB)"
         )
+
+
+def _in_scope(row: EntryRow | None, namespaces: Collection[str] | None) -> EntryRow:
+    """The row, if it exists and lies in the access scope; otherwise NOT_FOUND, the same
+    answer for a missing id and for another namespace's entry (no oracle)."""
+    if row is None or (namespaces is not None and row.namespace not in namespaces):
+        raise NotFoundError("entry not found", field="id")
+    return row
 
 
 class KnowledgeBase:
@@ -519,11 +527,11 @@ class KnowledgeBase:
         row = EntryRow(id=entry_id, namespace=namespace, entry_type=entry_type, **flags, **cols)
         return row, search_cols
 
-    def get(self, entry_id: str | uuid.UUID) -> Entry:
+    def get(self, entry_id: str | uuid.UUID, *, namespaces: Collection[str] | None = None) -> Entry:
+        """One entry. ``namespaces`` (an access scope) is checked on the row before any
+        key is touched: an entry outside it is not found, whatever state it is in."""
         eid = parse_entry_id(entry_id)
-        row = self.entries.get(eid)
-        if row is None:
-            raise NotFoundError("entry not found", field="id")
+        row = _in_scope(self.entries.get(eid), namespaces)
         return self._to_entry(row)
 
     def update(
@@ -532,6 +540,7 @@ class KnowledgeBase:
         patch: EntryPatch,
         *,
         expected_version: int | None = None,
+        namespaces: Collection[str] | None = None,
     ) -> Entry:
         eid = parse_entry_id(entry_id)
         if patch.is_empty():
@@ -555,9 +564,7 @@ class KnowledgeBase:
         if patch.archived is not None:
             flags["archived"] = patch.archived
         with self.db.transaction("update") as conn:
-            row = self.entries.get_for_update(conn, eid)
-            if row is None:
-                raise NotFoundError("entry not found", field="id")
+            row = _in_scope(self.entries.get_for_update(conn, eid), namespaces)
             if expected_version is not None and row.version != expected_version:
                 raise ConflictError(
                     f"entry is at version {row.version}, not {expected_version}; "
@@ -592,9 +599,12 @@ class KnowledgeBase:
         del changes["import_key"], changes["import_hash"]  # an edited chunk stays imported
         return changes
 
-    def delete(self, entry_id: str | uuid.UUID) -> None:
+    def delete(
+        self, entry_id: str | uuid.UUID, *, namespaces: Collection[str] | None = None
+    ) -> None:
         eid = parse_entry_id(entry_id)
-        if not self.entries.soft_delete(eid):
+        scope = tuple(namespaces) if namespaces is not None else None
+        if not self.entries.soft_delete(eid, namespaces=scope):
             raise NotFoundError("entry not found", field="id")
 
     def list(

@@ -142,12 +142,17 @@ class EntryTable:
         assert r is not None
         return _from_db(r)
 
-    def soft_delete(self, entry_id: uuid.UUID) -> bool:
+    def soft_delete(
+        self, entry_id: uuid.UUID, *, namespaces: tuple[str, ...] | None = None
+    ) -> bool:
+        """Mark deleted; ``namespaces`` limits it to rows of those namespaces."""
+        scope = list(namespaces) if namespaces is not None else None
         with self.db.transaction("delete") as conn:
             cur = conn.execute(
                 "UPDATE kb_entries SET deleted_at = now(), updated_at = now(),"
-                " version = version + 1 WHERE id = %s AND deleted_at IS NULL",
-                (entry_id,),
+                " version = version + 1 WHERE id = %s AND deleted_at IS NULL"
+                " AND (%s::text[] IS NULL OR namespace = ANY(%s::text[]))",
+                (entry_id, scope, scope),
             )
             return cur.rowcount == 1
 
