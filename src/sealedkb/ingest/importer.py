@@ -517,7 +517,7 @@ class Importer:
                     }
                 }
                 doc = EntryDoc(c.title, c.content, c.source, meta, self.tags)
-                row, cols = kb._sealed_row(
+                row, cols = kb.sealer.sealed_row(
                     ns,
                     self.entry_type.value,
                     eid,

@@ -18,13 +18,9 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from sealedkb.audit.chain import AuditLog
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.sealed import OpenFailedError
 from sealedkb.crypto.tokens import TOKEN_PREFIX, new_token, token_hash
 from sealedkb.embed import load_embedder
 from sealedkb.errors import (
@@ -36,10 +32,10 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
-from sealedkb.formats.aad import entry_doc_aad
-from sealedkb.formats.entry_doc import EntryDoc, decode_doc, encode_doc
+from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.ingest.importer import Importer, ImportSummary
 from sealedkb.kb.access import ALL_NAMESPACES, Principal, Role, parse_role
+from sealedkb.kb.sealer import EntrySealer
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
 from sealedkb.keys.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
@@ -170,12 +166,13 @@ class KnowledgeBase:
         if tokenizer is None:
             tokenizer = keyword_tokenizer(self.meta.all())
         self.indexer = SearchIndexer(self.keyring, self.embedder, tokenizer)
+        self.sealer = EntrySealer(self.keyring, self.indexer, self.telemetry)
         self.engine = SearchEngine(
             self.search_table,
             self.keyring,
             self.embedder,
-            self._open_sealed,
-            open_docs=self._open_sealed_many,
+            self.sealer.open_sealed,
+            open_docs=self.sealer.open_sealed_many,
             tokenizer=tokenizer,
         )
 
@@ -334,95 +331,6 @@ class KnowledgeBase:
     def encrypted(self) -> bool:
         return self.mode is EncryptionMode.ON
 
-    # --- sealing ----------------------------------------------------------------
-
-    def _store_columns(self, namespace: str, entry_id: uuid.UUID, doc: EntryDoc) -> dict[str, Any]:
-        """The kb_entries columns that hold ``doc``: sealed + tag tokens, or plaintext."""
-        if self.keyring is not None:
-            sealer, blinder = self.keyring.writer(namespace)
-            aad = entry_doc_aad(namespace, entry_id)
-            return {
-                "doc_sealed": sealer.seal(encode_doc(doc), aad),
-                "tag_tokens": [blinder.tag_token(t) for t in doc.tags],
-            }
-        return {
-            "title_plain": doc.title,
-            "content_plain": doc.content,
-            "source_plain": doc.source,
-            "metadata_plain": doc.metadata,
-            "tags_plain": list(doc.tags),
-        }
-
-    def _open_sealed(self, namespace: str, entry_id: uuid.UUID, blob: bytes) -> EntryDoc:
-        if self.keyring is None:
-            raise KeyUnavailableError("row is sealed but this knowledge base has no key")
-        aad = entry_doc_aad(namespace, entry_id)
-        try:
-            return decode_doc(self.keyring.open(blob, aad))
-        except IntegrityError:
-            # Ids are not secret; naming the entry tells the operator which row to check.
-            raise IntegrityError(f"entry {entry_id} failed its integrity check") from None
-
-    def _open_sealed_many(
-        self, namespace: str, items: Sequence[tuple[uuid.UUID, bytes]]
-    ) -> list[EntryDoc]:
-        """Open several sealed documents of one namespace in one batch (search hits)."""
-        if self.keyring is None:
-            raise KeyUnavailableError("row is sealed but this knowledge base has no key")
-        aads = [entry_doc_aad(namespace, eid) for eid, _ in items]
-        try:
-            plains = self.keyring.open_many([blob for _, blob in items], aads)
-        except OpenFailedError as exc:
-            bad = items[exc.index][0]
-            raise IntegrityError(f"entry {bad} failed its integrity check") from None
-        out = []
-        for (eid, _), plain in zip(items, plains, strict=True):
-            try:
-                out.append(decode_doc(plain))
-            except IntegrityError:
-                raise IntegrityError(f"entry {eid} failed its integrity check") from None
-        return out
-
-    def _open_doc(self, row: EntryRow) -> EntryDoc:
-        if row.doc_sealed is not None:
-            return self._open_sealed(row.namespace, row.id, row.doc_sealed)
-        if self.keyring is not None:
-            # A plaintext row in an encrypted knowledge base was written around sealedkb
-            # (or is a forgery): never serve it as if it were authentic.
-            self.telemetry.integrity_failure()
-            raise IntegrityError(f"entry {row.id} is not sealed in an encrypted knowledge base")
-        if row.content_plain is None:
-            raise IntegrityError("entry holds neither a sealed document nor plaintext")
-        return EntryDoc(
-            title=row.title_plain or "",
-            content=row.content_plain,
-            source=row.source_plain,
-            metadata=row.metadata_plain or {},
-            tags=tuple(row.tags_plain or ()),
-        )
-
-    def _to_entry(self, row: EntryRow, doc: EntryDoc | None = None) -> Entry:
-        """Build the Entry; ``doc`` skips opening when the caller just sealed it."""
-        if doc is None:
-            doc = self._open_doc(row)
-        assert row.created_at is not None and row.updated_at is not None
-        return Entry(
-            id=row.id,
-            namespace=row.namespace,
-            title=doc.title,
-            content=doc.content,
-            entry_type=EntryType(row.entry_type),
-            tags=doc.tags,
-            source=doc.source,
-            metadata=doc.metadata,
-            verified=row.verified,
-            archived=row.archived,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            version=row.version,
-            deleted_at=row.deleted_at,
-        )
-
     # --- operations ---------------------------------------------------------
 
     def add(
@@ -457,7 +365,7 @@ class KnowledgeBase:
         doc = EntryDoc(new.title, new.content, new.source, new.metadata, new.tags)
         vectors = self.indexer.embed([(doc.title, doc.content)])
         # Seal and index before touching the database: nothing is ever half-encrypted.
-        row, search_cols = self._sealed_row(
+        row, search_cols = self.sealer.sealed_row(
             new.namespace,
             new.entry_type.value,
             entry_id,
@@ -467,7 +375,7 @@ class KnowledgeBase:
             verified=new.verified,
         )
         stored, created = self.search_table.insert(row, search_cols, dedup=not force)
-        return self._to_entry(stored, doc if created else None)
+        return self.sealer.to_entry(stored, doc if created else None)
 
     def add_many(self, entries: Sequence[NewEntry], *, force: bool = False) -> list[Entry]:
         """Add up to MAX_ADD_BATCH entries (see :func:`new_entry`) in one transaction:
@@ -488,7 +396,7 @@ class KnowledgeBase:
 
         def prepared() -> Iterator[tuple[EntryRow, SearchColumns]]:
             for i, (new, doc) in enumerate(zip(entries, docs, strict=True)):
-                yield self._sealed_row(
+                yield self.sealer.sealed_row(
                     new.namespace,
                     new.entry_type.value,
                     uuid.uuid4(),
@@ -501,38 +409,16 @@ class KnowledgeBase:
         with self.db.transaction("add") as conn:
             stored = self.search_table.insert_many(conn, prepared(), dedup=not force)
         return [
-            self._to_entry(row, doc if created else None)
+            self.sealer.to_entry(row, doc if created else None)
             for (row, created), doc in zip(stored, docs, strict=True)
         ]
-
-    def _sealed_row(
-        self,
-        namespace: str,
-        entry_type: str,
-        entry_id: uuid.UUID,
-        doc: EntryDoc,
-        vector: NDArray[np.float32] | None,
-        *,
-        with_fingerprint: bool = True,
-        **flags: Any,
-    ) -> tuple[EntryRow, SearchColumns]:
-        """The sealed kb_entries row and its search columns for one entry, without
-        database access: the one place a new row is sealed and indexed (add, add_many,
-        import, migration). ``flags``: further EntryRow fields (verified, archived,
-        version) for rows that carry them over."""
-        cols = self._store_columns(namespace, entry_id, doc)
-        search_cols = self.indexer.columns(
-            namespace, entry_id, doc, vector, with_fingerprint=with_fingerprint
-        )
-        row = EntryRow(id=entry_id, namespace=namespace, entry_type=entry_type, **flags, **cols)
-        return row, search_cols
 
     def get(self, entry_id: str | uuid.UUID, *, namespaces: Collection[str] | None = None) -> Entry:
         """One entry. ``namespaces`` (an access scope) is checked on the row before any
         key is touched: an entry outside it is not found, whatever state it is in."""
         eid = parse_entry_id(entry_id)
         row = _in_scope(self.entries.get(eid), namespaces)
-        return self._to_entry(row)
+        return self.sealer.to_entry(row)
 
     def update(
         self,
@@ -572,15 +458,15 @@ class KnowledgeBase:
                     field="expected_version",
                 )
             changes: dict[str, Any] = dict(flags)
-            doc = self._open_doc(row)
+            doc = self.sealer.open_row(row)
             if values:
                 old = doc
                 doc = doc._replace(**values)
-                changes.update(self._store_columns(row.namespace, eid, doc))
+                changes.update(self.sealer.store_columns(row.namespace, eid, doc))
                 if (doc.title, doc.content) != (old.title, old.content):
                     changes.update(self._search_changes(conn, row.namespace, eid, doc))
             updated = self.entries.update(conn, eid, changes)
-        return self._to_entry(updated, doc)
+        return self.sealer.to_entry(updated, doc)
 
     def _search_changes(
         self, conn: Any, namespace: str, eid: uuid.UUID, doc: EntryDoc
@@ -651,7 +537,7 @@ class KnowledgeBase:
                 tuple(namespaces) if namespaces is not None else None,
             )
         )
-        return [self._to_entry(r) for r in rows]
+        return [self.sealer.to_entry(r) for r in rows]
 
     def stats(
         self, namespaces: builtins.list[str] | None = None, top_tags: int = 20
@@ -673,7 +559,9 @@ class KnowledgeBase:
                     if row is None:
                         continue
                     blinder = self.keyring.blinder(ns)
-                    names = [t for t in self._open_doc(row).tags if blinder.tag_token(t) == tag]
+                    names = [
+                        t for t in self.sealer.open_row(row).tags if blinder.tag_token(t) == tag
+                    ]
                     if not names:
                         continue
                     tag = names[0]

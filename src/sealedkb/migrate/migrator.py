@@ -1025,7 +1025,7 @@ def _entry_digest(kb: KnowledgeBase, row: EntryRow, *, in_place: bool) -> str:
         if in_place
         else {}
     )
-    return _row_digest(kb.keyring, row.namespace, row.entry_type, kb._open_doc(row), **facts)
+    return _row_digest(kb.keyring, row.namespace, row.entry_type, kb.sealer.open_row(row), **facts)
 
 
 # --- sealing -------------------------------------------------------------------------------
@@ -1074,7 +1074,7 @@ class _Sealer:
         out = []
         for r, doc, vec in zip(rows, docs, vectors, strict=True):
             eid, ns = r[0], r[1]
-            row, cols = kb._sealed_row(
+            row, cols = kb.sealer.sealed_row(
                 ns,
                 r[2],
                 eid,
@@ -1110,7 +1110,7 @@ class _Sealer:
         now = datetime.now(UTC)
         for e, doc, vec in zip(entries, docs, vectors, strict=True):
             eid = migrated_id(source_id, key_to_json(e.key))
-            row, cols = kb._sealed_row(e.namespace, e.entry_type, eid, doc, _as_vector(vec))
+            row, cols = kb.sealer.sealed_row(e.namespace, e.entry_type, eid, doc, _as_vector(vec))
             created = e.created_at or now
             facts = {
                 "created_at": created,
@@ -1144,6 +1144,7 @@ def _offline_kb(settings: Settings, ring: KeyRing) -> KnowledgeBase:
     sealing and indexing code without a database (nothing it does touches ``db``)."""
     kb = KnowledgeBase.__new__(KnowledgeBase)
     from sealedkb.embed import load_embedder
+    from sealedkb.kb.sealer import EntrySealer
     from sealedkb.monitoring.telemetry import Telemetry
     from sealedkb.search.engine import SearchIndexer
 
@@ -1153,6 +1154,7 @@ def _offline_kb(settings: Settings, ring: KeyRing) -> KnowledgeBase:
     kb.telemetry = Telemetry()
     kb.embedder = load_embedder(settings.embedder)
     kb.indexer = SearchIndexer(ring, kb.embedder)
+    kb.sealer = EntrySealer(ring, kb.indexer, kb.telemetry)
     return kb
 
 

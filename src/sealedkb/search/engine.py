@@ -661,7 +661,7 @@ def reembed(
         if not rows:
             break
         after = rows[-1].id
-        docs = [kb._open_doc(r) for r in rows]
+        docs = [kb.sealer.open_row(r) for r in rows]
         vectors = emb.embed([embedding_text(d.title, d.content) for d in docs])
         with kb.db.transaction("reembed") as conn:
             for r, v in zip(rows, vectors, strict=True):
