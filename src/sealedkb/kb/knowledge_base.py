@@ -61,7 +61,7 @@ from sealedkb.model import (
 )
 from sealedkb.monitoring.telemetry import Telemetry
 from sealedkb.search import text
-from sealedkb.search.engine import SearchEngine, SearchIndexer, SearchResult, reembed
+from sealedkb.search.engine import SearchEngine, SearchIndexer, SearchMode, SearchResult, reembed
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
@@ -617,9 +617,31 @@ class KnowledgeBase:
 
     # --- search, import (search.py, importer.py) --------------------------------
 
-    def search(self, query: str, **options: Any) -> SearchResult:
-        """Hybrid (default), semantic or keyword search; see SearchEngine.search."""
-        return self.engine.search(query, **options)
+    def search(
+        self,
+        query: str,
+        *,
+        mode: str | SearchMode = SearchMode.HYBRID,
+        limit: int = 10,
+        offset: int = 0,
+        namespace: str = DEFAULT_NAMESPACE,
+        entry_type: str | None = None,
+        tags: Sequence[str] = (),
+        since: str | datetime | None = None,
+    ) -> SearchResult:
+        """Hybrid (default), semantic or keyword search within one namespace, newest
+        information first on ties; ``tags`` must all match; ``since`` is a date or ISO
+        time. Every hit is opened and checked before it is returned."""
+        return self.engine.search(
+            query,
+            mode=mode,
+            limit=limit,
+            offset=offset,
+            namespace=namespace,
+            entry_type=entry_type,
+            tags=tags,
+            since=since,
+        )
 
     def import_paths(
         self,
