@@ -3,7 +3,7 @@
 Both modes run in one process against one embedded PostgreSQL (durable default
 settings), on the same generated corpus, interleaved in small rounds so machine
 noise hits both alike. Prints p50/p95 per operation and the encrypted/plaintext
-ratio of the medians (DESIGN.md §9). Goal (issue 2): ratio <= 1.05 for get and add.
+ratio of the medians (docs/DESIGN.md §9). Goal (store operations): ratio <= 1.05 for get and add.
 
     python bench/bench_crud.py [--entries 1500] [--gets 5000] [--lists 300] [--json]
 """

@@ -1,6 +1,6 @@
 """Row layout of kb_entries vs search and get latency, encrypted vs plaintext.
 
-The question (issue 3, hybrid p95): an encrypted row carries ~2.6 KB more than a
+The question (search performance, hybrid p95): an encrypted row carries ~2.6 KB more than a
 plaintext one (the sealed exact embedding, a tsvector of 20-character blind
 tokens), so with everything inline (migration 001: toast_tuple_target 8160) an
 encrypted row fills a heap page alone while plaintext rows share one, and a

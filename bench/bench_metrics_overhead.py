@@ -1,9 +1,9 @@
-"""Benchmark: what metrics instrumentation costs per operation (issue 9: < 2 %).
+"""Benchmark: what metrics instrumentation costs per operation (goal: < 2 %).
 
 One encrypted knowledge base on an embedded PostgreSQL (durable defaults), one
 corpus, operations run with instrumentation **off** and **on** in the same run,
 interleaved in small rounds with alternating order so machine noise hits both
-alike (DESIGN.md §9). "on" is what ``serve`` does (monitor.register_kb): every
+alike (docs/DESIGN.md §9). "on" is what ``serve`` does (monitoring.metrics.register_kb): every
 operation timed into a Prometheus histogram and key-provider calls observed;
 "off" is ``SEALEDKB_METRICS_ENABLED=false`` (monitor.uninstrument_kb). The
 plain-integer counters (data-key cache hits, key calls, integrity failures) are
@@ -13,7 +13,7 @@ Besides the end-to-end ratios, prints the added cost per call of the timing
 wrapper itself, measured on a no-op (noise-free, in nanoseconds).
 
 Operations are a table (OPS): ``search`` is picked up automatically when the
-knowledge base has it (issue 3), with queries drawn from the corpus words.
+knowledge base has it (hybrid search), with queries drawn from the corpus words.
 
     python bench/bench_metrics_overhead.py [--entries 1000] [--rounds 100] [--json]
 """
@@ -55,7 +55,7 @@ def build_ops(kb: KnowledgeBase, ids: list[str], size: int) -> dict[str, tuple[O
         "get": (lambda kb, rng: kb.get(rng.choice(ids)), 40),
         "list50": (lambda kb, rng: kb.list(limit=50, offset=rng.randrange(len(ids) - 50)), 4),
     }
-    if hasattr(kb, "search"):  # after issue 3 is merged
+    if hasattr(kb, "search"):  # knowledge bases with search
         ops["search"] = (lambda kb, rng: kb.search(" ".join(rng.sample(WORDS, 2))), 10)  # type: ignore[attr-defined]
     return ops
 

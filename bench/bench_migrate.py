@@ -1,4 +1,4 @@
-"""Benchmark: ``migrate plan``'s estimate vs the measured ``migrate run`` (issue 7).
+"""Benchmark: ``migrate plan``'s estimate vs the measured ``migrate run``.
 
 For each size in ``--sizes`` (default 10k and 100k entries) this script:
 
@@ -23,7 +23,7 @@ For each size in ``--sizes`` (default 10k and 100k entries) this script:
 
     PYTHONPATH=src:bench python bench/bench_migrate.py [--sizes 10000,100000] [--json]
 
-Goal (issue 7): estimate / measured between 0.5 and 2.0 at 10k and 100k entries.
+Goal: estimate / measured between 0.5 and 2.0 at 10k and 100k entries.
 Nothing secret is printed or saved: no key material, no content.
 """
 

@@ -22,7 +22,7 @@ bench/corpus.py (identical vectors for both modes).
     python bench/bench_search.py [--distractors tutorial,howto,...] [--migrated] [--json]
 
 ``--migrated`` also migrates each plaintext knowledge base in place
-(``sealedkb migrate run``) and evaluates it again: issue 7's "search quality
+(``sealedkb migrate run``) and evaluates it again: the migration's goal "search quality
 holds on the migrated data".
 """
 
@@ -108,7 +108,7 @@ def main() -> int:
     ap.add_argument(
         "--migrated",
         action="store_true",
-        help="also migrate the plaintext knowledge base in place and evaluate it (issue 7)",
+        help="also migrate the plaintext knowledge base in place and evaluate it (migration)",
     )
     args = ap.parse_args()
     distractors = [d for d in args.distractors.split(",") if d]
@@ -151,7 +151,7 @@ def main() -> int:
                     )
                     kb.close()
                     if mode is EncryptionMode.OFF and args.migrated:
-                        # issue 7: the same plaintext knowledge base, migrated in place
+                        # migration: the same plaintext knowledge base, migrated in place
                         t0 = time.perf_counter()
                         Migrator(settings).run()
                         kb = KnowledgeBase.open(settings)

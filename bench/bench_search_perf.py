@@ -1,6 +1,6 @@
 """Search latency and ingest throughput, encrypted vs plaintext, on >= 10k entries.
 
-Method (DESIGN.md §9): both modes in one process against one embedded
+Method (docs/DESIGN.md §9): both modes in one process against one embedded
 PostgreSQL 18 + pgvector (durable default settings), same entries, same
 queries, interleaved in small rounds with alternating order; ratios of medians.
 
@@ -23,7 +23,7 @@ Queries: the FAQ questions plus section headings of the documentation
 modes), run as hybrid (the goal), keyword and semantic searches with limit 10.
 Query embedding time is measured separately on the real model. Semantic recall@10
 against exact plaintext search is reported for both modes, so the latency
-comparison is at equal recall (ef_search / over-fetch as configured in search.py).
+comparison is at equal recall (ef_search / over-fetch as configured in search/engine.py).
 
     python bench/bench_search_perf.py [--entries 10000] [--queries 300] [--json]
 """
@@ -167,7 +167,7 @@ def main() -> int:
             for q in queries:  # warm: query vectors cached, plans, data keys
                 for m in MODES:
                     kbs[m].search(q, limit=10)
-            # Equal recall (DESIGN.md §9): the encrypted mode runs with the shipped
+            # Equal recall (docs/DESIGN.md §9): the encrypted mode runs with the shipped
             # settings; the plaintext mode's ef_search is raised until its semantic
             # recall@10 against exact search is at least the encrypted mode's.
             recall = semantic_recall(kbs, queries, qvecs, entries)

@@ -1,4 +1,4 @@
-"""Benchmark: snapshot create, verify and restore throughput and peak memory (issue 6).
+"""Benchmark: snapshot create, verify and restore throughput and peak memory.
 
 For each size (default 10k and 100k entries of ~1.5 KB content) this script:
 
@@ -20,7 +20,7 @@ For each size (default 10k and 100k entries of ~1.5 KB content) this script:
 
     PYTHONPATH=src:. python bench/bench_snapshots.py [--sizes 10000,100000] [--durable] [--json]
 
-Goal (issue 6): verify >= 100 MB/s; create and restore bound by PostgreSQL, not by
+Goal: verify >= 100 MB/s; create and restore bound by PostgreSQL, not by
 crypto (compare create with pg-copy-out, and restore with verify: the crypto work of
 a restore is what verify does).
 """

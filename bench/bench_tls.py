@@ -2,7 +2,7 @@
 
 One embedded PostgreSQL (durable defaults) reached three ways, all in
 encrypted mode, in one process, interleaved in small rounds so machine noise
-hits each alike (DESIGN.md §9):
+hits each alike (docs/DESIGN.md §9):
 
 - ``socket``: the server's Unix socket (the embedded default);
 - ``tcp``: pgbouncer on 127.0.0.1 without TLS (the proxy and TCP hop alone);

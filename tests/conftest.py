@@ -112,7 +112,7 @@ def any_kb(
     knowledge_base.close()
 
 
-# --- database transport: Unix socket or TLS endpoint (issue #8) ---------------
+# --- database transport: Unix socket or TLS endpoint (verified TLS) ------------
 #
 # ``database_url`` reaches the test server over its Unix socket, or through a
 # pgbouncer TLS endpoint with sslmode=verify-full (tests/tlsserver.py). Choose:

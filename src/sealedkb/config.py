@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     http_rate_per_second: float = Field(default=20.0, gt=0, le=10_000)
     http_rate_burst: int = Field(default=60, ge=1, le=100_000)
     http_max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
-    # Monitoring and alarms (alarms.py, docs/ENCRYPTION-KEY-MANAGEMENT.md §22).
+    # Monitoring and alarms (monitoring/alarms.py, docs/ENCRYPTION-KEY-MANAGEMENT.md §22).
     # metrics_enabled=false turns off per-operation timing and key-call latency
     # histograms (the bench's "off"); counters the alarms need stay on.
     metrics_enabled: bool = True

@@ -1,7 +1,7 @@
 """One exception tree for sealedkb.
 
 Every error carries a stable machine-readable ``code`` (also the MCP error code),
-a process ``exit_code`` (DESIGN.md §7) and optionally the ``field`` it concerns.
+a process ``exit_code`` (docs/DESIGN.md §7) and optionally the ``field`` it concerns.
 Messages are written for users: they never carry plaintext of stored entries,
 key material or SQL.
 """

@@ -1,5 +1,5 @@
 """Each built-in alarm driven into ALARM by its real condition and back to OK when the
-condition clears (issue 9), on a real PostgreSQL, evaluated in-process with an
+condition clears (monitoring and alarms), on a real PostgreSQL, evaluated in-process with an
 injected clock; a real local webhook receiver gets exactly one notification per
 change into or out of ALARM, signed, and free of plaintext, ids and key URIs."""
 

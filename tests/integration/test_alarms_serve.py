@@ -1,4 +1,4 @@
-"""Alarms and metrics through a real ``sealedkb serve`` subprocess (issue 9): the key
+"""Alarms and metrics through a real ``sealedkb serve`` subprocess (monitoring and alarms): the key
 is disabled by an operator in another process, an agent's call fails, serve's own
 evaluator raises KeyDisabled and tells a local webhook once; enabling the key
 brings it back to OK, once. ``/metrics`` parses with prometheus-client's parser and

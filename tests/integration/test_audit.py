@@ -1,4 +1,4 @@
-"""The audit trail (issue 5, DESIGN.md §5): exactly the expected events per command,
+"""The audit trail (docs/DESIGN.md §5): exactly the expected events per command,
 hash chain and signed checkpoints, and tampering done in SQL or on the files."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Acceptance: entries holding a unique marker are added (and, since issue 3, keyword
+"""Acceptance: entries holding a unique marker are added (and, since the search columns, keyword
 indexed, tagged, embedded and imported from a file, and searched); after CHECKPOINT the marker
 appears nowhere under the PostgreSQL data directory (tables, WAL, everything) nor
 in a pg_dump of the database. With ``--encryption off`` the same test finds it in

@@ -1,4 +1,4 @@
-"""Key lifecycle end to end (issue 5): rotation, disable/enable, scheduled deletion,
+"""Key lifecycle end to end: rotation, disable/enable, scheduled deletion,
 crypto-shredding, key policies — through the CLI and the service, on a real
 PostgreSQL, with the audit trail checked along the way."""
 

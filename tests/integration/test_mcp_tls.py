@@ -1,4 +1,4 @@
-"""The HTTP MCP server over TLS (issue 8): the client round trip over HTTPS with a
+"""The HTTP MCP server over TLS (transport security): the client round trip over HTTPS with a
 test CA, HSTS, refusal of an unverified client, mutual TLS, and refusal of a
 non-loopback bind without TLS."""
 

@@ -1,4 +1,4 @@
-"""Acceptance (issue 7): a plaintext sealedkb with >= 10k entries, canary markers among
+"""Acceptance (migration): a plaintext sealedkb with >= 10k entries, canary markers among
 them, is migrated in place on the real product path (embedded server in the home).
 Afterwards the markers appear nowhere under the PostgreSQL data directory (tables,
 indexes, WAL, free space, the server log) nor in the home (snapshot, keystore) nor

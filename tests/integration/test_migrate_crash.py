@@ -1,4 +1,4 @@
-"""Issue 7: a migration killed with SIGKILL resumes and completes (nothing lost or
+"""Migration: a run killed with SIGKILL resumes and completes (nothing lost or
 duplicated), and a rollback gives readers a clear error, never wrong data."""
 
 from __future__ import annotations

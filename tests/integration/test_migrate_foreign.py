@@ -1,4 +1,4 @@
-"""Migration of a foreign ``knowledge_entries`` table (issue 7): mapping checks before
+"""Migration of a foreign ``knowledge_entries`` table (runbook §25): mapping checks before
 anything changes, counts and digests after, rollback to the pre-migration snapshot."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""In-place migration of a plaintext sealedkb (issue 7): run, verify, rollback."""
+"""In-place migration of a plaintext sealedkb (runbook §25): run, verify, rollback."""
 
 from __future__ import annotations
 

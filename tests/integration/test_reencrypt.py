@@ -1,4 +1,4 @@
-"""Data-key rotation and online re-encryption (issue 5): new writes go to the new
+"""Data-key rotation and online re-encryption (key lifecycle): new writes go to the new
 data keys, ``reencrypt`` moves old rows in batches, survives SIGKILL and a rerun
 finishes with no row lost or double-encrypted."""
 

@@ -27,7 +27,7 @@ from sealedkb.search.engine import (
     vector_from_bytes,
 )
 
-# Search runs over the Unix socket and through the verified-TLS endpoint (issue 8).
+# Search runs over the Unix socket and through the verified-TLS endpoint (database transport).
 pytestmark = pytest.mark.db_transports("socket", "tls")
 
 

@@ -23,7 +23,7 @@ from sealedkb.model import MAX_CONTENT_BYTES, EntryPatch, EntryType
 pytestmark = pytest.mark.db_transports("socket", "tls")
 
 TOKEN_RE = re.compile(r"^[0-9a-f]{20}$")
-SEALED_OVERHEAD = 61  # 0x01 | key id | salt | nonce | ... | tag (DESIGN.md §4)
+SEALED_OVERHEAD = 61  # 0x01 | key id | salt | nonce | ... | tag (docs/DESIGN.md §4)
 
 
 # --- helpers ----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Encrypted snapshots (issue 6) on a real PostgreSQL: CLI and JSON, canary, tampering
+"""Encrypted snapshots on a real PostgreSQL: CLI and JSON, canary, tampering
 (flip anywhere, truncate, reorder, splice) with exit 6 and no database left behind,
 a 10k-entry restore round trip, copy under a second key, key disabled, retention
 with an injected clock, automated snapshots under ``serve``, restore targets,

@@ -1,4 +1,4 @@
-"""The auditor summary of ``sealedkb status`` (issue 7, item 5) on a real PostgreSQL:
+"""The auditor summary of ``sealedkb status`` (runbook §24) on a real PostgreSQL:
 all OK for an encrypted knowledge base with a snapshot, FAIL for a plaintext one,
 snapshots counted with their KMS key ids, a damaged snapshot file, a tampered
 audit row, the long-trail fallback, the extension hook, and the human table."""

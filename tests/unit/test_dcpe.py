@@ -1,4 +1,4 @@
-"""DCPE properties (DESIGN.md §4): exact rotation, bounded noise, fresh randomness."""
+"""DCPE properties (docs/DESIGN.md §4): exact rotation, bounded noise, fresh randomness."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Key lifecycle and key policies in the local provider (DESIGN.md §4), clock injected."""
+"""Key lifecycle and key policies in the local provider (docs/DESIGN.md §4), clock injected."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The built-in file-backed key provider (DESIGN.md §4, local provider)."""
+"""The built-in file-backed key provider (docs/DESIGN.md §4, local provider)."""
 
 from __future__ import annotations
 

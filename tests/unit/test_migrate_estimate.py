@@ -1,4 +1,4 @@
-"""migrate plan's duration model (issue 7; calibrated by bench/bench_migrate.py)."""
+"""migrate plan's duration model (calibrated by bench/bench_migrate.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sealed field format v1 (DESIGN.md §4): known answers, layout, round trips, tampering."""
+"""Sealed field format v1 (docs/DESIGN.md §4): known answers, layout, round trips, tampering."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The snapshot container without a database (snapfile.py): round trips of
+"""The snapshot container without a database (snapshots/fileformat.py): round trips of
 synthetic COPY data, chunk-boundary cases, the writer thread's failure path, and
 structural damage named by part."""
 

@@ -1,4 +1,4 @@
-"""Keyword pipeline and blind tokens: known-answer tests (DESIGN.md §4)."""
+"""Keyword pipeline and blind tokens: known-answer tests (docs/DESIGN.md §4)."""
 
 from __future__ import annotations
 

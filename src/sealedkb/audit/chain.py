@@ -1,4 +1,4 @@
-"""The tamper-evident audit trail (DESIGN.md §5; formats in docs/FORMATS.md §11-12).
+"""The tamper-evident audit trail (docs/DESIGN.md §5; formats in docs/FORMATS.md §11-12).
 
 Every key operation and administrative action, success or failure, appends one
 event to ``kb_audit``: who (principal), what (action), on which key and
@@ -22,7 +22,7 @@ Integrity, in two layers:
 Where an event is written: in the same database transaction as the change it
 records (``AuditLog.transaction``). Key-store file changes have no database
 transaction of their own, so they happen *inside* the transaction that then
-appends their event; see lifecycle.py for the remaining window.
+appends their event; see keys/lifecycle.py for the remaining window.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Keyed blind tokens (DESIGN.md §4): equality-searchable, content-hiding.
+"""Keyed blind tokens (docs/DESIGN.md §4): equality-searchable, content-hiding.
 
 token = hex(first 10 bytes of HMAC-SHA256(index key, domain || 0x00 || value)).
 The domain separates tags from keyword tokens so a tag never matches a word.
@@ -33,7 +33,7 @@ class Blinder:
         self._words_max = cache_size
 
     def tag_token(self, tag: str) -> str:
-        """Token of an already-normalised tag (see domain.validate_tags)."""
+        """Token of an already-normalised tag (see model.validate_tags)."""
         return self._token("tag", tag)
 
     def word_token(self, word: str) -> str:

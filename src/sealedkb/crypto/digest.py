@@ -1,4 +1,4 @@
-"""Hashes and MACs for the audit trail (DESIGN.md §5).
+"""Hashes and MACs for the audit trail (docs/DESIGN.md §5).
 
 Kept in ``crypto/`` so the rest of sealedkb never picks a hash function itself:
 the chain hash and the checkpoint MAC are defined once, here, and the format is

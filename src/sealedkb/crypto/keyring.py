@@ -79,7 +79,7 @@ class KeyRing:
         self._ciphers_by_ns: dict[tuple[str, int, float], tuple[VectorCipher, float]] = {}
         self.opener = FieldOpener(self._resolve)
         self.unwrap_calls = 0
-        # Data-key cache hits and misses, read by monitor.py (plain ints: crypto/ does
+        # Data-key cache hits and misses, read by monitoring/metrics.py (plain ints: crypto/ does
         # not import a metrics library). Incremented without a lock on the hot path, so
         # under heavy thread contention a count may rarely be lost; they are metrics.
         self.cache_hits = 0
@@ -242,7 +242,7 @@ class KeyRing:
         try:
             return self.opener.open(blob, aad)
         except IntegrityError:
-            # Counted for the IntegrityFailures alarm (monitor.py reads it).
+            # Counted for the IntegrityFailures alarm (monitoring/metrics.py reads it).
             self.open_failures += 1
             raise
 

@@ -1,4 +1,4 @@
-"""Sealed field, format v1 (DESIGN.md §4; spec in docs/FORMATS.md).
+"""Sealed field, format v1 (docs/DESIGN.md §4; spec in docs/FORMATS.md).
 
     0x01 | data_key_id (16) | salt (16) | nonce (12) | AES-256-GCM(subkey, nonce, pad64(pt), aad)
 

@@ -1,4 +1,4 @@
-"""Distance-comparison-preserving encryption of embeddings (DCPE, DESIGN.md §4).
+"""Distance-comparison-preserving encryption of embeddings (DCPE, docs/DESIGN.md §4).
 
 Scheme (Scale-And-Perturb, Fuchsbauer, Ghosal, Hauke, O'Neill, SCN 2022, with a
 key-derived rotation in front)::

@@ -433,7 +433,7 @@ ProgressFn = Callable[[str, int, int], None]  # (display path, done, total)
 
 
 class Importer:
-    """Imports files into one namespace of a knowledge base (service.py wires it)."""
+    """Imports files into one namespace of a knowledge base (kb/knowledge_base.py wires it)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Who may do what: principals, roles and namespace scopes (DESIGN.md §7, issue 4).
+"""Who may do what: principals, roles and namespace scopes (docs/DESIGN.md §7).
 
 A principal is the local operator (CLI, stdio MCP: everything) or the holder of
 a bearer token (HTTP MCP: a role and a set of namespaces). Reads of entries in

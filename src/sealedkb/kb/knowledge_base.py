@@ -1,7 +1,7 @@
 """The knowledge base: where plaintext meets crypto.
 
 In encrypted mode an entry's text fields (title, content, source, metadata,
-tags) are sealed together as one document (codec.py) with format v1 under the
+tags) are sealed together as one document (formats/entry_doc.py) with format v1 under the
 namespace's content data key, the AAD binding namespace, table, column and
 entry id; tags are also stored as keyed blind tokens so they filter in SQL.
 Sealing happens before any write, so a key failure never leaves a half-encrypted
@@ -94,7 +94,7 @@ def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> No
     """kb_meta says plaintext, but this home holds a keystore: someone with SQL access
     may have flipped the mode to make new writes land in clear. Refuse, unless an
     in-place migration guard MACed under that keystore says it is the migration's
-    (migration_guard.py)."""
+    (migrate/guard.py)."""
     if (settings.keys_dir / "root.json").exists() and not guard_allows_keystore(settings, guard):
         raise IntegrityError(
             "the database says encryption is off, but this home has a keystore; refusing "
@@ -138,9 +138,10 @@ class KnowledgeBase:
         self.tokens = TokenTable(db)
         self.keyring: KeyRing | None = None
         # Process counters (key-provider calls, integrity failures) for metrics and
-        # alarms (monitor.py, alarms.py); plain integers, no metrics library here.
+        # alarms (monitoring/metrics.py, monitoring/alarms.py); plain integers, no
+        # metrics library here.
         self.telemetry = Telemetry()
-        # Key lifecycle and audit trail (lifecycle.py, audit.py): every key operation
+        # Key lifecycle and audit trail (keys/lifecycle.py, audit/chain.py): every key operation
         # of this process is recorded under its principal.
         self.principal = provider.principal if provider else (principal or settings.principal)
         self.audit = AuditLog(
@@ -160,7 +161,7 @@ class KnowledgeBase:
                 max_age=settings.data_key_max_age,
             )
             self.keys = KeyLifecycle(db, provider, kms_key_uri, self.audit, self.keyring)
-        # Search (search.py): the model loads lazily, on the first text to embed.
+        # Search (search/engine.py): the model loads lazily, on the first text to embed.
         self.embedder = load_embedder(settings.embedder)
         self.search_table = SearchTable(db)
         if tokenizer is None:
@@ -615,7 +616,7 @@ class KnowledgeBase:
         scopes = None if ALL_NAMESPACES in rec.namespaces else frozenset(rec.namespaces)
         return Principal(rec.name, Role(rec.role), scopes)
 
-    # --- search, import (search.py, importer.py) --------------------------------
+    # --- search, import (search/engine.py, ingest/importer.py) --------------------------------
 
     def search(
         self,
@@ -746,7 +747,7 @@ class KnowledgeBase:
         return self.keys.rekey.data_key_counts()
 
     def _key_status(self) -> dict[str, Any]:
-        """Rotation facts, and where the rows are (issue 5): data keys on the newest
+        """Rotation facts, and where the rows are (key lifecycle): data keys on the newest
         KMS key version, entries on active / retired data keys."""
         if self.keys is None:
             return {"key_rotation": None, "entries_by_data_key": None}

@@ -1,4 +1,4 @@
-"""The auditor summary of ``sealedkb status`` (issue 7, item 5).
+"""The auditor summary of ``sealedkb status`` (runbook §24).
 
 One short list of checks that answers an auditor's questions in one screen:
 is storage encrypted, which KMS key and in what state, is it rotated, where
@@ -14,7 +14,7 @@ only when every check is ``true``. Runbook: docs/ENCRYPTION-KEY-MANAGEMENT.md §
 
 Built from :meth:`KnowledgeBase.status` (so nothing is queried twice) plus a
 header-only read of the snapshot folder and :meth:`AuditLog.verify`. It lives
-here, not in service.py, because snapshots.py imports service.py.
+here, not in kb/knowledge_base.py, because snapshots/service.py imports it.
 
 Never in here: entry text, key material, SQL. Values are ids, counts, states,
 dates and fixed phrases; error texts are the errors' own messages, which are
@@ -438,7 +438,7 @@ def _transport(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
 
 @register_check
 def migration(kb: KnowledgeBase, st: dict[str, Any]) -> Check | None:
-    """State of the plaintext-to-encrypted migration (migration.py), if one ever ran:
+    """State of the plaintext-to-encrypted migration (migrate/migrator.py), if one ever ran:
     OK when complete, WARN while it runs or after a rollback."""
     from sealedkb.migrate.guard import COMPLETE, MARKER, parse_marker
 

@@ -1,6 +1,6 @@
 """Wiring: settings -> database (embedded or external) -> key provider -> key ring.
 
-Kept apart from service.py so the knowledge-base logic reads without plumbing.
+Kept apart from kb/knowledge_base.py so the knowledge-base logic reads without plumbing.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ its audit event, KMS key rotation followed by re-wrapping every data key,
 data-key rotation, online re-encryption of entries, and the key service's own
 schedule (automatic rotation, destruction after the pending window).
 
-Transactions and the audit trail (DESIGN.md §5):
+Transactions and the audit trail (docs/DESIGN.md §5):
 
 - Database changes (re-wrapped data keys, rotated data keys, re-sealed rows) and
   their events commit in one transaction.

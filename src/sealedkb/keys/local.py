@@ -12,7 +12,7 @@ Layout (all files 0600, folder 0700):
 Data keys are wrapped as ``0x01 | version (4, BE) | keywrap(material_v, dk, aad)``
 with aad = canonical JSON of the key id, the version and the encryption context.
 
-Lifecycle (DESIGN.md §4, AWS KMS semantics): rotation adds a material version
+Lifecycle (docs/DESIGN.md §4, AWS KMS semantics): rotation adds a material version
 (old versions stay to unwrap); disable/enable flip the state; scheduled deletion
 waits 7-30 days, then :meth:`LocalKeyProvider.destroy_key_if_due` removes every
 material version from the record (crypto-shredding: wrapped data keys can then
@@ -153,7 +153,7 @@ def _read_root_key_file(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class RootKeySource:
-    """Where the root key comes from; resolved in DESIGN.md §4's order."""
+    """Where the root key comes from; resolved in docs/DESIGN.md §4's order."""
 
     key_file: Path | None = None
     passphrase: str | None = None

@@ -1,4 +1,4 @@
-"""Key policies: who may do what with one KMS key (DESIGN.md §4).
+"""Key policies: who may do what with one KMS key (docs/DESIGN.md §4).
 
 A policy is a small JSON document in the shape AWS KMS key policies have, so an
 auditor reads it without a manual::
@@ -47,7 +47,7 @@ _SID_RE = re.compile(r"[A-Za-z0-9_.:-]{0,128}")
 
 
 class Action(StrEnum):
-    """Actions a key policy governs (DESIGN.md §4, plus the two reads/toggles AWS has)."""
+    """Actions a key policy governs (docs/DESIGN.md §4, plus the two reads/toggles AWS has)."""
 
     ENCRYPT = "Encrypt"
     DECRYPT = "Decrypt"

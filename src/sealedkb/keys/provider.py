@@ -111,7 +111,7 @@ class KeyProvider(Protocol):
         """Operator-facing warnings about custody (e.g. a development root key)."""
         ...
 
-    # --- lifecycle (DESIGN.md §4; AWS KMS semantics) ---------------------------
+    # --- lifecycle (docs/DESIGN.md §4; AWS KMS semantics) ---------------------------
 
     def rotate_key(self, key_uri: str) -> KeyMetadata:
         """On-demand rotation: a new material version; old versions keep unwrapping."""

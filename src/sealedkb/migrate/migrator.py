@@ -1230,7 +1230,7 @@ def _estimate(
 
 
 # Rates of the database's share, from bench/bench_migrate.py on 2 shared cores,
-# embedded PostgreSQL 18 with durable defaults (see PERFORMANCE.md, issue 7).
+# embedded PostgreSQL 18 with durable defaults (see docs/PERFORMANCE.md, migration).
 WRITE_S_PER_ROW = 0.0003  # shadow upsert + digest row, 500 per transaction
 INDEX_S_PER_ROW = 0.00012  # B-tree and GIN indexes of one row
 HNSW_S_PER_ROW = 0.0003  # HNSW build, graph within maintenance_work_mem

@@ -16,7 +16,7 @@ Two kinds of metric, for cost reasons:
 Labels are bounded and never carry plaintext, ids, keys, SQL or queries:
 operations and tools are fixed names, outcomes are ``ok`` or an error code,
 key states and alarm states are enumerations, and namespaces (stored in clear,
-DESIGN.md §3) are capped at the ``NAMESPACE_LABELS`` largest, the rest summed
+docs/DESIGN.md §3) are capped at the ``NAMESPACE_LABELS`` largest, the rest summed
 under ``namespace="_other"``.
 """
 

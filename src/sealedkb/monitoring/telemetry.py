@@ -1,11 +1,11 @@
 """Process counters of one knowledge base, kept as plain integers.
 
 Why plain integers and not Prometheus objects: the key layer and the service
-must not depend on a metrics library (only ``monitor.py`` speaks Prometheus), and
+must not depend on a metrics library (only ``monitoring/metrics.py`` speaks Prometheus), and
 the alarm evaluator needs exact counts to take differences of. The counters
 here are cumulative since the knowledge base was opened in this process; the
-Prometheus collector (monitor.py) reads them at scrape time, the alarm
-evaluator (alarms.py) samples them every tick.
+Prometheus collector (metrics.py) reads them at scrape time, the alarm
+evaluator (alarms.py, beside it) samples them every tick.
 
 What is counted is bounded by construction: operation names are the provider's
 method names, outcomes are ``ok`` or an error code, key states are the four
@@ -34,7 +34,7 @@ class Telemetry:
     key_calls: dict[tuple[str, str], int] = field(default_factory=dict)
     key_state_refusals: dict[str, int] = field(default_factory=dict)
     integrity_failures: int = 0
-    # Set by monitor.py when metrics are enabled: (operation, outcome, seconds).
+    # Set by monitoring/metrics.py when metrics are enabled: (operation, outcome, seconds).
     key_call_observer: KeyCallObserver | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

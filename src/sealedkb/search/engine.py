@@ -1,6 +1,6 @@
-"""Hybrid search over sealed entries: blind keyword tokens + DCPE vectors (DESIGN.md §4).
+"""Hybrid search over sealed entries: blind keyword tokens + DCPE vectors (docs/DESIGN.md §4).
 
-Where plaintext meets crypto for search, next to service.py:
+Where plaintext meets crypto for search, next to kb/knowledge_base.py:
 
 * write side (:class:`SearchIndexer`): title and content go through the keyword
   pipeline (:mod:`sealedkb.search.text`); each stem becomes a keyed blind token and the
@@ -323,7 +323,7 @@ def snippet(content: str, stems: set[str], width: int = SNIPPET_CHARS) -> str:
 
 
 class SearchEngine:
-    """The read side. ``open_doc`` opens a sealed entry document (service.py)."""
+    """The read side. ``open_doc`` opens a sealed entry document (kb/knowledge_base.py)."""
 
     def __init__(
         self,

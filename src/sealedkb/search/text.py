@@ -1,4 +1,4 @@
-"""The keyword pipeline: text -> normalised, stemmed terms with positions (DESIGN.md §4).
+"""The keyword pipeline: text -> normalised, stemmed terms with positions (docs/DESIGN.md §4).
 
 NFKC + casefold, split on non-word characters, drop English stop words, Snowball
 English stem. The same pipeline feeds the blind-token index (encrypted mode),

@@ -458,7 +458,7 @@ class Snapshots:
     def create_rollback_point(self, kms_key_uri: str, *, name: str) -> SnapshotInfo:
         """The snapshot an in-place migration takes of a *plaintext* knowledge base
         before changing anything, sealed under the KMS key the migration created
-        (migration.py). Otherwise like :meth:`create`; kind ``manual``."""
+        (migrate/migrator.py). Otherwise like :meth:`create`; kind ``manual``."""
         if self.kb is None:
             raise ValidationError("this needs an initialised knowledge base ('sealedkb init')")
         now = self._now()

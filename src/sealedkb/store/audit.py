@@ -1,4 +1,4 @@
-"""``kb_audit``: the rows of the audit trail. SQL only; hashing happens in audit.py.
+"""``kb_audit``: the rows of the audit trail. SQL only; hashing happens in audit/chain.py.
 
 Appends serialise on a transaction-scoped advisory lock, taken *first* in every
 audited transaction (before it touches other rows, so two audited transactions

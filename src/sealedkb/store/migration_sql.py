@@ -1,4 +1,4 @@
-"""The SQL side of ``sealedkb migrate`` (migration.py). Bytes and keyed values
+"""The SQL side of ``sealedkb migrate`` (migrate/migrator.py). Bytes and keyed values
 only: rows go in already sealed, rows come out as the source stores them.
 
 Two kinds of source:

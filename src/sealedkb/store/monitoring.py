@@ -1,4 +1,4 @@
-"""Read-only SQL behind metrics and alarms (monitor.py, alarms.py).
+"""Read-only SQL behind metrics and alarms (monitoring/metrics.py, monitoring/alarms.py).
 
 Each query is a single index lookup or a small aggregate, so a scrape or an
 alarm tick stays cheap. Nothing here returns entry content or ids.

@@ -1,6 +1,6 @@
 """The SQL side of snapshots: which tables, in what order, COPY out and in,
-databases to restore into. Bytes only: no crypto, no keys (snapshots.py joins
-this with snapfile.py and the key provider).
+databases to restore into. Bytes only: no crypto, no keys (snapshots/service.py joins
+this with snapshots/fileformat.py and the key provider).
 
 Every sealedkb table is found in the catalog (``kb_%`` in the current schema,
 which includes ``kb_schema_migrations``), with its columns, so tables and

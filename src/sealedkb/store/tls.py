@@ -35,7 +35,7 @@ from psycopg import pq
 
 log = logging.getLogger("sealedkb.store.tls")
 
-#: TLS versions sealedkb accepts (DESIGN.md §8, issue #8: minimum TLS 1.2).
+#: TLS versions sealedkb accepts (docs/DESIGN.md §8: minimum TLS 1.2).
 ACCEPTED_PROTOCOLS = frozenset({"TLSv1.2", "TLSv1.3"})
 
 _SSL_REQUEST = struct.pack("!ii", 8, 80877103)  # PostgreSQL protocol: SSLRequest

@@ -1,8 +1,8 @@
 """Which database connections must use verified TLS, and how that is enforced.
 
-The rule (DESIGN.md §8, issue #8): a connection may go without TLS only when
-*every* target is a Unix socket or an explicit loopback host. Anything else
-needs ``sslmode=verify-full`` (chain *and* host name checked) against a
+The rule (docs/DESIGN.md §8, verified TLS to the database): a connection may go
+without TLS only when *every* target is a Unix socket or an explicit loopback
+host. Anything else needs ``sslmode=verify-full`` (chain *and* host name checked) against a
 configured CA, TLS 1.2 or newer; weaker settings are refused with exit code 7
 unless the operator opts out with ``SEALEDKB_DATABASE_ALLOW_INSECURE`` (logged,
 and shown by ``status``).

@@ -1,4 +1,4 @@
-"""``sealedkb alarms list | history | test``: the built-in alarms (alarms.py).
+"""``sealedkb alarms list | history | test``: the built-in alarms (monitoring/alarms.py).
 
 ``serve`` evaluates the alarms and keeps their state in
 ``$SEALEDKB_HOME/alarms/state.json``; these commands read it from another

@@ -1,7 +1,7 @@
 """The ``sealedkb`` command line (typer + rich). Thin: parse, call the service, print.
 
 Every read command takes ``--json``. Errors print ``error[CODE]: message`` on
-stderr and exit with the code of DESIGN.md §7.
+stderr and exit with the code of docs/DESIGN.md §7.
 """
 
 from __future__ import annotations
@@ -479,8 +479,8 @@ def db_stop() -> None:
 
 app.command("doctor")(cli_doctor.doctor)
 
-# Key lifecycle, data keys, re-encryption and the audit trail (issue 5) live in
-# cli_keys.py; imported here, at the end, because it uses the helpers above.
+# Key lifecycle, data keys, re-encryption and the audit trail live in
+# adapters/cli/keys.py; imported here, at the end, because it uses the helpers above.
 from sealedkb.adapters.cli import keys as cli_keys  # noqa: E402
 
 app.add_typer(cli_keys.key_app, name="key")
@@ -492,12 +492,12 @@ from sealedkb.adapters.cli import alarms as cli_alarms  # noqa: E402
 
 app.add_typer(cli_alarms.alarms_app, name="alarms")
 
-# Encrypted snapshots (issue 6) live in cli_snapshot.py.
+# Encrypted snapshots live in adapters/cli/snapshot.py.
 from sealedkb.adapters.cli import snapshot as cli_snapshot  # noqa: E402
 
 app.add_typer(cli_snapshot.snapshot_app, name="snapshot")
 
-# search, import, reembed (issue 3)
+# search, import, reembed, add-many
 from sealedkb.adapters.cli import bulk as cli_bulk  # noqa: E402
 from sealedkb.adapters.cli import migrate as cli_migrate  # noqa: E402
 from sealedkb.adapters.cli import search as cli_search  # noqa: E402

@@ -1,7 +1,7 @@
 """``sealedkb doctor [--json]``: print the checks of :mod:`sealedkb.ops.doctor`.
 
 A module of its own so the command (and its output format) stays out of the
-way of the entry commands in ``cli.py``, which registers it with one line.
+way of the entry commands in ``adapters/cli/app.py``, which registers it with one line.
 Exit code 0 when no check FAILs (warnings allowed), 1 otherwise.
 """
 

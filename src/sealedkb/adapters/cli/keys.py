@@ -1,6 +1,7 @@
-"""``sealedkb key …``, ``datakey …``, ``reencrypt`` and ``audit …`` (issue 5).
+"""``sealedkb key …``, ``datakey …``, ``reencrypt`` and ``audit …``: the key lifecycle
+and the audit trail.
 
-Thin, like cli.py: parse, call the knowledge base's key lifecycle
+Thin, like app.py: parse, call the knowledge base's key lifecycle
 (``kb.keys``) or audit trail (``kb.audit``), print. Every command is audited
 by the service (success or failure) under the ``--principal`` of the call, and a
 signed audit checkpoint is written when the command ends.

@@ -1,5 +1,5 @@
-"""``sealedkb migrate plan|run|verify|rollback|status``: plaintext -> encrypted (issue 7;
-runbook docs/ENCRYPTION-KEY-MANAGEMENT.md §25). Thin: parse, call migration.py, print.
+"""``sealedkb migrate plan|run|verify|rollback|status``: plaintext -> encrypted
+(runbook docs/ENCRYPTION-KEY-MANAGEMENT.md §25). Thin: parse, call migrate/migrator.py, print.
 
 Without ``--from`` the knowledge base of this home is migrated in place; with
 ``--from URL --table T [--map FIELD=COLUMN,...]`` a foreign table is migrated

@@ -1,6 +1,6 @@
 """CLI commands for search and import: ``search``, ``import``, ``reembed``.
 
-Registered on the main app by :func:`register` (adapters/cli.py). Follows cli.py:
+Registered on the main app by :func:`register` (adapters/cli/app.py). Follows app.py:
 errors through ``_fail`` with the stable exit codes, ``--json`` on read commands,
 stored text printed as rich ``Text`` (never parsed as markup).
 """

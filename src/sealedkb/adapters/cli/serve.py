@@ -72,7 +72,7 @@ def serve(
     # Key schedule (automatic rotation, destruction after the window) and a signed
     # audit checkpoint at least every 60 s while serving.
     housekeeper = kb.start_housekeeping()
-    # Built-in alarms (alarms.py): evaluated in this process, which holds the counters.
+    # Built-in alarms (monitoring/alarms.py): evaluated in this process, which holds the counters.
     evaluator = alarms.start_evaluator(kb)  # settings checked in open_kb
     # Automated encrypted snapshots in the daily window (SEALEDKB_SNAPSHOT_WINDOW), kept
     # SEALEDKB_SNAPSHOT_RETENTION_DAYS days; None when the window is "off".

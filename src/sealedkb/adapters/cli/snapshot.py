@@ -1,6 +1,6 @@
-"""``sealedkb snapshot …``: encrypted snapshots (issue 6; runbook §23, docs/SNAPSHOT-FORMAT.md).
+"""``sealedkb snapshot …``: encrypted snapshots (runbook §23, docs/SNAPSHOT-FORMAT.md).
 
-Thin, like cli.py: parse, call :class:`sealedkb.snapshots.service.Snapshots`, print.
+Thin, like app.py: parse, call :class:`sealedkb.snapshots.service.Snapshots`, print.
 ``create`` and ``drill`` need the knowledge base. The others also run when its
 database is gone (disaster recovery: keystore + snapshot files are enough); they
 are then recorded only in a restored database's own audit trail, and say so.

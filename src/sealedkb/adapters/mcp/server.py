@@ -1,6 +1,6 @@
 """The MCP server: the knowledge-base tools for AI agents (official ``mcp`` SDK).
 
-Thin by design: each tool checks the caller's principal (access.py), runs the
+Thin by design: each tool checks the caller's principal (kb/access.py), runs the
 blocking service call in a worker thread, and maps SealedKBError to a structured
 tool error ``{"code", "message", "field"?}``. Anything unexpected is logged
 server-side and answered as INTERNAL_ERROR without details.

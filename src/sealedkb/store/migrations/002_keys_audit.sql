@@ -1,6 +1,6 @@
 -- sealedkb schema v2: the audit trail, and which data key sealed each entry.
 
--- Tamper-evident audit trail (DESIGN.md §5, docs/FORMATS.md "Audit event").
+-- Tamper-evident audit trail (docs/DESIGN.md §5, docs/FORMATS.md "Audit event").
 -- seq is gapless (appends serialise on an advisory lock); hash chains each event
 -- to the one before: hash = SHA-256(prev_hash || canonical_json(event)).
 -- Never holds plaintext or key material: ids, names, counts and dates only.

@@ -1,4 +1,4 @@
--- sealedkb schema 003: hybrid search and import (issue 3).
+-- sealedkb schema 003: hybrid search and import (the search columns).
 -- Encrypted mode: keyword index of keyed blind tokens (kw_tokens), DCPE
 -- ciphertexts of the embeddings (embedding_enc, searched by HNSW) with the exact
 -- embeddings sealed beside them (embedding_sealed). Plaintext mode (the
