@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     database_sslkey: Path | None = None
     root_key_file: Path | None = None
     passphrase: SecretStr | None = None
+    # Accept a passphrase below the strength floor (keys/local.py); shown as a warning.
+    allow_weak_passphrase: bool = False
     data_key_max_age: float = Field(default=300.0, ge=1.0, le=3600.0)
     # Who is acting: the operator of a CLI call (--principal), evaluated against key
     # policies and written to the audit trail. A serving process acts as

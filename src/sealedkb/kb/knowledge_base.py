@@ -15,13 +15,12 @@ import builtins
 import logging
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sealedkb.audit.chain import AuditLog
 from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
-from sealedkb.crypto.tokens import TOKEN_PREFIX, new_token, token_hash
 from sealedkb.embed import load_embedder
 from sealedkb.errors import (
     ConflictError,
@@ -34,12 +33,13 @@ from sealedkb.errors import (
 )
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.ingest.importer import Importer, ImportSummary
-from sealedkb.kb.access import ALL_NAMESPACES, Principal, Role, parse_role
+from sealedkb.kb.access import Principal
 from sealedkb.kb.sealer import EntrySealer
+from sealedkb.kb.tokens import TokenService
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
 from sealedkb.keys.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
-from sealedkb.keys.local import LocalKeyProvider
+from sealedkb.keys.provider import KeyProvider, keystore_of
 from sealedkb.migrate.guard import GUARD, MARKER, check_open_allowed, guard_allows_keystore
 from sealedkb.model import (
     DEFAULT_NAMESPACE,
@@ -119,7 +119,7 @@ class KnowledgeBase:
         target: DatabaseTarget,
         db: Database,
         mode: EncryptionMode,
-        provider: LocalKeyProvider | None,
+        provider: KeyProvider | None,
         kms_key_uri: str | None,
         *,
         principal: str | None = None,
@@ -135,7 +135,6 @@ class KnowledgeBase:
         self.entries = EntryTable(db)
         self.datakeys = DataKeyTable(db)
         self.meta = MetaTable(db)
-        self.tokens = TokenTable(db)
         self.keyring: KeyRing | None = None
         # Process counters (key-provider calls, integrity failures) for metrics and
         # alarms (monitoring/metrics.py, monitoring/alarms.py); plain integers, no
@@ -151,6 +150,13 @@ class KnowledgeBase:
             mac_key=provider,
             now=now,
         )
+        self._tokens = TokenService(
+            TokenTable(db),
+            self.audit,
+            provider if mode is EncryptionMode.ON else None,
+            self.telemetry,
+            now=now,
+        )
         self.keys: KeyLifecycle | None = None
         if mode is EncryptionMode.ON:
             assert provider is not None and kms_key_uri is not None
@@ -160,7 +166,7 @@ class KnowledgeBase:
                 kms_key_uri,
                 max_age=settings.data_key_max_age,
             )
-            self.keys = KeyLifecycle(db, provider, kms_key_uri, self.audit, self.keyring)
+            self.keys = KeyLifecycle(db, provider, kms_key_uri, self.audit, self.keyring, now=now)
         # Search (search/engine.py): the model loads lazily, on the first text to embed.
         self.embedder = load_embedder(settings.embedder)
         self.search_table = SearchTable(db)
@@ -214,17 +220,18 @@ class KnowledgeBase:
             if mode is EncryptionMode.OFF:
                 _refuse_plaintext_with_keystore(settings, meta.get(GUARD))
             if mode is EncryptionMode.ON:
-                provider = key_provider(settings, now=now)
                 bound_key = meta.get("kms_key_uri")
-                if bound_key is not None and not provider.exists():
+                provider = key_provider(settings, key_uri=bound_key, now=now)
+                keystore = keystore_of(provider)
+                if bound_key is not None and keystore is not None and not keystore.exists():
                     # A fresh keystore could never open this data; making one would
                     # only hide the real problem (a lost or misplaced keys/ folder).
                     raise KeyUnavailableError(
                         f"this database is sealed under {bound_key}, but there is no keystore "
                         f"at {settings.keys_dir}; restore keys/ (and the root key) from backup"
                     )
-                if not provider.exists():
-                    provider.initialize()
+                if keystore is not None and not keystore.exists():
+                    keystore.initialize()
                     created = True
                 kms_key_uri = meta.get("kms_key_uri")
                 if kms_key_uri is None:
@@ -279,14 +286,14 @@ class KnowledgeBase:
             mode = EncryptionMode(mode_value)
             if mode is EncryptionMode.OFF:
                 _refuse_plaintext_with_keystore(settings, values.get(GUARD))
-            provider = (
-                key_provider(settings, principal=principal, now=now)
-                if mode is EncryptionMode.ON
-                else None
-            )
             kms_key_uri = values.get("kms_key_uri") if mode is EncryptionMode.ON else None
             if mode is EncryptionMode.ON and kms_key_uri is None:
                 raise IntegrityError("the database says encryption is on but names no KMS key")
+            provider = (
+                key_provider(settings, key_uri=kms_key_uri, principal=principal, now=now)
+                if mode is EncryptionMode.ON
+                else None
+            )
             kb = cls(
                 settings,
                 target,
@@ -572,7 +579,7 @@ class KnowledgeBase:
             "namespaces": by_ns,
         }
 
-    # --- bearer tokens (HTTP MCP) ------------------------------------------------
+    # --- bearer tokens (HTTP MCP; kb/tokens.py) -------------------------------------
 
     def create_token(
         self,
@@ -582,39 +589,22 @@ class KnowledgeBase:
         expires_days: int | None = None,
     ) -> tuple[TokenRecord, str]:
         """Create a bearer token; returns its record and the token, which is not stored."""
-        if not name or len(name) > 100 or not name.isprintable():
-            raise ValidationError("token name must be 1-100 printable characters", field="name")
-        parsed_role = parse_role(role)
-        if not namespaces:
-            raise ValidationError("give at least one --namespace (or '*')", field="namespace")
-        scopes = sorted(
-            {ns if ns == ALL_NAMESPACES else validate_namespace(ns) for ns in namespaces}
-        )
-        expires_at = None
-        if expires_days is not None:
-            if not 1 <= expires_days <= 3650:
-                raise ValidationError("expires must be 1-3650 days", field="expires")
-            expires_at = datetime.now(UTC) + timedelta(days=expires_days)
-        secret = new_token()
-        record = self.tokens.insert(name, token_hash(secret), parsed_role.value, scopes, expires_at)
-        return record, secret
+        return self._tokens.create(name, role, namespaces, expires_days)
 
     def list_tokens(self, include_revoked: bool = False) -> builtins.list[TokenRecord]:
-        return self.tokens.list_all(include_revoked)
+        return self._tokens.list_all(include_revoked)
 
     def revoke_token(self, name: str) -> None:
-        if not self.tokens.revoke(name):
-            raise NotFoundError("no active token with this name", field="name")
+        self._tokens.revoke(name)
+
+    def rekey_tokens(self) -> builtins.list[TokenRecord]:
+        """Give tokens of earlier versions the keyed hash and row MAC (kb/tokens.py)."""
+        return self._tokens.rekey()
 
     def authenticate(self, secret: str) -> Principal | None:
-        """The principal a bearer token stands for, or None (unknown, revoked, expired)."""
-        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
-            return None
-        rec = self.tokens.find_active(token_hash(secret))
-        if rec is None:
-            return None
-        scopes = None if ALL_NAMESPACES in rec.namespaces else frozenset(rec.namespaces)
-        return Principal(rec.name, Role(rec.role), scopes)
+        """The principal a bearer token stands for, or None (unknown, revoked, expired,
+        or a row that fails its integrity check)."""
+        return self._tokens.authenticate(secret)
 
     # --- search, import (search/engine.py, ingest/importer.py) --------------------------------
 
@@ -697,13 +687,14 @@ class KnowledgeBase:
         if self.encrypted:
             assert self.provider is not None and self.kms_key_uri is not None
             provider_name = self.provider.scheme
+            keystore = keystore_of(self.provider)  # local keystore administration
             try:
                 key_state = self.provider.describe_key(self.kms_key_uri).state.value
-                root_source = self.provider.root_key_source()
+                root_source = keystore.root_key_source() if keystore is not None else None
             except SealedKBError as exc:
                 key_state = "Unavailable"
                 reason = reason or exc.message
-            warnings.extend(self.provider.warnings())
+            warnings.extend(keystore.warnings() if keystore is not None else [])
         else:
             warnings.append("encryption is off: entries are stored in plaintext")
         if reason:

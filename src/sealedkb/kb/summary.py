@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from sealedkb.audit.chain import AuditLog, VerifyReport
 from sealedkb.errors import SealedKBError
+from sealedkb.keys.provider import keystore_of
 from sealedkb.store.tls import ACCEPTED_PROTOCOLS
 
 if TYPE_CHECKING:
@@ -169,7 +170,8 @@ def _storage(st: dict[str, Any]) -> Check:
 
 def _kms_key(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
     key_id, state = st["kms_key_id"], st["key_state"]
-    custody = kb.provider.warnings() if kb.provider is not None else []
+    keystore = keystore_of(kb.provider) if kb.provider is not None else None
+    custody = keystore.warnings() if keystore is not None else []
     detail = {
         "kms_key_id": key_id,
         "key_state": state,

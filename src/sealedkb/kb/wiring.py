@@ -11,12 +11,15 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import psycopg
 
 from sealedkb.config import Settings
 from sealedkb.errors import DatabaseError, NotInitializedError
-from sealedkb.keys.local import LocalKeyProvider, RootKeySource
+from sealedkb.keys.local import scratch_provider
+from sealedkb.keys.provider import KeyProvider
+from sealedkb.keys.registry import provider_for
 from sealedkb.store.db import Transport, classify_transport, mapped_errors
 from sealedkb.store.transport import TlsFiles
 
@@ -87,21 +90,19 @@ def make_home(settings: Settings) -> None:
 def key_provider(
     settings: Settings,
     *,
+    key_uri: str | None = None,
     principal: str | None = None,
     now: Callable[[], datetime] | None = None,
-) -> LocalKeyProvider:
-    """The key provider, acting for ``principal`` (default: the configured one)."""
-    source = RootKeySource(
-        key_file=settings.root_key_file,
-        passphrase=settings.passphrase.get_secret_value() if settings.passphrase else None,
-    )
-    return LocalKeyProvider(
-        settings.keys_dir,
-        source,
-        principal=principal or settings.principal,
-        service_principal=settings.service_principal,
-        now=now,
-    )
+) -> KeyProvider:
+    """The provider serving ``key_uri`` (chosen by its scheme; the default scheme
+    before a knowledge base has a key), acting for ``principal`` (default: the
+    configured one). Keystore set-up goes through ``keys.provider.keystore_of``."""
+    return provider_for(settings, key_uri, principal=principal, now=now)
+
+
+def scratch_key_provider(keys_dir: Path) -> KeyProvider:
+    """A throwaway local keystore, ready to use (``migrate plan``'s measurements)."""
+    return scratch_provider(keys_dir)
 
 
 def is_root() -> bool:

@@ -29,8 +29,12 @@ from sealedkb.monitoring.telemetry import Telemetry
 T = TypeVar("T")
 
 
-class InstrumentedKeyProvider:
-    """Delegates every KeyProvider method to ``inner``, recording each call."""
+class InstrumentedKeyProvider(KeyProvider):
+    """Delegates every KeyProvider method to ``inner``, recording each call.
+
+    It implements the Protocol explicitly and forwards nothing implicitly: a method
+    added to :class:`KeyProvider` leaves this class abstract (a type error where it
+    is built) until it is measured here too."""
 
     def __init__(self, inner: KeyProvider, telemetry: Telemetry) -> None:
         self.inner = inner
@@ -56,10 +60,6 @@ class InstrumentedKeyProvider:
         self.telemetry.key_call(operation, "ok", time.perf_counter() - started)
         return result
 
-    def __getattr__(self, name: str) -> Any:
-        # Provider-specific helpers (exists, root_key_source, ...) pass through uncounted.
-        return getattr(self.inner, name)
-
     def for_principal(self, principal: str) -> Self:
         return type(self)(self.inner.for_principal(principal), self.telemetry)
 
@@ -79,9 +79,6 @@ class InstrumentedKeyProvider:
 
     def wrapped_version(self, blob: bytes) -> int:
         return int(self.inner.wrapped_version(blob))  # parses bytes; no provider call
-
-    def warnings(self) -> list[str]:
-        return list(self.inner.warnings())
 
     # --- key management ----------------------------------------------------------
 

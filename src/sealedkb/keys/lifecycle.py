@@ -29,7 +29,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Self
 
 from sealedkb.audit.chain import AuditLog
 from sealedkb.crypto.keyring import KeyRing, encryption_context
@@ -40,9 +41,15 @@ from sealedkb.errors import (
     ValidationError,
 )
 from sealedkb.formats.aad import entry_doc_aad
-from sealedkb.keys.local import URI_PREFIX, LocalKeyProvider
+from sealedkb.keys.local import URI_PREFIX
 from sealedkb.keys.policy import SYSTEM_PRINCIPAL, parse_policy_text
-from sealedkb.keys.provider import KeyMetadata, KeyProvider, KeyState
+from sealedkb.keys.provider import (
+    DEFAULT_PENDING_WINDOW_DAYS,
+    DEFAULT_ROTATION_DAYS,
+    KeyMetadata,
+    KeyProvider,
+    KeyState,
+)
 from sealedkb.model import KeyPurpose, WrappedDataKey, validate_namespace
 from sealedkb.store.datakeys import DataKeyTable
 from sealedkb.store.db import Database
@@ -71,19 +78,28 @@ def _ctx_details(context: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-class AuditedKeyUse:
+class AuditedKeyUse(KeyProvider):
     """The key provider as the key ring sees it: every wrap and unwrap is recorded.
 
     Unwraps (Decrypt) happen outside any entry transaction, on a cache miss, so
     their events get a transaction of their own; they are rare thanks to the
     cache. A new data key's GenerateDataKey event is written by
     :class:`AuditedDataKeys` in the transaction that stores it; only a failed call
-    is recorded here."""
+    is recorded here.
+
+    Key management calls pass straight through: :class:`KeyLifecycle` records each
+    of them in the transaction that makes the change. Every method is spelled out
+    (no implicit forwarding), so a method added to :class:`KeyProvider` leaves this
+    class abstract until someone decides here how it is audited."""
 
     def __init__(self, provider: KeyProvider, audit: AuditLog) -> None:
         self.inner = provider
         self.audit = audit
         self.scheme = provider.scheme
+        self.principal = provider.principal
+
+    def for_principal(self, principal: str) -> Self:
+        return type(self)(self.inner.for_principal(principal), self.audit)
 
     def decrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
         kw: dict[str, Any] = {
@@ -127,8 +143,70 @@ class AuditedKeyUse:
         self.audit.record("Encrypt", **kw)
         return blob
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    def re_encrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
+        """Recorded per batch by :meth:`KeyLifecycle.rewrap`, in its transaction."""
+        return self.inner.re_encrypt(key_uri, blob, context)
+
+    def wrapped_version(self, blob: bytes) -> int:
+        return self.inner.wrapped_version(blob)  # parses bytes; no key is used
+
+    # --- key management: recorded by KeyLifecycle ------------------------------
+
+    def create_key(self, description: str = "") -> KeyMetadata:
+        return self.inner.create_key(description)
+
+    def describe_key(self, key_uri: str) -> KeyMetadata:
+        return self.inner.describe_key(key_uri)
+
+    def list_keys(self) -> list[KeyMetadata]:
+        return self.inner.list_keys()
+
+    def rotate_key(self, key_uri: str) -> KeyMetadata:
+        return self.inner.rotate_key(key_uri)
+
+    def enable_key_rotation(
+        self, key_uri: str, period_days: int = DEFAULT_ROTATION_DAYS
+    ) -> KeyMetadata:
+        return self.inner.enable_key_rotation(key_uri, period_days)
+
+    def disable_key_rotation(self, key_uri: str) -> KeyMetadata:
+        return self.inner.disable_key_rotation(key_uri)
+
+    def disable_key(self, key_uri: str) -> KeyMetadata:
+        return self.inner.disable_key(key_uri)
+
+    def enable_key(self, key_uri: str) -> KeyMetadata:
+        return self.inner.enable_key(key_uri)
+
+    def schedule_key_deletion(
+        self, key_uri: str, pending_window_days: int = DEFAULT_PENDING_WINDOW_DAYS
+    ) -> KeyMetadata:
+        return self.inner.schedule_key_deletion(key_uri, pending_window_days)
+
+    def cancel_key_deletion(self, key_uri: str) -> KeyMetadata:
+        return self.inner.cancel_key_deletion(key_uri)
+
+    def get_key_policy(self, key_uri: str) -> dict[str, Any]:
+        return self.inner.get_key_policy(key_uri)
+
+    def put_key_policy(
+        self, key_uri: str, policy: dict[str, Any], *, bypass_lockout_check: bool = False
+    ) -> KeyMetadata:
+        return self.inner.put_key_policy(key_uri, policy, bypass_lockout_check=bypass_lockout_check)
+
+    def rotate_key_if_due(self, key_uri: str) -> KeyMetadata | None:
+        return self.inner.rotate_key_if_due(key_uri)
+
+    def destroy_key_if_due(self, key_uri: str) -> KeyMetadata | None:
+        return self.inner.destroy_key_if_due(key_uri)
+
+    # --- audit checkpoints (the audit log's own key; nothing to record) ----------
+
+    def generate_mac(self, message: bytes) -> bytes:
+        return self.inner.generate_mac(message)
+
+    def verify_mac(self, message: bytes, mac: bytes) -> bool:
+        return self.inner.verify_mac(message, mac)
 
 
 class AuditedDataKeys:
@@ -169,13 +247,18 @@ class KeyLifecycle:
     def __init__(
         self,
         db: Database,
-        provider: LocalKeyProvider,
+        provider: KeyProvider,
         kms_key_uri: str,
         audit: AuditLog,
         keyring: KeyRing,
+        *,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.db = db
         self.provider = provider
+        # The key service's clock, for deciding what is due (the provider's own
+        # ``*_if_due`` checks decide again under its lock).
+        self._now = now or (lambda: datetime.now(UTC))
         self.kms_key_uri = kms_key_uri
         self.audit = audit
         self.keyring = keyring
@@ -284,7 +367,7 @@ class KeyLifecycle:
         uri: str,
         *,
         batch_size: int = DEFAULT_REWRAP_BATCH,
-        provider: LocalKeyProvider | None = None,
+        provider: KeyProvider | None = None,
     ) -> int:
         """Re-wrap (ReEncrypt, inside the provider) every data key of ``uri`` that is
         not under its newest version; a transaction and an event per batch. Reads go
@@ -429,7 +512,7 @@ class KeyLifecycle:
         except SealedKBError as exc:
             log.debug("key schedule not checked: %s", exc.message)
             return done
-        now = system._now()
+        now = self._now()
         for meta in keys:
             uri = meta.key_id
             try:

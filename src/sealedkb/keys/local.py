@@ -2,8 +2,12 @@
 
 Layout (all files 0600, folder 0700):
 - ``root.json``: how the root key is obtained (file, passphrase or generated),
-  the Argon2id salt and cost for a passphrase, and a check value
-  HMAC(mac_key, "check") that tells a wrong root key from a damaged keystore.
+  the Argon2id salt and cost for a passphrase, a check value
+  HMAC(mac_key, "check") that tells a wrong root key from a damaged keystore, and
+  (format 2) a MAC of the whole record under the root key, so its Argon2 cost and
+  source cannot be edited unnoticed. The Argon2 cost is also bounded before it is
+  used, so a forged cost fails cleanly instead of exhausting memory or time. A
+  format 1 record is upgraded in place the first time it opens.
 - ``root.key``: a generated root key, for local development only.
 - ``<uuid>.json``: one KMS key: state, rotation settings and its key material
   versions, each sealed under the root key; the whole record is MACed under the
@@ -38,11 +42,12 @@ import stat
 import struct
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
+from sealedkb.config import Settings
 from sealedkb.crypto import keywrap
 from sealedkb.crypto.kdf import (
     Argon2Params,
@@ -87,8 +92,25 @@ log = logging.getLogger("sealedkb.keys.local")
 
 SCHEME = "local"
 URI_PREFIX = "local:key/"
-FORMAT = 1
+FORMAT = 1  # KMS key records
+ROOT_FORMAT = 2  # root.json (format 1: no record MAC; upgraded in place on open)
 _CHECK_LABEL = b"sealedkb/keystore/v1/check"
+_CHECK_LABEL_V2 = b"sealedkb/keystore/v2/check"
+_ROOT_MAC_LABEL = b"sealedkb/keystore/v2/root\x00"
+
+# The passphrase strength floor (SEALEDKB_ALLOW_WEAK_PASSPHRASE lifts it).
+MIN_PASSPHRASE_CHARS = 12
+
+# Bounds on the Argon2id cost in root.json, checked before Argon2 runs. The top is
+# RFC 9106's first recommended option (2 GiB, t=1) with room for more passes; the
+# floor is the least that still makes each guess cost real memory.
+ARGON2_MIN_MEMORY_KIB = 8 * 1024
+ARGON2_MAX_MEMORY_KIB = 2 * 1024 * 1024
+ARGON2_MIN_TIME = 1
+ARGON2_MAX_TIME = 16
+ARGON2_MIN_PARALLELISM = 1
+ARGON2_MAX_PARALLELISM = 16
+ARGON2_SALT_BYTES = 16
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -153,10 +175,64 @@ def _read_root_key_file(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class RootKeySource:
-    """Where the root key comes from; resolved in docs/DESIGN.md §4's order."""
+    """Where the root key comes from; resolved in docs/DESIGN.md §4's order.
+    ``allow_weak_passphrase`` lifts the passphrase strength floor (reported by
+    :meth:`LocalKeyProvider.warnings`)."""
 
     key_file: Path | None = None
-    passphrase: str | None = None
+    passphrase: str | None = field(default=None, repr=False)
+    allow_weak_passphrase: bool = False
+
+
+def check_passphrase(passphrase: str, *, allow_weak: bool = False) -> None:
+    """Refuse a passphrase below the strength floor (ConfigError, exit code 2)."""
+    if allow_weak or len(passphrase) >= MIN_PASSPHRASE_CHARS:
+        return
+    raise ConfigError(
+        f"SEALEDKB_PASSPHRASE is too weak: use at least {MIN_PASSPHRASE_CHARS} characters "
+        "(a few random words); SEALEDKB_ALLOW_WEAK_PASSPHRASE=1 accepts a weaker one, "
+        "for tests only",
+        field="passphrase",
+    )
+
+
+def check_argon2_params(params: Argon2Params) -> None:
+    """ValidationError unless the cost lies within the keystore's bounds."""
+    for name, value, low, high in (
+        ("time cost", params.time_cost, ARGON2_MIN_TIME, ARGON2_MAX_TIME),
+        ("memory (KiB)", params.memory_kib, ARGON2_MIN_MEMORY_KIB, ARGON2_MAX_MEMORY_KIB),
+        ("parallelism", params.parallelism, ARGON2_MIN_PARALLELISM, ARGON2_MAX_PARALLELISM),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValidationError(
+                f"Argon2id {name} must be between {low} and {high}", field="argon2"
+            )
+
+
+def _stored_kdf(kdf: Any) -> tuple[bytes, Argon2Params]:
+    """The salt and cost in root.json, validated before any Argon2 run: a forged or
+    damaged value is an IntegrityError, never a huge allocation or a traceback."""
+    try:
+        if not isinstance(kdf, dict) or kdf.get("name") != "argon2id":
+            raise ValueError
+        salt = _unb64(kdf["salt"])
+        raw = {k: kdf[k] for k in ("t", "m", "p")}
+        if len(salt) != ARGON2_SALT_BYTES or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in raw.values()
+        ):
+            raise ValueError
+        params = Argon2Params.from_dict(raw)
+        check_argon2_params(params)
+    except (KeyError, TypeError, ValueError, AttributeError, ValidationError):
+        raise IntegrityError(
+            "keystore root.json: the Argon2id parameters are malformed or out of bounds "
+            "(the file was damaged or altered); restore keys/ from backup"
+        ) from None
+    return salt, params
+
+
+def _root_mac(mac_key: bytes, body: dict[str, Any]) -> bytes:
+    return hmac_sha256(mac_key, _ROOT_MAC_LABEL + canonical_json(body))
 
 
 class _RootKeys:
@@ -168,8 +244,8 @@ class _RootKeys:
         self.audit = hkdf(root, b"sealedkb/keystore/v1/audit")
         self.source = source
 
-    def check_value(self) -> bytes:
-        return hmac_sha256(self.mac, _CHECK_LABEL)
+    def check_value(self, root_format: int = ROOT_FORMAT) -> bytes:
+        return hmac_sha256(self.mac, _CHECK_LABEL if root_format == 1 else _CHECK_LABEL_V2)
 
 
 class LocalKeyProvider:
@@ -218,25 +294,26 @@ class LocalKeyProvider:
 
     def initialize(self, argon2: Argon2Params | None = None) -> None:
         """Create the keystore if missing (idempotent; never replaces a root key)."""
+        params = argon2 or Argon2Params()
+        check_argon2_params(params)
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.keys_dir, 0o700)
         with self._locked():
             if self.exists():
                 self._root_keys()
                 return
-            salt = random_bytes(16)
-            params = argon2 or Argon2Params()
+            salt = random_bytes(ARGON2_SALT_BYTES)
             if self._source.key_file is not None:
                 kind, root = "file", _read_root_key_file(self._source.key_file)
             elif self._source.passphrase:
                 kind = "passphrase"
-                root = argon2id(self._source.passphrase.encode(), salt, params)
+                root = self._stretch(salt, params)
             else:
                 kind, root = "generated", random_key()
                 write_private(self.keys_dir / "root.key", root)
             keys = _RootKeys(root, kind)
-            record = {
-                "format": FORMAT,
+            record: dict[str, Any] = {
+                "format": ROOT_FORMAT,
                 "source": kind,
                 "kdf": {"name": "argon2id", "salt": _b64(salt), **params.to_dict()}
                 if kind == "passphrase"
@@ -244,9 +321,16 @@ class LocalKeyProvider:
                 "check": _b64(keys.check_value()),
                 "created_at": _now().isoformat(),
             }
+            record["mac"] = _b64(_root_mac(keys.mac, record))
             write_private(self.keys_dir / "root.json", canonical_json(record))
             self._root = keys
             log.info("keystore created (root key source: %s)", kind)
+
+    def _stretch(self, salt: bytes, params: Argon2Params) -> bytes:
+        passphrase = self._source.passphrase
+        assert passphrase
+        check_passphrase(passphrase, allow_weak=self._source.allow_weak_passphrase)
+        return argon2id(passphrase.encode(), salt, params)
 
     def root_key_source(self) -> str:
         return self._root_keys().source
@@ -260,6 +344,16 @@ class LocalKeyProvider:
                 "development root key: keys/root.key sits beside the data; use "
                 "SEALEDKB_ROOT_KEY_FILE (kept elsewhere) or SEALEDKB_PASSPHRASE in production"
             ]
+        if (
+            self._source.allow_weak_passphrase
+            and self._source.passphrase
+            and self._source.key_file is None
+        ):
+            return [
+                "weak passphrases allowed (SEALEDKB_ALLOW_WEAK_PASSPHRASE): the floor of "
+                f"{MIN_PASSPHRASE_CHARS} characters for SEALEDKB_PASSPHRASE is off; "
+                "not for production"
+            ]
         return []
 
     def _root_record(self) -> dict[str, Any]:
@@ -272,25 +366,31 @@ class LocalKeyProvider:
             ) from None
         except ValueError:
             raise KeyUnavailableError("keystore root.json is damaged") from None
+        if not isinstance(rec, dict):
+            raise KeyUnavailableError("keystore root.json is damaged")
         return rec
 
     def _root_keys(self) -> _RootKeys:
         if self._root is not None:
             return self._root
         rec = self._root_record()
+        root_format = rec.get("format")
+        if root_format not in (1, ROOT_FORMAT) or isinstance(root_format, bool):
+            raise IntegrityError(
+                "keystore root.json has an unknown format (altered, or written by a newer sealedkb)"
+            )
         kind = rec.get("source")
+        # Bounded before use, whichever source opens the keystore.
+        kdf = _stored_kdf(rec["kdf"]) if rec.get("kdf") is not None else None
         if self._source.key_file is not None:
             root = _read_root_key_file(self._source.key_file)
         elif self._source.passphrase:
-            kdf = rec.get("kdf")
-            if not kdf:
+            if kdf is None:
                 raise KeyUnavailableError(
                     "this keystore's root key is not passphrase-derived; set "
                     "SEALEDKB_ROOT_KEY_FILE to its root key file"
                 )
-            root = argon2id(
-                self._source.passphrase.encode(), _unb64(kdf["salt"]), Argon2Params.from_dict(kdf)
-            )
+            root = self._stretch(*kdf)
         elif kind == "generated":
             try:
                 root = (self.keys_dir / "root.key").read_bytes()
@@ -313,13 +413,42 @@ class LocalKeyProvider:
             check = _unb64(rec["check"])
         except (KeyError, TypeError, ValueError, AttributeError):
             raise KeyUnavailableError("keystore root.json is damaged") from None
-        if not constant_time_eq(keys.check_value(), check):
+        if not constant_time_eq(keys.check_value(root_format), check):
             raise KeyUnavailableError(
                 "wrong root key: it does not open this keystore (check SEALEDKB_ROOT_KEY_FILE "
                 "or SEALEDKB_PASSPHRASE)"
             )
+        if root_format == ROOT_FORMAT:
+            body = dict(rec)
+            try:
+                mac = _unb64(body.pop("mac"))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                mac = b""
+            if not constant_time_eq(mac, _root_mac(keys.mac, body)):
+                raise IntegrityError(
+                    "keystore root.json failed its integrity check (its source or Argon2id "
+                    "parameters were altered); restore keys/ from backup"
+                )
+        else:
+            self._upgrade_root_record(rec, keys)
         self._root = keys
         return keys
+
+    def _upgrade_root_record(self, rec: dict[str, Any], keys: _RootKeys) -> None:
+        """Rewrite a format 1 root.json (no MAC) as format 2, once its check passed.
+
+        No lock is needed: the new record is a function of the old one and the root
+        key alone, so two processes upgrading at once write the same bytes."""
+        body = {k: v for k, v in rec.items() if k not in ("mac", "check", "format")}
+        body["format"] = ROOT_FORMAT
+        body["check"] = _b64(keys.check_value(ROOT_FORMAT))
+        body["mac"] = _b64(_root_mac(keys.mac, body))
+        try:
+            write_private(self.keys_dir / "root.json", canonical_json(body))
+        except OSError as exc:  # a read-only keystore still opens; upgraded next time
+            log.warning("keystore root.json not upgraded to format 2: %s", exc.strerror)
+            return
+        log.info("keystore root.json upgraded to format %d (record MAC)", ROOT_FORMAT)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -778,3 +907,32 @@ class LocalKeyProvider:
 
     def verify_mac(self, message: bytes, mac: bytes) -> bool:
         return constant_time_eq(self.generate_mac(message), mac)
+
+
+def local_provider(
+    settings: Settings,
+    *,
+    principal: str,
+    now: Callable[[], datetime] | None = None,
+) -> LocalKeyProvider:
+    """The local provider of ``settings``' home (the ``local`` scheme's factory)."""
+    source = RootKeySource(
+        key_file=settings.root_key_file,
+        passphrase=settings.passphrase.get_secret_value() if settings.passphrase else None,
+        allow_weak_passphrase=settings.allow_weak_passphrase,
+    )
+    return LocalKeyProvider(
+        settings.keys_dir,
+        source,
+        principal=principal,
+        service_principal=settings.service_principal,
+        now=now,
+    )
+
+
+def scratch_provider(keys_dir: Path) -> LocalKeyProvider:
+    """A throwaway keystore with a generated root key (for measurements that must not
+    touch the real keystore), created and ready."""
+    provider = LocalKeyProvider(keys_dir)
+    provider.initialize()
+    return provider

@@ -16,6 +16,13 @@ Errors a provider raises (from sealedkb.errors):
 A provider instance acts for one principal (``principal``); ``for_principal``
 returns one acting for another, sharing caches. The key policy (keys/policy.py)
 is evaluated against that principal for every action.
+
+Every module outside keys/ types against :class:`KeyProvider`; which provider
+serves a key URI is chosen by its scheme in keys/registry.py. Setting a
+keystore up (creating it, naming its root-key source, custody warnings) is not
+part of the key service: a provider that keeps a keystore of its own also
+implements :class:`LocalKeystore`, which only the init, doctor and status paths
+use (through :func:`keystore_of`).
 """
 
 from __future__ import annotations
@@ -107,10 +114,6 @@ class KeyProvider(Protocol):
         """The key material version a wrapped blob names (read before authentication)."""
         ...
 
-    def warnings(self) -> list[str]:
-        """Operator-facing warnings about custody (e.g. a development root key)."""
-        ...
-
     # --- lifecycle (docs/DESIGN.md §4; AWS KMS semantics) ---------------------------
 
     def rotate_key(self, key_uri: str) -> KeyMetadata:
@@ -158,6 +161,33 @@ class KeyProvider(Protocol):
         ...
 
     def verify_mac(self, message: bytes, mac: bytes) -> bool: ...
+
+
+@runtime_checkable
+class LocalKeystore(Protocol):
+    """Administration of a keystore the provider keeps itself (the local provider's
+    folder of files). Remote key services (AWS KMS, Vault, an HSM) have none."""
+
+    def exists(self) -> bool:
+        """Whether the keystore has been created."""
+        ...
+
+    def initialize(self) -> None:
+        """Create the keystore if missing (idempotent; never replaces a root key)."""
+        ...
+
+    def root_key_source(self) -> str:
+        """How the root key is obtained (``file``, ``passphrase``, ``generated``)."""
+        ...
+
+    def warnings(self) -> list[str]:
+        """Operator-facing warnings about custody (e.g. a development root key)."""
+        ...
+
+
+def keystore_of(provider: KeyProvider) -> LocalKeystore | None:
+    """The provider's own keystore administration, or None for a remote key service."""
+    return provider if isinstance(provider, LocalKeystore) else None
 
 
 def scheme_of(key_uri: str) -> str:

@@ -22,7 +22,7 @@ from psycopg.rows import TupleRow
 from sealedkb.config import Settings
 from sealedkb.errors import SealedKBError
 from sealedkb.kb.wiring import key_provider
-from sealedkb.keys.local import LocalKeyProvider
+from sealedkb.keys.provider import KeyProvider
 
 MARKER = "migration"
 GUARD = "migration_guard"
@@ -73,7 +73,7 @@ def _guard_message(body: dict[str, Any]) -> bytes:
     return b"sealedkb migration guard v1\x00" + json.dumps(body, sort_keys=True).encode()
 
 
-def make_guard(provider: LocalKeyProvider, key_uri: str, kb_id: str) -> str:
+def make_guard(provider: KeyProvider, key_uri: str, kb_id: str) -> str:
     body = {"key_uri": key_uri, "kb_id": kb_id}
     return json.dumps({**body, "mac": provider.generate_mac(_guard_message(body)).hex()})
 

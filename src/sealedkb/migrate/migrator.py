@@ -59,8 +59,14 @@ from sealedkb.errors import (
 )
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database, tls_files
-from sealedkb.keys.local import LocalKeyProvider
+from sealedkb.kb.wiring import (
+    DatabaseTarget,
+    key_provider,
+    resolve_database,
+    scratch_key_provider,
+    tls_files,
+)
+from sealedkb.keys.provider import KeyProvider, keystore_of
 from sealedkb.migrate.guard import (
     COMPLETE,
     COPYING,
@@ -130,8 +136,7 @@ def _scratch_keyring() -> Iterator[KeyRing]:
     """A keyring over a temporary keystore: plan measures sealing without creating a
     key in the real keystore or a data key in the database."""
     with tempfile.TemporaryDirectory(prefix="sealedkb-plan-") as tmp:
-        provider = LocalKeyProvider(Path(tmp) / "keys")
-        provider.initialize()
+        provider = scratch_key_provider(Path(tmp) / "keys")
         key = provider.create_key("migration plan (throwaway)")
         yield KeyRing(provider, _MemoryDataKeys(), key.key_id)
 
@@ -405,10 +410,11 @@ class Migrator:
         finally:
             db.close()
 
-    def _prepare_in_place(self, db: Database, provider: LocalKeyProvider) -> dict[str, Any]:
+    def _prepare_in_place(self, db: Database, provider: KeyProvider) -> dict[str, Any]:
         """Keystore, KMS key and guard (one transaction for the kb_meta part)."""
-        if not provider.exists():
-            provider.initialize()
+        keystore = keystore_of(provider)
+        if keystore is not None and not keystore.exists():
+            keystore.initialize()
         key = provider.create_key("sealedkb knowledge base key (migrated from plaintext)")
         with db.transaction("migration") as conn:
             kb_id = _get_meta(conn, "kb_id") or str(uuid.uuid4())

@@ -34,6 +34,7 @@ from sealedkb.errors import (
     TransportRefusedError,
 )
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
+from sealedkb.keys.provider import keystore_of
 from sealedkb.store import diagnostics
 from sealedkb.store.db import MIN_SERVER_VERSION, connect
 from sealedkb.store.tls import ACCEPTED_PROTOCOLS, probe, session_of
@@ -399,8 +400,9 @@ def _provider(state: _State) -> Check:
             "encryption is off: entries are stored in plaintext",
             "use a knowledge base initialised with --encryption on",
         )
-    provider = key_provider(state.settings)
-    if not provider.exists():
+    provider = key_provider(state.settings, key_uri=meta.get("kms_key_uri"))
+    keystore = keystore_of(provider)
+    if keystore is not None and not keystore.exists():
         return Check(
             "keys.provider",
             Status.FAIL,
@@ -419,7 +421,7 @@ def _provider(state: _State) -> Check:
             "enable the key again (or restore it from backup); see "
             "docs/ENCRYPTION-KEY-MANAGEMENT.md",
         )
-    source = provider.root_key_source()
+    source = keystore.root_key_source() if keystore is not None else provider.scheme
     return Check(
         "keys.provider",
         Status.OK,

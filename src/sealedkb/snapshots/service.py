@@ -84,6 +84,7 @@ from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.wiring import key_provider, tls_files
 from sealedkb.keys.lifecycle import AuditedKeyUse
 from sealedkb.keys.local import URI_PREFIX
+from sealedkb.keys.provider import keystore_of
 from sealedkb.model import KeyPurpose
 from sealedkb.snapshots.fileformat import (
     Envelope,
@@ -293,7 +294,8 @@ class Snapshots:
     def _raw_provider(self) -> Any:
         if self._provider is None:
             provider = key_provider(self.settings)
-            if not provider.exists():
+            keystore = keystore_of(provider)
+            if keystore is not None and not keystore.exists():
                 raise KeyUnavailableError(
                     f"no keystore at {self.settings.keys_dir}: a snapshot needs the keystore "
                     "(keys/) and the root key it was made with; restore them from backup"
