@@ -40,7 +40,7 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
-from sealedkb.formats.aad import entry_doc_aad
+from sealedkb.formats.aad import embedding_aad, entry_doc_aad
 from sealedkb.keys.local import URI_PREFIX
 from sealedkb.keys.policy import SYSTEM_PRINCIPAL, parse_policy_text
 from sealedkb.keys.provider import (
@@ -627,19 +627,35 @@ class KeyLifecycle:
                 after = rows[-1].id
                 resealed = []
                 for row in rows:
-                    aad = entry_doc_aad(row.namespace, row.id)
+                    # Every sealed column of the row moves: the document and the
+                    # exact embedding (both under the namespace's content key).
+                    doc_aad = entry_doc_aad(row.namespace, row.id)
+                    emb_aad = embedding_aad(row.namespace, row.id)
                     try:
-                        plain = self.keyring.open(row.doc_sealed, aad)
+                        plain = self.keyring.open(row.doc_sealed, doc_aad)
+                        emb = (
+                            self.keyring.open(row.embedding_sealed, emb_aad)
+                            if row.embedding_sealed is not None
+                            else None
+                        )
                     except IntegrityError:
                         if str(row.id) not in failed:
                             failed.append(str(row.id))
                         continue
                     sealer = self.keyring.sealer(row.namespace, KeyPurpose.CONTENT)
-                    resealed.append((row, sealer.seal(plain, aad)))
+                    resealed.append(
+                        (
+                            row,
+                            sealer.seal(plain, doc_aad),
+                            sealer.seal(emb, emb_aad) if emb is not None else None,
+                        )
+                    )
                 if not resealed:
                     continue
                 with self.audit.transaction("re-encryption") as conn:
-                    moved = sum(RekeyTable.reseal(conn, row, blob) for row, blob in resealed)
+                    moved = sum(
+                        RekeyTable.reseal(conn, row, doc, emb) for row, doc, emb in resealed
+                    )
                     self.audit.append(
                         conn,
                         "ReEncryptEntries",

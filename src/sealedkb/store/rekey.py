@@ -20,10 +20,13 @@ from sealedkb.store.db import Database
 
 _DK_COLS = "id, namespace, purpose, kms_key_uri, wrapped, created_at, active"
 
-# Rows whose sealed document names a data key that is no longer active.
+# Rows with a sealed column (document or exact embedding) that names a data key no
+# longer active.
 _STALE = (
-    "FROM kb_entries e JOIN kb_data_keys k ON k.id = e.data_key_id"
-    " WHERE NOT k.active AND k.purpose = 'content'"
+    "FROM kb_entries e"
+    " LEFT JOIN kb_data_keys k ON k.id = e.data_key_id"
+    " LEFT JOIN kb_data_keys v ON v.id = e.embedding_key_id"
+    " WHERE (NOT k.active OR NOT v.active)"
 )
 
 
@@ -45,6 +48,7 @@ class StaleRow:
     namespace: str
     version: int
     doc_sealed: bytes
+    embedding_sealed: bytes | None = None
 
 
 class RekeyTable:
@@ -125,39 +129,57 @@ class RekeyTable:
         sealed under a retired content key."""
         with self.db.transaction("re-encryption scan") as conn:
             rows = conn.execute(
-                f"SELECT e.id, e.namespace, e.version, e.doc_sealed {_STALE}"
+                f"SELECT e.id, e.namespace, e.version, e.doc_sealed, e.embedding_sealed {_STALE}"
                 " AND (%s::text IS NULL OR e.namespace = %s)"
                 " AND (%s::uuid IS NULL OR e.id > %s) ORDER BY e.id LIMIT %s",
                 (namespace, namespace, after, after, limit),
                 binary=True,
             ).fetchall()
-        return [StaleRow(r[0], r[1], int(r[2]), bytes(r[3])) for r in rows]
+        return [
+            StaleRow(r[0], r[1], int(r[2]), bytes(r[3]), bytes(r[4]) if r[4] is not None else None)
+            for r in rows
+        ]
 
     @staticmethod
-    def reseal(conn: Connection[TupleRow], row: StaleRow, new_doc: bytes) -> bool:
-        """Write the re-sealed document unless the row changed since it was read.
-        ``version`` and ``updated_at`` stay as they are: the entry did not change."""
+    def reseal(
+        conn: Connection[TupleRow], row: StaleRow, new_doc: bytes, new_embedding: bytes | None
+    ) -> bool:
+        """Write the re-sealed document and exact embedding unless the row changed since
+        it was read. ``version`` and ``updated_at`` stay as they are: the entry did not
+        change."""
         cur = conn.execute(
-            "UPDATE kb_entries SET doc_sealed = %s WHERE id = %s AND version = %s"
-            " AND doc_sealed = %s",
-            (new_doc, row.id, row.version, row.doc_sealed),
+            "UPDATE kb_entries SET doc_sealed = %s, embedding_sealed = %s"
+            " WHERE id = %s AND version = %s AND doc_sealed = %s"
+            " AND embedding_sealed IS NOT DISTINCT FROM %s",
+            (new_doc, new_embedding, row.id, row.version, row.doc_sealed, row.embedding_sealed),
         )
         return cur.rowcount == 1
 
     def counts(self, namespace: str | None = None) -> dict[str, int]:
-        """Sealed rows by the state of the data key they name."""
+        """Sealed rows by the state of the data keys they name: a row is on a retired
+        key when its document or its exact embedding is; ``embeddings_on_retired_keys``
+        counts the embeddings alone."""
         with self.db.transaction("status") as conn:
             r = conn.execute(
-                "SELECT count(*) FILTER (WHERE k.active),"
-                " count(*) FILTER (WHERE k.id IS NOT NULL AND NOT k.active),"
-                " count(*) FILTER (WHERE k.id IS NULL)"
-                " FROM kb_entries e LEFT JOIN kb_data_keys k ON k.id = e.data_key_id"
+                "SELECT count(*) FILTER (WHERE k.active AND v.active IS NOT false),"
+                " count(*) FILTER (WHERE NOT k.active OR NOT v.active),"
+                " count(*) FILTER (WHERE k.id IS NULL OR"
+                "   (e.embedding_sealed IS NOT NULL AND v.id IS NULL)),"
+                " count(*) FILTER (WHERE NOT v.active)"
+                " FROM kb_entries e"
+                " LEFT JOIN kb_data_keys k ON k.id = e.data_key_id"
+                " LEFT JOIN kb_data_keys v ON v.id = e.embedding_key_id"
                 " WHERE e.doc_sealed IS NOT NULL"
                 " AND (%s::text IS NULL OR e.namespace = %s)",
                 (namespace, namespace),
             ).fetchone()
         assert r is not None
-        return {"on_active_keys": r[0], "on_retired_keys": r[1], "on_unknown_keys": r[2]}
+        return {
+            "on_active_keys": r[0],
+            "on_retired_keys": r[1],
+            "on_unknown_keys": r[2],
+            "embeddings_on_retired_keys": r[3],
+        }
 
     def data_key_counts(self) -> dict[str, int]:
         with self.db.transaction("status") as conn:
