@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sealedkb.migrate.migrator import _estimate, _hnsw_seconds
+from sealedkb.migrate.estimate import estimate as _estimate
+from sealedkb.migrate.estimate import hnsw_seconds as _hnsw_seconds
 
 MB = 1 << 20
 

@@ -452,8 +452,8 @@ def migration(kb: KnowledgeBase, st: dict[str, Any]) -> Check | None:
         k: marker.get(k)
         for k in ("kind", "state", "rollback_snapshot", "rows", "downtime_ms", "finished_at")
     }
-    scrub = marker.get("scrub") or {}
-    detail["wal_retired"] = bool(scrub.get("wal_recycle_off"))
+    scrub = marker.get("scrub")
+    detail["wal_retired"] = bool(scrub and scrub.get("wal_recycle_off"))
     value = f"{marker.get('kind')} {state}"
     if marker.get("rollback_snapshot") and state == COMPLETE:
         value += f", rollback point {marker['rollback_snapshot']}"

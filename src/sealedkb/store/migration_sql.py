@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg import Connection, sql
 from psycopg.rows import TupleRow
 
-from sealedkb.store.entries import _INSERT_COLS, _adapt
-from sealedkb.store.search import SEARCH_COLS
+from sealedkb.store.entries import _INSERT_COLS, EntryRow, _adapt
+from sealedkb.store.search import SEARCH_COLS, SearchColumns
 
 SHADOW = "sealedkb_mig_entries"
 ROWS = "sealedkb_mig_rows"
@@ -62,7 +62,7 @@ INSERT_ENTRY = (
 )
 
 
-def row_values(row: Any, cols: Any, facts: dict[str, Any]) -> list[Any]:
+def row_values(row: EntryRow, cols: SearchColumns, facts: Mapping[str, Any]) -> list[Any]:
     """Parameters for UPSERT_SHADOW / INSERT_ENTRY from an EntryRow, its SearchColumns
     and the row facts (created_at, updated_at, deleted_at) to keep."""
     values: list[Any] = [_adapt(c, getattr(row, c)) for c in _INSERT_COLS]

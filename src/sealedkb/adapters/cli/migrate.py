@@ -8,7 +8,7 @@ into it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -18,7 +18,7 @@ from rich.table import Table
 
 from sealedkb.adapters.cli import app as cli
 from sealedkb.errors import ValidationError
-from sealedkb.migrate.migrator import ForeignSpec, Migrator
+from sealedkb.migrate import ForeignSpec, Migrator, RunReport
 
 migrate_app: typer.Typer = typer.Typer(
     help="Migrate a plaintext knowledge base (this one, or another server's table) to "
@@ -99,7 +99,7 @@ def _bar(disable: bool) -> Iterator[Callable[[str, int, int], None]]:
         yield progress
 
 
-def _kv(data: dict[str, Any], keys: list[str]) -> None:
+def _kv(data: Mapping[str, Any], keys: list[str]) -> None:
     table = Table(show_header=False, box=None)
     for k in keys:
         if data.get(k) is not None:
@@ -167,7 +167,7 @@ def run(
     """Run (or resume) the migration: rollback snapshot, sealing in batches, switch, scrub."""
     spec = _spec(source, table, mapping, namespace, entry_type, model)
 
-    def go() -> dict[str, Any]:
+    def go() -> RunReport:
         with _bar(json_out) as progress:
             return Migrator(cli._settings(), spec, batch=batch, progress=progress).run()
 

@@ -1,0 +1,94 @@
+"""The migration guard does not outlive its migration: an attacker with SQL access who
+saved the guard while the migration ran cannot use it afterwards to reopen the now
+encrypted knowledge base in plaintext mode (a downgrade by SQL alone)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from sealedkb.config import Settings
+from sealedkb.errors import IntegrityError
+from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.migrate import Migrator
+from sealedkb.model import EncryptionMode
+
+
+def _meta(conn: psycopg.Connection[tuple[object, ...]], key: str) -> str | None:
+    row = conn.execute("SELECT value FROM kb_meta WHERE key = %s", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def _plaintext_rows(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM kb_entries WHERE content_plain IS NOT NULL"
+            " OR title_plain IS NOT NULL"
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_replayed_guard_does_not_downgrade_an_encrypted_kb(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    settings = make_settings()
+    plain, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
+    for i in range(12):
+        plain.add(f"entry {i} kept secret after the migration", title=f"Title {i}")
+    plain.close()
+
+    saved: dict[str, str | None] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        # The attacker reads kb_meta while the migration runs (the guard is plain SQL data).
+        if phase == "copy" and "guard" not in saved:
+            with psycopg.connect(database_url) as conn:
+                saved["guard"] = _meta(conn, "migration_guard")
+                saved["marker"] = _meta(conn, "migration")
+
+    result = Migrator(settings, batch=10, progress=progress).run()
+    assert result["state"] == "complete"
+    assert saved["guard"] is not None
+
+    with psycopg.connect(database_url) as conn:
+        # The guard is gone once the migration completed.
+        assert _meta(conn, "migration_guard") is None
+        # The attacker puts the saved guard (and the running migration's marker) back,
+        # flips the mode and drops the table's sealed-only constraint.
+        conn.execute(
+            "INSERT INTO kb_meta (key, value) VALUES ('migration_guard', %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (saved["guard"],),
+        )
+        conn.execute("UPDATE kb_meta SET value = %s WHERE key = 'migration'", (saved["marker"],))
+        conn.execute("UPDATE kb_meta SET value = 'off' WHERE key = 'encryption'")
+        conn.execute("DELETE FROM kb_meta WHERE key = 'kms_key_uri'")
+        conn.execute("ALTER TABLE kb_entries DROP CONSTRAINT IF EXISTS kb_entries_sealed_only")
+
+    with pytest.raises(IntegrityError):
+        KnowledgeBase.open(settings)
+    with pytest.raises(IntegrityError):
+        KnowledgeBase.init(settings)
+    assert _plaintext_rows(database_url) == 0
+
+
+def test_guard_still_opens_a_rolled_back_kb(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """The legitimate uses stay: after a rollback (past the switch) the plaintext
+    knowledge base opens beside the keystore, and it migrates again."""
+    settings = make_settings()
+    plain, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
+    plain.add("one entry")
+    plain.close()
+    assert Migrator(settings).run()["state"] == "complete"
+    assert Migrator(settings).rollback()["state"] == "rolled-back"
+    with KnowledgeBase.open(settings) as kb:
+        assert not kb.encrypted
+        kb.add("written after the rollback")
+    assert Migrator(settings).run()["state"] == "complete"
+    with psycopg.connect(database_url) as conn:
+        assert _meta(conn, "migration_guard") is None
