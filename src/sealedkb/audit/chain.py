@@ -281,7 +281,7 @@ class AuditLog:
         }
         mac = self.mac_key.generate_mac(self._checkpoint_message(body))
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        from sealedkb.keys.local import write_private  # atomic 0600 write
+        from sealedkb._fs import write_private  # atomic 0600 write
 
         write_private(path, canonical_json({**body, "mac": base64.b64encode(mac).decode()}))
         self.appended = 0

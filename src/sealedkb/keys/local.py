@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
-import fcntl
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
+from sealedkb._fs import file_lock, write_private
 from sealedkb.config import Settings
 from sealedkb.crypto import keywrap
 from sealedkb.crypto.kdf import (
@@ -127,23 +127,6 @@ def _unb64(s: str) -> bytes:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically write a 0600 file (tmp + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _read_root_key_file(path: Path) -> bytes:
@@ -453,13 +436,8 @@ class LocalKeyProvider:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         self.keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.keys_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.keys_dir / ".lock"):
             yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     # --- key records -----------------------------------------------------
 

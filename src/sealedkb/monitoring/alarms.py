@@ -36,10 +36,8 @@ never alarms below ``floor`` calls (near-zero traffic doubles easily). Until
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -48,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sealedkb._fs import file_lock, write_private
 from sealedkb.errors import ConfigError, DatabaseError, NotFoundError, SealedKBError
 from sealedkb.monitoring.notify import Notification, Notifier
 from sealedkb.store.monitoring import MonitoringQueries
@@ -370,8 +369,6 @@ class AlarmStore:
         return StateDoc(alarms, history)
 
     def save(self, doc: StateDoc) -> None:
-        from sealedkb.keys.local import write_private  # atomic 0600 write
-
         body = {
             "format": STATE_FORMAT,
             "alarms": {k: v.to_dict() for k, v in sorted(doc.alarms.items())},
@@ -383,9 +380,7 @@ class AlarmStore:
     def locked(self) -> Iterator[StateDoc]:
         """Read-modify-write under an exclusive lock; saved when the block ends."""
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self.folder / ".lock"):
             doc = self.load()
             before = json.dumps(
                 [{k: v.to_dict() for k, v in doc.alarms.items()}, len(doc.history)],
@@ -398,9 +393,6 @@ class AlarmStore:
             )
             if after != before:
                 self.save(doc)
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
 
 # --- samples and datapoints -----------------------------------------------------

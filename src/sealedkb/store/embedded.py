@@ -17,7 +17,6 @@ PAM session adds about two seconds to every ``pg_ctl stop``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import grp
 import hashlib
 import importlib.util
@@ -30,13 +29,13 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from urllib.parse import quote
 
+from sealedkb._fs import LockBusy, file_lock, pid_alive
 from sealedkb.errors import DatabaseError
 
 logger = logging.getLogger("sealedkb.embedded")
@@ -114,17 +113,6 @@ def _child_env() -> dict[str, str]:
     if tz:
         env["TZ"] = tz
     return env
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists (of any user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _have_procfs() -> bool:
@@ -270,7 +258,7 @@ class EmbeddedPostgres:
 
     def _running_pid(self) -> int | None:
         pid = _read_lock_pid(self._pid_file)
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not pid_alive(pid):
             return None
         if not _have_procfs():
             return pid  # no way to check further; trust liveness as pg_ctl does
@@ -325,30 +313,19 @@ class EmbeddedPostgres:
     @contextlib.contextmanager
     def _locked(self, timeout: float) -> Iterator[None]:
         """Hold an exclusive flock so only one process inits/starts/stops at a time."""
-        try:
-            self.pgdata.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(
-                self._lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-            )
-        except OSError as exc:
-            logger.debug("cannot open lock file %s: %s", self._lock_file, exc)
-            raise DatabaseError(f"cannot create the lock file {self._lock_file}") from exc
-        try:
-            deadline = time.monotonic() + max(timeout, 0.0)
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise DatabaseError(
-                            "timed out waiting for another process starting or stopping "
-                            f"the database in {self.pgdata}"
-                        ) from None
-                    time.sleep(0.02)
+        with contextlib.ExitStack() as held:
+            try:
+                self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+                held.enter_context(file_lock(self._lock_file, timeout=timeout))
+            except LockBusy:
+                raise DatabaseError(
+                    "timed out waiting for another process starting or stopping "
+                    f"the database in {self.pgdata}"
+                ) from None
+            except OSError as exc:
+                logger.debug("cannot open lock file %s: %s", self._lock_file, exc)
+                raise DatabaseError(f"cannot create the lock file {self._lock_file}") from exc
             yield
-        finally:
-            os.close(fd)  # releases the flock
 
     def _prepare(self) -> _OsUser | None:
         """Resolve the server's OS user and make its folders usable by it."""
@@ -450,13 +427,13 @@ class EmbeddedPostgres:
         PostgreSQL must see it to detect them.
         """
         pid = _read_lock_pid(self._pid_file)
-        alive = pid is not None and _pid_alive(pid)
+        alive = pid is not None and pid_alive(pid)
         if alive and _have_procfs() and not _any_process_in(self.pgdata):
             logger.warning("removing stale %s (pid %s is not this server)", self._pid_file, pid)
             with contextlib.suppress(FileNotFoundError):
                 self._pid_file.unlink()
         pid = _read_lock_pid(self._socket_lock_file)
-        if pid is not None and _pid_alive(pid) and _have_procfs() and _is_postgres(pid) is False:
+        if pid is not None and pid_alive(pid) and _have_procfs() and _is_postgres(pid) is False:
             logger.warning(
                 "removing stale %s (pid %s is not PostgreSQL)", self._socket_lock_file, pid
             )
