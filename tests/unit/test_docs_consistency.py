@@ -283,3 +283,33 @@ def test_file_names_in_the_docs_exist() -> None:
             if not _resolves(m.group(1)):
                 missing.append(f"{path.relative_to(ROOT)}: {m.group(1)}")
     assert missing == []
+
+
+_ANY_PY = re.compile(r"(?<![\w./-])((?:[a-z0-9_]+/)*[a-z0-9_]+\.py)\b")
+
+
+def test_file_names_in_comments_and_docstrings_exist() -> None:
+    """Every ``name.py`` or ``package/name.py`` a comment, docstring or doc names is
+    a file of the tree: a module that moved leaves no reference to its old name."""
+    missing = []
+    for path in scanned_files():
+        for n, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1):
+            for m in _ANY_PY.finditer(line):
+                if not _resolves(m.group(1)):
+                    missing.append(f"{path.relative_to(ROOT)}:{n}: {m.group(1)}")
+    assert missing == []
+
+
+_TEST_REF = re.compile(r"((?:tests|bench)/[\w/]+\.py)::(\w+)")
+
+
+def test_named_tests_exist() -> None:
+    """``tests/...py::test_name`` in the docs names a test function of that file."""
+    missing = []
+    for path in scanned_files():
+        for m in _TEST_REF.finditer(path.read_text("utf-8", errors="replace")):
+            target = ROOT / m.group(1)
+            text = target.read_text("utf-8") if target.is_file() else ""
+            if not re.search(rf"^\s*(?:async\s+)?def {m.group(2)}\b", text, re.M):
+                missing.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
+    assert missing == []

@@ -1,4 +1,4 @@
-"""The one place AAD strings are made (docs/FORMATS.md §2 pins them with vectors).
+"""The one place AAD strings are made (specified in docs/FORMATS.md §3).
 
 Every sealed field binds its place: ``sealedkb/v1|<namespace>|<table>|<column>|<id>``.
 A value copied to another row, column or namespace therefore fails to open. Callers
