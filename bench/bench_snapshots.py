@@ -46,12 +46,12 @@ def child(step: str, home: str, url: str, snapshot: str | None, target: str | No
     """One measured step in this process; prints a JSON line with time and peak RSS."""
     from sealedkb.config import load_settings
     from sealedkb.kb.knowledge_base import KnowledgeBase
-    from sealedkb.snapshots.service import Snapshots
+    from sealedkb.kb.snapshotting import snapshots_for
     from sealedkb.store import snapshot_io as sio
 
     settings = load_settings(home, database_url=url)
     kb = KnowledgeBase.open(settings)
-    snaps = Snapshots(settings, kb)
+    snaps = snapshots_for(settings, kb)
     out: dict[str, Any] = {"step": step}
     t0 = time.perf_counter()
     if step == "baseline":

@@ -1,10 +1,13 @@
 """Helpers for snapshot tests and bench/bench_snapshots.py (not a conftest).
 
 ``bulk_add`` fills a knowledge base fast: each entry is sealed exactly as
-``KnowledgeBase.add`` seals it (the service's own ``_store_columns``: same data
-keys, AAD and tag tokens), and the rows go in by COPY in batches instead of one
+``KnowledgeBase.add`` seals it (the knowledge base's own ``EntrySealer.store_columns``:
+same data keys, AAD and tag tokens), and the rows go in by COPY in batches instead of one
 INSERT per entry. So 10k entries take about a second instead of ~20 s, and they
 read back through the normal service API.
+
+The rest is shared by the snapshot tests (tests/integration/test_snapshots_*.py); their
+fixtures are in tests/snapshot_fixtures.py.
 """
 
 from __future__ import annotations
@@ -13,10 +16,17 @@ import json
 import random
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.model import EntryType
+from sealedkb.model import EntryPatch, EntryType
+from sealedkb.store import snapshot_io as sio
+from sealedkb.store.embedded import EmbeddedPostgres
 
 WORDS = [
     "deploy",
@@ -111,7 +121,7 @@ def bulk_add(
         rows = []
         for ns, et, doc in (next(docs) for _ in range(min(batch, n - done))):
             eid = uuid.uuid4()
-            stored = kb._store_columns(ns, eid, doc)  # exactly what add() stores
+            stored = kb.sealer.store_columns(ns, eid, doc)  # exactly what add() stores
             meta = stored.get("metadata_plain")
             rows.append(
                 (
@@ -136,3 +146,61 @@ def bulk_add(
                 copy.write_row(row)
         done += len(rows)
     return done
+
+
+# --- shared by the snapshot tests -----------------------------------------------------------
+
+SECRET = "s3cr3t-body-text"
+SMALL_CHUNKS = 4096  # many chunks from a small database
+
+
+def db_exists(pg: EmbeddedPostgres, name: str) -> bool:
+    with psycopg.connect(pg.uri(), autocommit=True) as conn:
+        return sio.database_exists(conn, name)
+
+
+def audit_rows(url: str, action: str) -> list[dict[str, Any]]:
+    from tests.integration.test_tamper_cli import sql
+
+    rows = sql(
+        url,
+        "SELECT principal, outcome, error_code, key_uri, details FROM kb_audit"
+        " WHERE action = %s ORDER BY seq",
+        (action,),
+    )
+    keys = ("principal", "outcome", "error_code", "key_uri", "details")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def add_varied(kb: KnowledgeBase, n: int = 12) -> list[str]:
+    ids = []
+    for i in range(n):
+        e = kb.add(
+            f"{SECRET} entry {i}\n\nbody {i}",
+            title=f"title {i}",
+            tags=["alpha", f"t{i}"],
+            namespace="default" if i % 3 else "team-b",
+            source=f"https://wiki.test/{i}",
+            metadata={"i": i, "nested": {"k": [i, "v"]}},
+            entry_type="decision" if i % 2 else "note",
+        )
+        ids.append(str(e.id))
+    kb.update(ids[0], EntryPatch(content=f"{SECRET} rewritten", archived=True))
+    kb.delete(ids[1])
+    return ids
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+class Clock:
+    """An injected clock: ``now`` is whatever the test sets."""
+
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now

@@ -22,7 +22,7 @@ from sealedkb.errors import ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.migrate.migrator import ForeignSpec, Migrator
 from sealedkb.model import EncryptionMode
-from sealedkb.snapshots.service import Snapshots
+from sealedkb.kb.snapshotting import snapshots_for
 from sealedkb.store.embedded import EmbeddedPostgres
 
 ROWS = 300
@@ -163,7 +163,7 @@ def test_bad_mapping_refused_before_anything_changes(
     with KnowledgeBase.open(settings) as kb:
         assert kb.list(limit=10) == []
         assert Migrator(settings).status() is None  # no marker written
-    assert Snapshots(settings).list() == []  # no rollback snapshot taken either
+    assert snapshots_for(settings).list() == []  # no rollback snapshot taken either
 
 
 def test_missing_table_refused(make_settings: Callable[..., Settings], source_url: str) -> None:

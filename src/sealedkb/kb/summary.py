@@ -14,7 +14,7 @@ only when every check is ``true``. Runbook: docs/ENCRYPTION-KEY-MANAGEMENT.md §
 
 Built from :meth:`KnowledgeBase.status` (so nothing is queried twice) plus a
 header-only read of the snapshot folder and :meth:`AuditLog.verify`. It lives
-here, not in kb/knowledge_base.py, because snapshots/service.py imports it.
+here, not in kb/knowledge_base.py, because kb/snapshotting.py imports that module.
 
 Never in here: entry text, key material, SQL. Values are ids, counts, states,
 dates and fixed phrases; error texts are the errors' own messages, which are
@@ -282,9 +282,9 @@ def _snapshots(kb: KnowledgeBase, settings: Settings) -> Check:
     """Header-only: whether each file *says* it is encrypted, under which KMS key.
     No keys are used, so the header is not authenticated here: that, and the
     chunks, are ``sealedkb snapshot verify``'s job."""
-    from sealedkb.snapshots.service import Snapshots  # snapshots imports service
+    from sealedkb.kb.snapshotting import snapshots_for  # it imports knowledge_base
 
-    infos = Snapshots(settings, kb).list()
+    infos = snapshots_for(settings, kb).list()
     key_ids: set[str] = set()
     damaged: list[str] = []
     unencrypted: list[str] = []

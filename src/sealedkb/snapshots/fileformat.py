@@ -21,7 +21,8 @@ authentic.
 
 This module is the byte layer: it writes and reads the container, seals and
 opens chunks, compresses, frames the tables and counts and hashes them. It
-does not talk to PostgreSQL or the key provider (snapshots/service.py does).
+does not talk to PostgreSQL or the key provider (create, verify, restore and
+copy do).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The SQL side of snapshots: which tables, in what order, COPY out and in,
-databases to restore into. Bytes only: no crypto, no keys (snapshots/service.py joins
+databases to restore into. Bytes only: no crypto, no keys (the snapshots package joins
 this with snapshots/fileformat.py and the key provider).
 
 Every sealedkb table is found in the catalog (``kb_%`` in the current schema,

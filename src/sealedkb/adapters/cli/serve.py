@@ -18,7 +18,7 @@ from sealedkb.errors import SealedKBError, ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import DEFAULT_NAMESPACE
 from sealedkb.monitoring import alarms
-from sealedkb.snapshots.service import start_scheduler
+from sealedkb.kb.snapshotting import start_scheduler
 from sealedkb.store.tokens import TokenRecord
 
 log = logging.getLogger("sealedkb.serve")

@@ -1,6 +1,6 @@
 """``sealedkb snapshot …``: encrypted snapshots (runbook §23, docs/SNAPSHOT-FORMAT.md).
 
-Thin, like app.py: parse, call :class:`sealedkb.snapshots.service.Snapshots`, print.
+Thin, like app.py: parse, call :class:`sealedkb.snapshots.Snapshots`, print.
 ``create`` and ``drill`` need the knowledge base. The others also run when its
 database is gone (disaster recovery: keystore + snapshot files are enough); they
 are then recorded only in a restored database's own audit trail, and say so.
@@ -20,7 +20,16 @@ from rich.text import Text
 from sealedkb.adapters.cli.app import JsonOpt, _fail, _print_json, _run, _settings, err, out
 from sealedkb.errors import DatabaseError, NotInitializedError, SealedKBError
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.snapshots.service import Snapshots
+from sealedkb.kb.snapshotting import snapshots_for
+from sealedkb.snapshots import (
+    DeleteResult,
+    DrillReport,
+    RestoreReport,
+    SnapshotDescription,
+    Snapshots,
+    SnapshotSummary,
+    VerifyReport,
+)
 
 snapshot_app: typer.Typer = typer.Typer(
     help="Encrypted snapshots: create, list, verify, restore, copy, delete, drill.",
@@ -48,7 +57,7 @@ def _snapshots(*, need_kb: bool) -> Iterator[Snapshots]:
             highlight=False,
         )
     try:
-        yield Snapshots(settings, kb)
+        yield snapshots_for(settings, kb)
     finally:
         if kb is not None:
             kb.close()
@@ -68,7 +77,7 @@ def _entries(row_counts: dict[str, Any]) -> str:
     return "-" if value is None else str(value)
 
 
-def _print_info(info: dict[str, Any]) -> None:
+def _print_info(info: SnapshotDescription) -> None:
     table = Table(show_header=False, box=None)
     for key in (
         "id",
@@ -99,7 +108,7 @@ def snapshot_create(
 ) -> None:
     """Take a manual snapshot now (kept until deleted)."""
 
-    def go() -> dict[str, Any]:
+    def go() -> SnapshotSummary:
         with _snapshots(need_kb=True) as snaps:
             return snaps.create(name=name).to_dict()
 
@@ -120,8 +129,8 @@ def snapshot_create(
 def snapshot_list(json_out: JsonOpt = False) -> None:
     """List the snapshots in the folder, oldest first (no keys needed)."""
 
-    def go() -> list[dict[str, Any]]:
-        return [i.to_dict() for i in Snapshots(_settings()).list()]
+    def go() -> list[SnapshotSummary]:
+        return [i.to_dict() for i in snapshots_for(_settings()).list()]
 
     items = _run(go)
     if json_out:
@@ -148,8 +157,8 @@ def snapshot_list(json_out: JsonOpt = False) -> None:
 def snapshot_describe(ref: IdArg, json_out: JsonOpt = False) -> None:
     """Show a snapshot's manifest: source, schema, key, tables, counts, digests."""
 
-    def go() -> dict[str, Any]:
-        return Snapshots(_settings()).describe(ref)
+    def go() -> SnapshotDescription:
+        return snapshots_for(_settings()).describe(ref)
 
     info = _run(go)
     if json_out:
@@ -177,7 +186,7 @@ def snapshot_verify(ref: IdArg, json_out: JsonOpt = False) -> None:
     """Read the whole snapshot and check every chunk, row count and digest (restores
     nothing). Exit 6 names the bad part; exit 5 if its KMS key is not usable."""
 
-    def go() -> dict[str, Any]:
+    def go() -> VerifyReport:
         with _snapshots(need_kb=False) as snaps:
             return snaps.verify(ref)
 
@@ -215,7 +224,7 @@ def snapshot_restore(
     """Restore into a new database, then re-check counts and digests from the restored
     rows and open a sample of sealed entries with the keystore."""
 
-    def go() -> dict[str, Any]:
+    def go() -> RestoreReport:
         with _snapshots(need_kb=False) as snaps:
             return snaps.restore(ref, target)
 
@@ -253,7 +262,7 @@ def snapshot_copy(
     """Re-encrypt a snapshot under another KMS key (snapshot key and every data key in
     it); the copy is verified before it appears, and restores without the old key."""
 
-    def go() -> dict[str, Any]:
+    def go() -> SnapshotSummary:
         with _snapshots(need_kb=False) as snaps:
             return snaps.copy(ref, kms_key_id).to_dict()
 
@@ -268,7 +277,7 @@ def snapshot_copy(
 def snapshot_delete(ref: IdArg, json_out: JsonOpt = False) -> None:
     """Delete a snapshot file."""
 
-    def go() -> dict[str, Any]:
+    def go() -> DeleteResult:
         with _snapshots(need_kb=False) as snaps:
             return snaps.delete(ref)
 
@@ -293,7 +302,7 @@ def snapshot_drill(
     """Restore drill: create -> restore into a scratch database -> verify -> drop,
     each step timed."""
 
-    def go() -> dict[str, Any]:
+    def go() -> DrillReport:
         with _snapshots(need_kb=True) as snaps:
             return snaps.drill(snapshot=snapshot, keep=keep)
 
