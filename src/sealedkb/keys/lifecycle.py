@@ -25,13 +25,13 @@ running either again after a crash finishes the job.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from sealedkb._periodic import PeriodicTask
 from sealedkb.audit.chain import AuditLog
 from sealedkb.crypto.keyring import KeyRing, encryption_context
 from sealedkb.errors import (
@@ -727,8 +727,14 @@ class Housekeeper:
         self.lifecycle = lifecycle
         self.audit = audit
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicTask(
+            "sealedkb-housekeeper",
+            interval,
+            self.run_once,
+            run_first=False,  # start() runs the first round itself
+            what="housekeeping round",
+            logger=log,
+        )
         self.runs = 0
 
     def run_once(self) -> None:
@@ -739,21 +745,11 @@ class Housekeeper:
             self.audit.checkpoint_quietly()
             self.runs += 1
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.run_once()
-            except Exception:  # a background loop must survive a bad round
-                log.exception("housekeeping round failed")
-
     def start(self) -> Housekeeper:
         self.run_once()
-        self._thread = threading.Thread(target=self._loop, name="sealedkb-housekeeper", daemon=True)
-        self._thread.start()
+        self._periodic.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._periodic.stop(timeout=10)
         self.audit.checkpoint_quietly()

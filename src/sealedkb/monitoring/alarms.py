@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sealedkb._fs import file_lock, write_private
+from sealedkb._periodic import PeriodicTask
 from sealedkb.errors import ConfigError, DatabaseError, NotFoundError, SealedKBError
 from sealedkb.monitoring.notify import Notification, Notifier
 from sealedkb.store.monitoring import MonitoringQueries
@@ -502,8 +503,11 @@ class Evaluator:
                 # at least two samples per period, at most one per tick
                 self._gauge_every[spec.metric] = spec.period / 2
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # The first round runs in the thread too: verifying a long audit chain must
+        # not hold up serve's start.
+        self._periodic = PeriodicTask(
+            "sealedkb-alarms", self.interval, self.evaluate, what="alarm evaluation", logger=log
+        )
         now = self.clock().timestamp()
         for name, series in self._series.items():
             if series.counter:
@@ -751,26 +755,12 @@ class Evaluator:
 
     # --- background thread (serve) ---------------------------------------------
 
-    def _loop(self) -> None:
-        # The first round runs in the thread too: verifying a long audit chain must
-        # not hold up serve's start.
-        while True:
-            try:
-                self.evaluate()
-            except Exception:  # a background loop must survive a bad round
-                log.exception("alarm evaluation failed")
-            if self._stop.wait(self.interval):
-                return
-
     def start(self) -> Evaluator:
-        self._thread = threading.Thread(target=self._loop, name="sealedkb-alarms", daemon=True)
-        self._thread.start()
+        self._periodic.start()
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        self._periodic.stop(timeout=30)
 
 
 def _history(change: Transition) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
+from sealedkb._periodic import PeriodicTask
 from sealedkb.errors import SealedKBError, ValidationError
 from sealedkb.snapshots.base import log
 from sealedkb.snapshots.store import SnapshotFolder, SnapshotInfo
@@ -122,8 +123,9 @@ class SnapshotScheduler:
         self.expired = 0
         self.last_error: str | None = None
         self._next_try: datetime | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._periodic = PeriodicTask(
+            "sealedkb-snapshots", interval, self.tick, what="snapshot scheduler round", logger=log
+        )
 
     def tick(self) -> str:
         """One round: expire, then snapshot if the window is open and today's is missing.
@@ -163,22 +165,10 @@ class SnapshotScheduler:
         log.info("automated snapshot %s written", info.id)
         return "created"
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception:  # a background loop must survive a bad round
-                log.exception("snapshot scheduler round failed")
-            if self._stop.wait(self.interval):
-                return
-
     def start(self) -> SnapshotScheduler:
         _counter()
-        self._thread = threading.Thread(target=self._loop, name="sealedkb-snapshots", daemon=True)
-        self._thread.start()
+        self._periodic.start()
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
+        self._periodic.stop(timeout=timeout)
