@@ -92,3 +92,47 @@ def test_guard_still_opens_a_rolled_back_kb(
     assert Migrator(settings).run()["state"] == "complete"
     with psycopg.connect(database_url) as conn:
         assert _meta(conn, "migration_guard") is None
+
+
+def test_a_failed_switch_fails_closed_and_a_rerun_rearms(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guard goes just before the switch commits: when that transaction fails the
+    plaintext knowledge base refuses to open beside the keystore (never the other way
+    round) until ``migrate run`` again arms a fresh guard and completes."""
+    from sealedkb.migrate import in_place
+
+    settings = make_settings()
+    plain, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
+    plain.add("one entry")
+    plain.close()
+
+    real = in_place.disarm_guard
+
+    def disarm_then_fail(conn: psycopg.Connection[tuple[object, ...]] | None, s: Settings) -> None:
+        real(conn, s)
+        raise RuntimeError("the switch's commit fails")
+
+    monkeypatch.setattr(in_place, "disarm_guard", disarm_then_fail)
+    with pytest.raises(RuntimeError):
+        Migrator(settings).run()
+    monkeypatch.setattr(in_place, "disarm_guard", real)
+    with psycopg.connect(database_url) as conn:
+        assert _meta(conn, "encryption") == "off"  # the switch rolled back
+        assert _meta(conn, "migration_guard") is not None
+    with pytest.raises(IntegrityError):
+        KnowledgeBase.open(settings)
+
+    opened: list[bool] = []
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "switch" and done == 0:
+            with KnowledgeBase.open(settings) as kb:
+                opened.append(kb.encrypted)
+
+    assert Migrator(settings, progress=progress).run()["state"] == "complete"
+    assert opened == [False]  # re-armed: the plaintext knowledge base opened again
+    with KnowledgeBase.open(settings) as kb:
+        assert kb.encrypted and kb.get(kb.list(limit=1)[0].id).content == "one entry"
