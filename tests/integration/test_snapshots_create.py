@@ -5,7 +5,6 @@ leaving nothing, and consistency under concurrent writes."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -213,17 +212,20 @@ def test_snapshot_is_consistent_under_concurrent_writes(
 
     bulk_add(kb, 2000, size=500)
     stop = threading.Event()
+    writing = threading.Event()  # set once some entries are in: the snapshot starts mid-stream
     writer_kb = KnowledgeBase.open(make_settings())
     written: list[str] = []
 
     def write() -> None:
         while not stop.is_set():
             written.append(str(writer_kb.add(f"{SECRET} concurrent {len(written)}").id))
+            if len(written) >= 5:
+                writing.set()
 
     t = threading.Thread(target=write)
     t.start()
     try:
-        time.sleep(0.2)
+        assert writing.wait(timeout=30)
         info = snapshots_for(settings, kb).create()
     finally:
         stop.set()

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
-from tests.integration.test_tamper_cli import Cli, expect
+from tests.integration.test_tamper_cli import Cli, expect, make_cli
 from tests.snapshot_helpers import (
     SMALL_CHUNKS,
     add_varied,
@@ -20,7 +24,7 @@ from tests.snapshot_helpers import (
     flip,
 )
 
-from sealedkb.config import Settings
+from sealedkb.config import Settings, load_settings
 from sealedkb.errors import (
     SealedKBError,
 )
@@ -33,22 +37,65 @@ from sealedkb.store.embedded import EmbeddedPostgres
 pytest_plugins = ["tests.snapshot_fixtures"]
 
 
-@pytest.fixture
-def tamper_setup(
-    cli: Cli, home: Path, database_url: str, make_settings: Callable[..., Settings]
-) -> tuple[Cli, Snapshots, Path]:
-    settings = make_settings()
-    kb = KnowledgeBase.open(settings)
-    try:
-        add_varied(kb)
-        bulk_add(kb, 120, size=900)
-        snaps = snapshots_for(settings, kb, chunk_size=SMALL_CHUNKS)
-        info = snaps.create(name="tamper")
-    finally:
-        kb.close()
+@dataclass(frozen=True)
+class Pristine:
+    """One knowledge base and one snapshot of it for the whole module: each test
+    tampers with a fresh copy of the same bytes."""
+
+    home: Path
+    database_url: str
+    path: Path
+    data: bytes
+
+
+@pytest.fixture(scope="module")
+def pristine(
+    pg_server: EmbeddedPostgres, template_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Pristine]:
+    home = tmp_path_factory.mktemp("tamper") / "home"
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.uri(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db} STRATEGY file_copy")
+    url = pg_server.uri(name)
+    with pytest.MonkeyPatch.context() as mp:  # as tests/conftest.py's _clean_env does
+        for var in [v for v in os.environ if v.startswith("SEALEDKB_")]:
+            mp.delenv(var)
+        expect(make_cli(home, url)("init"), 0)
+        settings = load_settings(home, database_url=url, embedder="hash")
+        kb = KnowledgeBase.open(settings)
+        try:
+            add_varied(kb)
+            bulk_add(kb, 120, size=900)
+            snaps = snapshots_for(settings, kb, chunk_size=SMALL_CHUNKS)
+            info = snaps.create(name="tamper")
+        finally:
+            kb.close()
     env = read_envelope(info.path)
     assert env.chunk_count() >= 20, env.chunk_count()
-    return cli, snapshots_for(settings), info.path
+    yield Pristine(home, url, info.path, info.path.read_bytes())
+    with psycopg.connect(pg_server.uri(), autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def make_settings(pristine: Pristine) -> Callable[..., Settings]:
+    """Settings of the module's knowledge base (instead of each test's own)."""
+
+    def make(**overrides: object) -> Settings:
+        overrides.setdefault("database_url", pristine.database_url)
+        overrides.setdefault("embedder", "hash")
+        return load_settings(pristine.home, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def tamper_setup(
+    pristine: Pristine, make_settings: Callable[..., Settings]
+) -> tuple[Cli, Snapshots, Path]:
+    pristine.path.write_bytes(pristine.data)
+    cli = make_cli(pristine.home, pristine.database_url)
+    return cli, snapshots_for(make_settings()), pristine.path
 
 
 def regions(path: Path) -> dict[str, int]:
@@ -109,7 +156,9 @@ def check_rejected(
     assert not db_exists(pg, target), "a failed restore left its database behind"
 
 
+@pytest.mark.parametrize("region", list(EXPECTED_PART))
 def test_flipped_byte_in_each_part(
+    region: str,
     tamper_setup: tuple[Cli, Snapshots, Path],
     pg_server: EmbeddedPostgres,
     scratch_names: Callable[[], str],
@@ -118,35 +167,44 @@ def test_flipped_byte_in_each_part(
     message naming the part, and the restore leaves no database behind."""
     cli, snaps, path = tamper_setup
     original = path.read_bytes()
-    for region, offset in regions(path).items():
-        path.write_bytes(original)
-        flip(path, offset)
-        try:
-            check_rejected(cli, snaps, path, EXPECTED_PART[region], pg_server, scratch_names())
-        except AssertionError as exc:
-            raise AssertionError(f"{region}: {exc}") from exc
+    flip(path, regions(path)[region])
+    check_rejected(cli, snaps, path, EXPECTED_PART[region], pg_server, scratch_names())
     path.write_bytes(original)
     assert snaps.verify(path.name.removesuffix(".snap"))["ok"]
 
 
-def test_flipped_byte_anywhere(tamper_setup: tuple[Cli, Snapshots, Path]) -> None:
+@pytest.mark.parametrize("case", range(40))
+def test_flipped_byte_anywhere(tamper_setup: tuple[Cli, Snapshots, Path], case: int) -> None:
     """40 random positions (seeded): every one is caught, by verify and by restore."""
     _cli, snaps, path = tamper_setup
     original = path.read_bytes()
     sid = path.name.removesuffix(".snap")
     rng = random.Random(6)
-    for offset in rng.sample(range(len(original)), 40):
-        data = bytearray(original)
-        data[offset] ^= 1 << rng.randrange(8)
-        path.write_bytes(bytes(data))
-        with pytest.raises(SealedKBError) as info:
-            snaps.verify(sid)
-        assert info.value.exit_code == 6, (offset, info.value.message)
+    flips = [(offset, 1 << rng.randrange(8)) for offset in rng.sample(range(len(original)), 40)]
+    offset, bit = flips[case]
+    data = bytearray(original)
+    data[offset] ^= bit
+    path.write_bytes(bytes(data))
+    with pytest.raises(SealedKBError) as info:
+        snaps.verify(sid)
+    assert info.value.exit_code == 6, (offset, info.value.message)
     path.write_bytes(original)
     assert snaps.verify(sid)["ok"]
 
 
+@pytest.mark.parametrize(
+    "what",
+    [
+        "last byte",
+        "end marker",
+        "inside the trailer",
+        "after a whole chunk",
+        "inside a chunk",
+        "inside the header",
+    ],
+)
 def test_truncation(
+    what: str,
     tamper_setup: tuple[Cli, Snapshots, Path],
     pg_server: EmbeddedPostgres,
     scratch_names: Callable[[], str],
@@ -163,10 +221,8 @@ def test_truncation(
         "inside a chunk": env.stream_offset + 3 * full + 77,
         "inside the header": 40,
     }
-    for what, size in cuts.items():
-        path.write_bytes(original[:size])
-        check_rejected(cli, snaps, path, "truncated|end|header", pg_server, scratch_names())
-        del what
+    path.write_bytes(original[: cuts[what]])
+    check_rejected(cli, snaps, path, "truncated|end|header", pg_server, scratch_names())
 
 
 def test_reordered_dropped_and_spliced_chunks(
