@@ -18,6 +18,7 @@ MAX_SOURCE_CHARS = 2048
 MAX_TAGS = 64
 MAX_TAG_CHARS = 100
 MAX_METADATA_BYTES = 64 * 1024
+MAX_ADD_BATCH = 500  # add_many: one transaction, results held until it ends
 DEFAULT_NAMESPACE = "default"
 
 # Namespaces go into AAD strings joined with "|", so the alphabet excludes it.
@@ -38,6 +39,12 @@ class EntryType(StrEnum):
 class EncryptionMode(StrEnum):
     ON = "on"
     OFF = "off"
+
+
+class SearchMode(StrEnum):
+    HYBRID = "hybrid"
+    SEMANTIC = "semantic"
+    KEYWORD = "keyword"
 
 
 @dataclass(frozen=True, slots=True)

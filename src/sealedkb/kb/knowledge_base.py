@@ -43,6 +43,7 @@ from sealedkb.keys.provider import KeyProvider, keystore_of
 from sealedkb.migrate.guard import GUARD, MARKER, check_open_allowed, guard_allows_keystore
 from sealedkb.model import (
     DEFAULT_NAMESPACE,
+    MAX_ADD_BATCH,
     EncryptionMode,
     Entry,
     EntryPatch,
@@ -72,7 +73,6 @@ log = logging.getLogger("sealedkb.service")
 
 ENCRYPTION_SCHEME = "AES-256-GCM envelope (sealedkb field format v1, HKDF-SHA256 subkeys)"
 MAX_LIST_LIMIT = 1000
-MAX_ADD_BATCH = 500  # add_many: one transaction, results held until it ends
 
 
 TOKENIZER_KEY = "keyword_tokenizer"  # kb_meta: the word splitting of the keyword index

@@ -70,6 +70,13 @@ def resolve_database(settings: Settings, *, create: bool) -> DatabaseTarget:
     return DatabaseTarget(url, "embedded", classify_transport(url))
 
 
+def stop_embedded_database(settings: Settings) -> bool:
+    """Stop this home's embedded PostgreSQL server; False when it was not running."""
+    from sealedkb.store.embedded import EmbeddedPostgres
+
+    return EmbeddedPostgres(settings.pgdata).stop()
+
+
 def tls_files(settings: Settings) -> TlsFiles:
     """The database TLS files named in the settings (they fill in the URL)."""
     return TlsFiles(

@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -52,6 +51,7 @@ from sealedkb.model import (
     validate_namespace,
     validate_tags,
 )
+from sealedkb.model import SearchMode as SearchMode  # a plain type; also exported here
 from sealedkb.search import text
 from sealedkb.store.search import (
     HitRow,
@@ -82,12 +82,6 @@ MAX_WINDOW = 200  # offset + limit: the hard cap on how deep a search pages
 MIN_FUSION_DEPTH = 10
 MAX_CACHED_NAMESPACES = 16  # word -> token caches kept by the indexer (<= 65,536 words each)
 EMBED_TEXT_CHARS = 4000  # the model sees 256 tokens (~1,000 chars); cut early
-
-
-class SearchMode(StrEnum):
-    HYBRID = "hybrid"
-    SEMANTIC = "semantic"
-    KEYWORD = "keyword"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""``sealedkb alarms list | history | test``: the built-in alarms (monitoring/alarms.py).
+"""``sealedkb alarms list | history | test``: the built-in alarms
+(:mod:`sealedkb.monitoring.alarms`).
 
 ``serve`` evaluates the alarms and keeps their state in
 ``$SEALEDKB_HOME/alarms/state.json``; these commands read it from another
@@ -9,16 +10,18 @@ serving process's own counters keep the state ``serve`` gave them.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import dataclasses
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
-from sealedkb.adapters.cli.app import JsonOpt, _kb, _print_json, _run, _settings, out
-from sealedkb.config import Settings
+from sealedkb.adapters.cli._common import JsonOpt, command, open_kb, out, print_json, settings
 from sealedkb.errors import ConfigError, ValidationError
-from sealedkb.monitoring import alarms
+
+if TYPE_CHECKING:
+    from sealedkb.config import Settings
+    from sealedkb.monitoring.alarms import AlarmStore
 
 alarms_app: typer.Typer = typer.Typer(
     help="Built-in alarms on encryption health (evaluated by serve).", no_args_is_help=True
@@ -27,22 +30,26 @@ alarms_app: typer.Typer = typer.Typer(
 _STYLE = {"OK": "green", "ALARM": "bold red", "INSUFFICIENT_DATA": "yellow"}
 
 
-def _store(settings: Settings) -> alarms.AlarmStore:
-    return alarms.AlarmStore(settings.home / "alarms")
+def _store(loaded: Settings) -> AlarmStore:
+    from sealedkb.monitoring.alarms import AlarmStore
+
+    return AlarmStore(loaded.home / "alarms")
 
 
-def alarm_summary(settings: Settings) -> dict[str, str]:
+def alarm_summary(loaded: Settings) -> dict[str, str]:
     """Alarm name -> state, for ``status``."""
+    from sealedkb.monitoring import alarms
+
     try:
         rows = alarms.list_alarms(
-            alarms.load_specs(settings.alarms), _store(settings), settings.alarm_runbook_base
+            alarms.load_specs(loaded.alarms), _store(loaded), loaded.alarm_runbook_base
         )
     except ConfigError:
         return {}
     return {r["name"]: r["state"] for r in rows if r["enabled"]}
 
 
-@alarms_app.command("list")
+@command(alarms_app, "list")
 def alarms_list(
     evaluate: Annotated[
         bool,
@@ -54,18 +61,18 @@ def alarms_list(
     json_out: JsonOpt = False,
 ) -> None:
     """Every alarm: state, reason, metric, period, threshold, runbook link."""
+    from rich.table import Table
 
-    def go() -> list[dict[str, Any]]:
-        settings = _settings()
-        specs = alarms.load_specs(settings.alarms)
-        if evaluate:
-            with _kb() as kb:
-                alarms.Evaluator(kb, specs=specs, scopes=("shared",)).evaluate()
-        return alarms.list_alarms(specs, _store(settings), settings.alarm_runbook_base)
+    from sealedkb.monitoring import alarms
 
-    rows = _run(go)
+    loaded = settings()
+    specs = alarms.load_specs(loaded.alarms)
+    if evaluate:
+        with open_kb() as kb:
+            alarms.Evaluator(kb, specs=specs, scopes=("shared",)).evaluate()
+    rows = alarms.list_alarms(specs, _store(loaded), loaded.alarm_runbook_base)
     if json_out:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("alarm", "state", "since", "scope", "reason")
     for r in rows:
@@ -79,25 +86,25 @@ def alarms_list(
     out.print(table)
 
 
-@alarms_app.command("history")
+@command(alarms_app, "history")
 def alarms_history(
     name: Annotated[str | None, typer.Argument(metavar="[NAME]", help="Only this alarm.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many changes.")] = 50,
     json_out: JsonOpt = False,
 ) -> None:
     """State changes, newest first (tests marked)."""
+    from rich.table import Table
 
-    def go() -> list[dict[str, Any]]:
-        settings = _settings()
-        if name is not None:
-            alarms.find_spec(alarms.load_specs(settings.alarms), name)
-        if not 1 <= limit <= alarms.HISTORY_KEPT:
-            raise ValidationError(f"--limit must be 1-{alarms.HISTORY_KEPT}", field="limit")
-        return alarms.history(_store(settings), name, limit)
+    from sealedkb.monitoring import alarms
 
-    items = _run(go)
+    loaded = settings()
+    if name is not None:
+        alarms.find_spec(alarms.load_specs(loaded.alarms), name)
+    if not 1 <= limit <= alarms.HISTORY_KEPT:
+        raise ValidationError(f"--limit must be 1-{alarms.HISTORY_KEPT}", field="limit")
+    items = alarms.history(_store(loaded), name, limit)
     if json_out:
-        _print_json(items)
+        print_json(items)
         return
     table = Table("time", "alarm", "change", "reason")
     for h in items:
@@ -109,25 +116,22 @@ def alarms_history(
     out.print(table)
 
 
-@alarms_app.command("test")
+@command(alarms_app, "test")
 def alarms_test(
     name: Annotated[str, typer.Argument(metavar="NAME", help="The alarm to test.")],
     json_out: JsonOpt = False,
 ) -> None:
     """Force NAME into ALARM, send its notifications, then return it to its evaluated
     state (like CloudWatch's SetAlarmState)."""
+    from sealedkb.monitoring import alarms
 
-    def go() -> list[alarms.Transition]:
-        settings = _settings()
-        specs = alarms.load_specs(settings.alarms)
-        alarms.find_spec(specs, name)
-        with _kb() as kb:
-            evaluator = alarms.Evaluator(kb, specs=specs, scopes=("shared",))
-            return evaluator.force_alarm(name)
-
-    changes = _run(go)
+    loaded = settings()
+    specs = alarms.load_specs(loaded.alarms)
+    alarms.find_spec(specs, name)
+    with open_kb() as kb:
+        changes = alarms.Evaluator(kb, specs=specs, scopes=("shared",)).force_alarm(name)
     if json_out:
-        _print_json([c.__dict__ for c in changes])
+        print_json([dataclasses.asdict(c) for c in changes])
         return
     for c in changes:
         out.print(

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from sealedkb.adapters.cli import app as cli
+from sealedkb.adapters.cli._common import JsonOpt, NamespaceOpt, command, open_kb, print_json
 from sealedkb.errors import ValidationError
-from sealedkb.kb.knowledge_base import MAX_ADD_BATCH
-from sealedkb.model import NewEntry, new_entry
+from sealedkb.model import MAX_ADD_BATCH, NewEntry, new_entry
+
+commands = typer.Typer()
 
 FIELDS = {"content", "title", "type", "tags", "namespace", "source", "metadata", "verified"}
 
@@ -66,10 +67,11 @@ def parse_lines(
     return out
 
 
+@command(commands, "add-many")
 def add_many(
     file: Annotated[str, typer.Argument(help="JSON Lines file; '-' reads stdin.")],
     entry_type: Annotated[str, typer.Option("--type", help="Default entry type.")] = "note",
-    namespace: cli.NamespaceOpt = "default",
+    namespace: NamespaceOpt = "default",
     tag: Annotated[
         list[str] | None, typer.Option("--tag", help="Tag for every entry (repeatable).")
     ] = None,
@@ -79,34 +81,29 @@ def add_many(
     force: Annotated[
         bool, typer.Option("--force", help="Add even if identical content exists.")
     ] = False,
-    json_out: cli.JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Add many entries from JSON Lines: one object a line with "content" and
     optionally "title", "type", "tags", "namespace", "source", "metadata". Prints
     one id a line, in input order (an identical entry's id unless --force)."""
-
-    def go() -> dict[str, Any]:
-        if file == "-":
-            text = sys.stdin.read()
-        else:
-            try:
-                text = Path(file).read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise ValidationError(
-                    f"cannot read {file}: {type(exc).__name__}", field="file"
-                ) from None
-        entries = parse_lines(
-            text.splitlines(), namespace=namespace, entry_type=entry_type, tags=tag or []
-        )
-        ids: list[str] = []
-        with cli._kb() as kb:
-            for start in range(0, len(entries), batch):
-                added = kb.add_many(entries[start : start + batch], force=force)
-                ids.extend(str(e.id) for e in added)
-        return {"entries": len(entries), "ids": ids}
-
-    result = cli._run(go)
-    if json_out:
-        cli._print_json(result)
+    if file == "-":
+        text = sys.stdin.read()
     else:
-        sys.stdout.write("\n".join(result["ids"]) + "\n")
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValidationError(
+                f"cannot read {file}: {type(exc).__name__}", field="file"
+            ) from None
+    entries = parse_lines(
+        text.splitlines(), namespace=namespace, entry_type=entry_type, tags=tag or []
+    )
+    ids: list[str] = []
+    with open_kb() as kb:
+        for start in range(0, len(entries), batch):
+            added = kb.add_many(entries[start : start + batch], force=force)
+            ids.extend(str(e.id) for e in added)
+    if json_out:
+        print_json({"entries": len(entries), "ids": ids})
+    else:
+        sys.stdout.write("\n".join(ids) + "\n")

@@ -1,31 +1,28 @@
 """``sealedkb doctor [--json]``: print the checks of :mod:`sealedkb.ops.doctor`.
 
-A module of its own so the command (and its output format) stays out of the
-way of the entry commands in ``adapters/cli/app.py``, which registers it with one line.
 Exit code 0 when no check FAILs (warnings allowed), 1 otherwise.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.text import Text
 
-from sealedkb.ops import doctor as checks
+from sealedkb.adapters.cli._common import JsonOpt, command, print_json, state
+
+commands = typer.Typer()
 
 _STYLE = {"OK": "green", "WARN": "yellow", "FAIL": "bold red", "SKIP": "dim"}
 
 
-def doctor(
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
+@command(commands, "doctor")
+def doctor(json_out: JsonOpt = False) -> None:
     """Check configuration, database and TLS, keys, permissions, snapshots and clock."""
-    from sealedkb.adapters.cli.app import state  # the --home option (late: cli imports us)
+    from sealedkb.ops import doctor as checks
 
     logging.basicConfig(
         level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
@@ -33,8 +30,7 @@ def doctor(
     results = checks.run(state.home)
     failed = checks.failed(results)
     if json_out:
-        data = {"ok": not failed, "checks": [c.to_dict() for c in results]}
-        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        print_json({"ok": not failed, "checks": [c.to_dict() for c in results]})
     else:
         out = Console(soft_wrap=True, highlight=False)
         width = max(len(c.name) for c in results)

@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from sealedkb.adapters.cli.app import JsonOpt, _fail, _kb, _print_json, _run, err, out
+from sealedkb.adapters.cli._common import JsonOpt, command, open_kb, out, print_json, warn
 from sealedkb.errors import IntegrityError, ValidationError
-from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.keys.lifecycle import KeyLifecycle
+
+if TYPE_CHECKING:
+    from sealedkb.kb.knowledge_base import KnowledgeBase
+    from sealedkb.keys.lifecycle import KeyLifecycle
+
+commands = typer.Typer()
 
 key_app: typer.Typer = typer.Typer(
     help="KMS keys: lifecycle, rotation, deletion, policy.", no_args_is_help=True
@@ -56,7 +60,7 @@ def _keys(kb: KnowledgeBase) -> KeyLifecycle:
 
 def _print_key(meta: dict[str, Any], json_out: bool, headline: str | None = None) -> None:
     if json_out:
-        _print_json(meta)
+        print_json(meta)
         return
     if headline:
         out.print(headline, markup=False, highlight=False)
@@ -69,17 +73,13 @@ def _print_key(meta: dict[str, Any], json_out: bool, headline: str | None = None
 # --- key ------------------------------------------------------------------------
 
 
-@key_app.command("list")
+@command(key_app, "list")
 def key_list(json_out: JsonOpt = False) -> None:
     """List the KMS keys in the keystore."""
-
-    def go() -> list[dict[str, Any]]:
-        with _kb() as kb:
-            return _keys(kb).list_keys()
-
-    keys = _run(go)
+    with open_kb() as kb:
+        keys = _keys(kb).list_keys()
     if json_out:
-        _print_json(keys)
+        print_json(keys)
         return
     table = Table("state", "versions", "rotation", "deletion_date", "in use")
     table.add_column("key_id", no_wrap=True)
@@ -96,36 +96,29 @@ def key_list(json_out: JsonOpt = False) -> None:
     out.print(table)
 
 
-@key_app.command("describe")
+@command(key_app, "describe")
 def key_describe(key: KeyArg = None, json_out: JsonOpt = False) -> None:
     """Show a key: state, rotation, versions, deletion date."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).describe(key)
-
-    _print_key(_run(go), json_out)
+    with open_kb() as kb:
+        meta = _keys(kb).describe(key)
+    _print_key(meta, json_out)
 
 
-@key_app.command("create")
+@command(key_app, "create")
 def key_create(
     description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
     json_out: JsonOpt = False,
 ) -> None:
     """Create a KMS key (Enabled, yearly rotation on). Prints its id."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).create(description)
-
-    meta = _run(go)
+    with open_kb() as kb:
+        meta = _keys(kb).create(description)
     if json_out:
-        _print_json(meta)
+        print_json(meta)
     else:
         sys.stdout.write(f"{meta['key_id']}\n")
 
 
-@key_app.command("rotate")
+@command(key_app, "rotate")
 def key_rotate(
     key: KeyArg = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Data keys per batch.")] = 100,
@@ -139,12 +132,8 @@ def key_rotate(
 ) -> None:
     """Rotate now: new key material version, then re-wrap every data key under it
     (online: reads go on)."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).rotate(key, batch_size=batch_size, rewrap_only=rewrap_only)
-
-    meta = _run(go)
+    with open_kb() as kb:
+        meta = _keys(kb).rotate(key, batch_size=batch_size, rewrap_only=rewrap_only)
     _print_key(
         meta,
         json_out,
@@ -153,7 +142,7 @@ def key_rotate(
     )
 
 
-@rotation_app.command("enable")
+@command(rotation_app, "enable")
 def rotation_enable(
     key: KeyArg = None,
     period_days: Annotated[
@@ -162,52 +151,37 @@ def rotation_enable(
     json_out: JsonOpt = False,
 ) -> None:
     """Turn automatic rotation on (or change its period)."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).set_rotation(key, True, period_days)
-
-    meta = _run(go)
+    with open_kb() as kb:
+        meta = _keys(kb).set_rotation(key, True, period_days)
     _print_key(meta, json_out, f"automatic rotation every {meta['rotation_period_days']} days")
 
 
-@rotation_app.command("disable")
+@command(rotation_app, "disable")
 def rotation_disable(key: KeyArg = None, json_out: JsonOpt = False) -> None:
     """Turn automatic rotation off (on-demand rotation still works)."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).set_rotation(key, False)
-
-    _print_key(_run(go), json_out, "automatic rotation off")
+    with open_kb() as kb:
+        meta = _keys(kb).set_rotation(key, False)
+    _print_key(meta, json_out, "automatic rotation off")
 
 
-@key_app.command("disable")
+@command(key_app, "disable")
 def key_disable(key: KeyArg = None, json_out: JsonOpt = False) -> None:
     """Emergency stop: nothing can be wrapped or unwrapped with the key. Running
     processes stop within the data-key cache age."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).disable(key)
-
-    meta = _run(go)
+    with open_kb() as kb:
+        meta = _keys(kb).disable(key)
     _print_key(meta, json_out, f"{meta['key_id']} is {meta['state']}")
 
 
-@key_app.command("enable")
+@command(key_app, "enable")
 def key_enable(key: KeyArg = None, json_out: JsonOpt = False) -> None:
     """Make a disabled key usable again (running processes recover by themselves)."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).enable(key)
-
-    meta = _run(go)
+    with open_kb() as kb:
+        meta = _keys(kb).enable(key)
     _print_key(meta, json_out, f"{meta['key_id']} is {meta['state']}")
 
 
-@key_app.command("schedule-deletion")
+@command(key_app, "schedule-deletion")
 def key_schedule_deletion(
     key: KeyArg = None,
     pending_window_days: Annotated[
@@ -218,39 +192,28 @@ def key_schedule_deletion(
 ) -> None:
     """Schedule destruction of the key material. Until the date, every use fails and
     'key cancel-deletion' can undo it; after it, the data it protects is gone."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).schedule_deletion(key, pending_window_days)
-
-    meta = _run(go)
+    with open_kb() as kb:
+        meta = _keys(kb).schedule_deletion(key, pending_window_days)
     _print_key(meta, json_out, f"{meta['key_id']} will be destroyed on {meta['deletion_date']}")
 
 
-@key_app.command("cancel-deletion")
+@command(key_app, "cancel-deletion")
 def key_cancel_deletion(key: KeyArg = None, json_out: JsonOpt = False) -> None:
     """Cancel a scheduled deletion; the key returns as Disabled ('key enable' next)."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).cancel_deletion(key)
-
-    meta = _run(go)
+    with open_kb() as kb:
+        meta = _keys(kb).cancel_deletion(key)
     _print_key(meta, json_out, f"deletion cancelled; {meta['key_id']} is {meta['state']}")
 
 
-@key_app.command("get-policy")
+@command(key_app, "get-policy")
 def key_get_policy(key: KeyArg = None, json_out: JsonOpt = False) -> None:
     """Print the key policy (JSON)."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).get_policy(key)
-
-    _print_json(_run(go))
+    with open_kb() as kb:
+        policy = _keys(kb).get_policy(key)
+    print_json(policy)
 
 
-@key_app.command("put-policy")
+@command(key_app, "put-policy")
 def key_put_policy(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="Policy JSON ('-' for stdin).")],
     key: KeyArg = None,
@@ -264,21 +227,17 @@ def key_put_policy(
     json_out: JsonOpt = False,
 ) -> None:
     """Replace the key policy (validated first; a bad policy changes nothing)."""
-
-    def go() -> dict[str, Any]:
-        if str(file) == "-":
-            text = sys.stdin.read()
-        else:
-            try:
-                text = file.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError):
-                raise ValidationError(f"cannot read {file} as UTF-8 text", field="file") from None
-        with _kb() as kb:
-            return _keys(kb).put_policy(key, text, bypass_lockout_check=bypass_lockout_check)
-
-    policy = _run(go)
+    if str(file) == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise ValidationError(f"cannot read {file} as UTF-8 text", field="file") from None
+    with open_kb() as kb:
+        policy = _keys(kb).put_policy(key, text, bypass_lockout_check=bypass_lockout_check)
     if json_out:
-        _print_json(policy)
+        print_json(policy)
     else:
         out.print(f"policy replaced ({len(policy['Statement'])} statements)")
 
@@ -286,18 +245,14 @@ def key_put_policy(
 # --- data keys and re-encryption ---------------------------------------------------
 
 
-@datakey_app.command("rotate")
+@command(datakey_app, "rotate")
 def datakey_rotate(namespace: NamespaceOpt = None, json_out: JsonOpt = False) -> None:
     """New content data keys for new writes; existing rows stay readable under the
     retired keys until 'sealedkb reencrypt' moves them."""
-
-    def go() -> list[dict[str, Any]]:
-        with _kb() as kb:
-            return _keys(kb).rotate_data_keys(namespace)
-
-    rotated = _run(go)
+    with open_kb() as kb:
+        rotated = _keys(kb).rotate_data_keys(namespace)
     if json_out:
-        _print_json(rotated)
+        print_json(rotated)
         return
     for r in rotated:
         out.print(
@@ -309,6 +264,7 @@ def datakey_rotate(namespace: NamespaceOpt = None, json_out: JsonOpt = False) ->
     out.print("next: sealedkb reencrypt (moves existing rows to the new keys)")
 
 
+@command(commands, "reencrypt")
 def reencrypt(
     namespace: NamespaceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Rows per transaction.")] = 500,
@@ -324,33 +280,29 @@ def reencrypt(
         sys.stderr.write(f"re-encrypted {done}/{total} rows\n")
         sys.stderr.flush()
 
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return _keys(kb).reencrypt(
-                namespace, batch_size=batch_size, pause=pause, progress=progress
-            )
+    with open_kb() as kb:
+        result = _keys(kb).reencrypt(
+            namespace, batch_size=batch_size, pause=pause, progress=progress
+        )
 
-    result = _run(go)
     if json_out:
-        _print_json(result)
+        print_json(result)
     else:
         out.print(
             f"re-encrypted {result['reencrypted']} rows; {result['remaining']} remain on "
             f"retired data keys; {result['failed']} failed"
         )
     if result["failed"]:
-        _fail(
-            IntegrityError(
-                f"{result['failed']} entries failed their integrity check and were not "
-                f"re-encrypted: {', '.join(result['failed_ids'])}"
-            )
+        raise IntegrityError(
+            f"{result['failed']} entries failed their integrity check and were not "
+            f"re-encrypted: {', '.join(result['failed_ids'])}"
         )
 
 
 # --- audit ----------------------------------------------------------------------
 
 
-@audit_app.command("list")
+@command(audit_app, "list")
 def audit_list(
     since: Annotated[
         str | None,
@@ -363,14 +315,11 @@ def audit_list(
     """Audit events, oldest first."""
     from sealedkb.audit.chain import parse_since
 
-    def go() -> list[dict[str, Any]]:
-        when = parse_since(since) if since is not None else None
-        with _kb() as kb:
-            return kb.audit.events(since=when, action=action, limit=limit)
-
-    events = _run(go)
+    when = parse_since(since) if since is not None else None
+    with open_kb() as kb:
+        events = kb.audit.events(since=when, action=action, limit=limit)
     if json_out:
-        _print_json(events)
+        print_json(events)
         return
     table = Table("seq", "time", "principal", "action", "outcome", "namespace", "error")
     for e in events:
@@ -386,18 +335,14 @@ def audit_list(
     out.print(table)
 
 
-@audit_app.command("verify")
+@command(audit_app, "verify")
 def audit_verify(json_out: JsonOpt = False) -> None:
     """Check the hash chain and the signed checkpoints. Exit 6 names the first bad
     sequence number and what is wrong (changed, missing, truncated, checkpoint-mismatch)."""
-
-    def go() -> dict[str, Any]:
-        with _kb() as kb:
-            return kb.audit.verify().to_dict()
-
-    report = _run(go)
+    with open_kb() as kb:
+        report = kb.audit.verify().to_dict()
     if json_out:
-        _print_json(report)
+        print_json(report)
     else:
         out.print(
             f"{report['events']} events, head {report['head_seq']}; checkpoint "
@@ -405,13 +350,11 @@ def audit_verify(json_out: JsonOpt = False) -> None:
             markup=False,
         )
         for w in report["warnings"]:
-            err.print(Text("warning: ", style="yellow") + Text(w), highlight=False)
+            warn(w)
     if not report["ok"]:
-        _fail(
-            IntegrityError(
-                f"audit trail broken at event {report['first_bad_seq']} "
-                f"({report['problem']}): {report['message']}"
-            )
+        raise IntegrityError(
+            f"audit trail broken at event {report['first_bad_seq']} "
+            f"({report['problem']}): {report['message']}"
         )
     if not json_out:
         out.print("audit trail intact")

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sealedkb.adapters.cli import app as cli
+from sealedkb.adapters.cli._common import JsonOpt, command, err, out, print_json, settings
 from sealedkb.errors import ValidationError
-from sealedkb.migrate import ForeignSpec, Migrator, RunReport
+
+if TYPE_CHECKING:
+    from sealedkb.migrate import ForeignSpec
 
 migrate_app: typer.Typer = typer.Typer(
     help="Migrate a plaintext knowledge base (this one, or another server's table) to "
@@ -69,23 +70,33 @@ def _spec(
     entry_type: str,
     model: str | None,
 ) -> ForeignSpec | None:
+    from sealedkb.migrate import ForeignSpec
+
     if source is None:
         if table is not None or mapping is not None:
-            cli._fail(ValidationError("--table and --map go with --from", field="from"))
+            raise ValidationError("--table and --map go with --from", field="from")
         return None
     if not table:
-        cli._fail(ValidationError("--from needs --table", field="table"))
+        raise ValidationError("--from needs --table", field="table")
     return ForeignSpec(source, table, mapping, namespace, entry_type, model)
 
 
 @contextmanager
 def _bar(disable: bool) -> Iterator[Callable[[str, int, int], None]]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=cli.err,
+        console=err,
         transient=True,
         disable=disable,
     ) as bar:
@@ -104,10 +115,10 @@ def _kv(data: Mapping[str, Any], keys: list[str]) -> None:
     for k in keys:
         if data.get(k) is not None:
             table.add_row(k, str(data[k]))
-    cli.out.print(table)
+    out.print(table)
 
 
-@migrate_app.command("plan")
+@command(migrate_app, "plan")
 def plan(
     source: FromOpt = None,
     table: TableOpt = None,
@@ -115,14 +126,16 @@ def plan(
     namespace: NsOpt = "default",
     entry_type: TypeOpt = "note",
     model: ModelOpt = None,
-    json_out: cli.JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Inspect the source, measure sealing on a sample, print steps, duration, downtime
     and the rollback point. Changes nothing."""
+    from sealedkb.migrate import Migrator
+
     spec = _spec(source, table, mapping, namespace, entry_type, model)
-    result = cli._run(lambda: Migrator(cli._settings(), spec).plan())
+    result = Migrator(settings(), spec).plan()
     if json_out:
-        cli._print_json(result)
+        print_json(result)
         return
     _kv(
         result,
@@ -139,21 +152,21 @@ def plan(
         ],
     )
     if result.get("mapping"):
-        cli.out.print(
+        out.print(
             "mapping: " + ", ".join(f"{k}={v}" for k, v in result["mapping"].items()), markup=False
         )
     if result.get("invalid_rows"):
-        cli.err.print(f"{len(result['invalid_rows'])}+ source rows do not validate:", style="red")
+        err.print(f"{len(result['invalid_rows'])}+ source rows do not validate:", style="red")
         for line in result["invalid_rows"]:
-            cli.err.print(f"  {line}", markup=False, highlight=False)
-    cli.out.print("steps:")
+            err.print(f"  {line}", markup=False, highlight=False)
+    out.print("steps:")
     for i, step in enumerate(result["steps"], 1):
-        cli.out.print(f"  {i}. {step}", markup=False, highlight=False)
+        out.print(f"  {i}. {step}", markup=False, highlight=False)
     if result.get("invalid_rows"):
         raise typer.Exit(2)
 
 
-@migrate_app.command("run")
+@command(migrate_app, "run")
 def run(
     source: FromOpt = None,
     table: TableOpt = None,
@@ -162,27 +175,25 @@ def run(
     entry_type: TypeOpt = "note",
     model: ModelOpt = None,
     batch: BatchOpt = 500,
-    json_out: cli.JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Run (or resume) the migration: rollback snapshot, sealing in batches, switch, scrub."""
+    from sealedkb.migrate import Migrator
+
     spec = _spec(source, table, mapping, namespace, entry_type, model)
-
-    def go() -> RunReport:
-        with _bar(json_out) as progress:
-            return Migrator(cli._settings(), spec, batch=batch, progress=progress).run()
-
-    result = cli._run(go)
+    with _bar(json_out) as progress:
+        result = Migrator(settings(), spec, batch=batch, progress=progress).run()
     if json_out:
-        cli._print_json(result)
+        print_json(result)
         return
     _kv(
         result,
         ["kind", "state", "rows", "kms_key_id", "rollback_snapshot", "downtime_ms", "seconds"],
     )
-    cli.out.print("next: sealedkb migrate verify", style="dim")
+    out.print("next: sealedkb migrate verify", style="dim")
 
 
-@migrate_app.command("verify")
+@command(migrate_app, "verify")
 def verify(
     source: FromOpt = None,
     table: TableOpt = None,
@@ -190,13 +201,15 @@ def verify(
     namespace: NsOpt = "default",
     entry_type: TypeOpt = "note",
     model: ModelOpt = None,
-    json_out: cli.JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Every entry opens and equals its source (keyed digests), no plaintext is left."""
+    from sealedkb.migrate import Migrator
+
     spec = _spec(source, table, mapping, namespace, entry_type, model)
-    result = cli._run(lambda: Migrator(cli._settings(), spec).verify())
+    result = Migrator(settings(), spec).verify()
     if json_out:
-        cli._print_json(result)
+        print_json(result)
     else:
         _kv(
             result,
@@ -214,29 +227,33 @@ def verify(
             ],
         )
         for p in result["problems"]:
-            cli.err.print(f"problem: {p}", style="red", markup=False)
+            err.print(f"problem: {p}", style="red", markup=False)
     if not result["ok"]:
         raise typer.Exit(6)
 
 
-@migrate_app.command("rollback")
-def rollback(json_out: cli.JsonOpt = False) -> None:
+@command(migrate_app, "rollback")
+def rollback(json_out: JsonOpt = False) -> None:
     """Return to the state before the migration, from its rollback snapshot."""
-    result = cli._run(lambda: Migrator(cli._settings()).rollback())
+    from sealedkb.migrate import Migrator
+
+    result = Migrator(settings()).rollback()
     if json_out:
-        cli._print_json(result)
+        print_json(result)
         return
     _kv(result, ["kind", "state", "restored_snapshot", "seconds", "note"])
 
 
-@migrate_app.command("status")
-def status(json_out: cli.JsonOpt = False) -> None:
+@command(migrate_app, "status")
+def status(json_out: JsonOpt = False) -> None:
     """The current or last migration's progress marker."""
-    result = cli._run(lambda: Migrator(cli._settings()).status())
+    from sealedkb.migrate import Migrator
+
+    result = Migrator(settings()).status()
     if json_out:
-        cli._print_json(result)
+        print_json(result)
         return
     if result is None:
-        cli.out.print("no migration has run in this knowledge base")
+        out.print("no migration has run in this knowledge base")
         return
     _kv(result, sorted(k for k, v in result.items() if not isinstance(v, dict | list)))

@@ -5,27 +5,22 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
-from sealedkb.adapters.cli import app as cli
-from sealedkb.adapters.http import HttpOptions, TokenVerifier, auth_settings, check_bind, run_http
-from sealedkb.adapters.mcp.server import build_server
-from sealedkb.errors import SealedKBError, ValidationError
-from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.adapters.cli._common import JsonOpt, command, err, open_kb, out, print_json, settings
+from sealedkb.errors import ValidationError
 from sealedkb.model import DEFAULT_NAMESPACE
-from sealedkb.monitoring import alarms
-from sealedkb.kb.snapshotting import start_scheduler
-from sealedkb.store.tokens import TokenRecord
 
 log = logging.getLogger("sealedkb.serve")
 
+commands = typer.Typer()
 token_app = typer.Typer(help="Bearer tokens for the HTTP MCP server.", no_args_is_help=True)
 
 
+@command(commands, "serve")
 def serve(
     transport: Annotated[
         str, typer.Option("--transport", help="stdio (one local agent) or http.")
@@ -46,34 +41,42 @@ def serve(
 ) -> None:
     """Serve the knowledge base over MCP (stdio, or streamable HTTP at /mcp)."""
     if transport not in ("stdio", "http"):
-        cli._fail(ValidationError("transport must be stdio or http", field="transport"))
+        raise ValidationError("transport must be stdio or http", field="transport")
+    from sealedkb.adapters.http import (
+        HttpOptions,
+        TokenVerifier,
+        auth_settings,
+        check_bind,
+        run_http,
+    )
+    from sealedkb.adapters.mcp.server import build_server
+    from sealedkb.kb.knowledge_base import KnowledgeBase
+    from sealedkb.kb.snapshotting import start_scheduler
+    from sealedkb.monitoring import alarms
 
-    def open_kb() -> tuple[KnowledgeBase, HttpOptions]:
-        settings = cli._settings()
-        opts = HttpOptions(
-            host,
-            port,
-            tls_cert,
-            tls_key,
-            tls_client_ca,
-            insecure,
-            max_request_bytes=settings.http_max_request_bytes,
-            rate_per_second=settings.http_rate_per_second,
-            rate_burst=settings.http_rate_burst,
-        )
-        if transport == "http":
-            check_bind(opts)  # before touching the database: fail fast, change nothing
-        alarms.check_settings(settings)
-        # The server acts as its service principal for key policies; its unwraps are
-        # shared by every caller through the data-key cache.
-        return KnowledgeBase.open(settings, principal=settings.service_principal), opts
-
-    kb, opts = cli._run(open_kb)
+    loaded = settings()
+    opts = HttpOptions(
+        host,
+        port,
+        tls_cert,
+        tls_key,
+        tls_client_ca,
+        insecure,
+        max_request_bytes=loaded.http_max_request_bytes,
+        rate_per_second=loaded.http_rate_per_second,
+        rate_burst=loaded.http_rate_burst,
+    )
+    if transport == "http":
+        check_bind(opts)  # before touching the database: fail fast, change nothing
+    alarms.check_settings(loaded)
+    # The server acts as its service principal for key policies; its unwraps are
+    # shared by every caller through the data-key cache.
+    kb = KnowledgeBase.open(loaded, principal=loaded.service_principal)
     # Key schedule (automatic rotation, destruction after the window) and a signed
     # audit checkpoint at least every 60 s while serving.
     housekeeper = kb.start_housekeeping()
-    # Built-in alarms (monitoring/alarms.py): evaluated in this process, which holds the counters.
-    evaluator = alarms.start_evaluator(kb)  # settings checked in open_kb
+    # Built-in alarms: evaluated in this process, which holds the counters.
+    evaluator = alarms.start_evaluator(kb)  # settings checked above
     # Automated encrypted snapshots in the daily window (SEALEDKB_SNAPSHOT_WINDOW), kept
     # SEALEDKB_SNAPSHOT_RETENTION_DAYS days; None when the window is "off".
     snapshots = start_scheduler(kb)
@@ -85,15 +88,13 @@ def serve(
         else:
             server = build_server(kb, auth=auth_settings(opts), token_verifier=TokenVerifier(kb))
             if not kb.list_tokens():
-                cli.err.print(
+                err.print(
                     "no tokens yet: create one with "
                     "'sealedkb token create --name NAME --role writer --namespace default'",
                     markup=False,
                 )
-            cli.err.print(f"sealedkb MCP server at {opts.url}", markup=False, highlight=False)
+            err.print(f"sealedkb MCP server at {opts.url}", markup=False, highlight=False)
             run_http(server, kb, opts)
-    except SealedKBError as exc:
-        cli._fail(exc)
     finally:
         if evaluator is not None:
             evaluator.stop()
@@ -103,7 +104,7 @@ def serve(
         kb.close()
 
 
-@token_app.command("create")
+@command(token_app, "create")
 def token_create(
     name: Annotated[str, typer.Option("--name", help="Who or what holds the token.")],
     namespace: Annotated[
@@ -112,20 +113,18 @@ def token_create(
     ] = None,
     role: Annotated[str, typer.Option("--role", help="reader, writer or admin.")] = "reader",
     expires: Annotated[int | None, typer.Option("--expires", help="Days until it expires.")] = None,
-    json_out: cli.JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Create a token. It is printed once and stored only as a hash."""
-
-    def go() -> tuple[TokenRecord, str]:
-        with cli._kb() as kb:
-            return kb.create_token(name, role, namespace or [DEFAULT_NAMESPACE], expires)
-
-    record, secret = cli._run(go)
+    with open_kb() as kb:
+        record, secret = kb.create_token(name, role, namespace or [DEFAULT_NAMESPACE], expires)
     if json_out:
-        cli._print_json({"name": record.name, "token": secret, **_public(record)})
+        public = record.to_dict()
+        public.pop("name", None)
+        print_json({"name": record.name, "token": secret, **public})
         return
     sys.stdout.write(secret + "\n")
-    cli.err.print(
+    err.print(
         f"token '{record.name}' ({record.role}, namespaces: {', '.join(record.namespaces)}) — "
         "shown once; store it now",
         markup=False,
@@ -133,26 +132,18 @@ def token_create(
     )
 
 
-def _public(record: TokenRecord) -> dict[str, Any]:
-    d = record.to_dict()
-    d.pop("name", None)
-    return d
-
-
-@token_app.command("list")
+@command(token_app, "list")
 def token_list(
     all_: Annotated[bool, typer.Option("--all", help="Include revoked tokens.")] = False,
-    json_out: cli.JsonOpt = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """List tokens (never the tokens themselves)."""
+    from rich.table import Table
 
-    def go() -> list[TokenRecord]:
-        with cli._kb() as kb:
-            return kb.list_tokens(include_revoked=all_)
-
-    records = cli._run(go)
+    with open_kb() as kb:
+        records = kb.list_tokens(include_revoked=all_)
     if json_out:
-        cli._print_json([r.to_dict() for r in records])
+        print_json([r.to_dict() for r in records])
         return
     table = Table("name", "role", "namespaces", "expires", "last used", "revoked")
     for r in records:
@@ -164,21 +155,12 @@ def token_list(
             r.last_used_at.strftime("%Y-%m-%d %H:%M") if r.last_used_at else "-",
             r.revoked_at.strftime("%Y-%m-%d %H:%M") if r.revoked_at else "",
         )
-    cli.out.print(table)
+    out.print(table)
 
 
-@token_app.command("revoke")
+@command(token_app, "revoke")
 def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")]) -> None:
     """Revoke a token; the next request with it gets 401."""
-
-    def go() -> None:
-        with cli._kb() as kb:
-            kb.revoke_token(name)
-
-    cli._run(go)
+    with open_kb() as kb:
+        kb.revoke_token(name)
     sys.stdout.write(f"revoked {name}\n")
-
-
-def register(app: typer.Typer) -> None:
-    app.command()(serve)
-    app.add_typer(token_app, name="token")

@@ -1,6 +1,6 @@
 """``sealedkb snapshot …``: encrypted snapshots (runbook §23, docs/SNAPSHOT-FORMAT.md).
 
-Thin, like app.py: parse, call :class:`sealedkb.snapshots.Snapshots`, print.
+Thin: parse, call :class:`sealedkb.snapshots.Snapshots`, print.
 ``create`` and ``drill`` need the knowledge base. The others also run when its
 database is gone (disaster recovery: keystore + snapshot files are enough); they
 are then recorded only in a restored database's own audit trail, and say so.
@@ -11,25 +11,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from sealedkb.adapters.cli.app import JsonOpt, _fail, _print_json, _run, _settings, err, out
+from sealedkb.adapters.cli._common import JsonOpt, command, err, out, print_json, settings, warn
 from sealedkb.errors import DatabaseError, NotInitializedError, SealedKBError
-from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.kb.snapshotting import snapshots_for
-from sealedkb.snapshots import (
-    DeleteResult,
-    DrillReport,
-    RestoreReport,
-    SnapshotDescription,
-    Snapshots,
-    SnapshotSummary,
-    VerifyReport,
-)
+
+if TYPE_CHECKING:
+    from sealedkb.kb.knowledge_base import KnowledgeBase
+    from sealedkb.snapshots import SnapshotDescription, Snapshots
 
 snapshot_app: typer.Typer = typer.Typer(
     help="Encrypted snapshots: create, list, verify, restore, copy, delete, drill.",
@@ -41,26 +34,32 @@ IdArg = Annotated[str, typer.Argument(metavar="ID", help="Snapshot id (or its un
 
 @contextmanager
 def _snapshots(*, need_kb: bool) -> Iterator[Snapshots]:
-    settings = _settings()
+    from sealedkb.kb.knowledge_base import KnowledgeBase
+    from sealedkb.kb.snapshotting import snapshots_for
+
+    loaded = settings()
     kb: KnowledgeBase | None = None
     try:
-        kb = KnowledgeBase.open(settings)
+        kb = KnowledgeBase.open(loaded)
     except (NotInitializedError, DatabaseError) as exc:
         if need_kb:
             raise
-        err.print(
-            Text("warning: ", style="yellow")
-            + Text(
-                f"no knowledge base reachable ({exc.message}); working from the keystore and "
-                "snapshot folder alone, without an audit trail to record in"
-            ),
-            highlight=False,
+        warn(
+            f"no knowledge base reachable ({exc.message}); working from the keystore and "
+            "snapshot folder alone, without an audit trail to record in"
         )
     try:
-        yield snapshots_for(settings, kb)
+        yield snapshots_for(loaded, kb)
     finally:
         if kb is not None:
             kb.close()
+
+
+def _folder() -> Snapshots:
+    """The snapshot folder alone (no database, no keys needed to list or describe)."""
+    from sealedkb.kb.snapshotting import snapshots_for
+
+    return snapshots_for(settings())
 
 
 def _size(n: int) -> str:
@@ -101,20 +100,16 @@ def _print_info(info: SnapshotDescription) -> None:
     out.print(table)
 
 
-@snapshot_app.command("create")
+@command(snapshot_app, "create")
 def snapshot_create(
     name: Annotated[str | None, typer.Option("--name", help="A label (free text).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Take a manual snapshot now (kept until deleted)."""
-
-    def go() -> SnapshotSummary:
-        with _snapshots(need_kb=True) as snaps:
-            return snaps.create(name=name).to_dict()
-
-    info = _run(go)
+    with _snapshots(need_kb=True) as snaps:
+        info = snaps.create(name=name).to_dict()
     if json_out:
-        _print_json(info)
+        print_json(info)
         return
     sys.stdout.write(f"{info['id']}\n")
     err.print(
@@ -125,16 +120,12 @@ def snapshot_create(
     )
 
 
-@snapshot_app.command("list")
+@command(snapshot_app, "list")
 def snapshot_list(json_out: JsonOpt = False) -> None:
     """List the snapshots in the folder, oldest first (no keys needed)."""
-
-    def go() -> list[SnapshotSummary]:
-        return [i.to_dict() for i in snapshots_for(_settings()).list()]
-
-    items = _run(go)
+    items = [i.to_dict() for i in _folder().list()]
     if json_out:
-        _print_json(items)
+        print_json(items)
         return
     # One line per snapshot (ids and key URIs are too long for a table in 80 columns).
     for i in items:
@@ -153,16 +144,12 @@ def snapshot_list(json_out: JsonOpt = False) -> None:
         err.print("no snapshots", markup=False)
 
 
-@snapshot_app.command("describe")
+@command(snapshot_app, "describe")
 def snapshot_describe(ref: IdArg, json_out: JsonOpt = False) -> None:
     """Show a snapshot's manifest: source, schema, key, tables, counts, digests."""
-
-    def go() -> SnapshotDescription:
-        return snapshots_for(_settings()).describe(ref)
-
-    info = _run(go)
+    info = _folder().describe(ref)
     if json_out:
-        _print_json(info)
+        print_json(info)
         return
     _print_info(info)
     manifest = info.get("manifest")
@@ -176,28 +163,22 @@ def snapshot_describe(ref: IdArg, json_out: JsonOpt = False) -> None:
 
 
 def _json_failure(ref: str, exc: SealedKBError) -> None:
-    _print_json(
-        {"ok": False, "id": ref, "part": getattr(exc, "part", None), "error": exc.to_dict()}
-    )
+    print_json({"ok": False, "id": ref, "part": getattr(exc, "part", None), "error": exc.to_dict()})
 
 
-@snapshot_app.command("verify")
+@command(snapshot_app, "verify")
 def snapshot_verify(ref: IdArg, json_out: JsonOpt = False) -> None:
     """Read the whole snapshot and check every chunk, row count and digest (restores
     nothing). Exit 6 names the bad part; exit 5 if its KMS key is not usable."""
-
-    def go() -> VerifyReport:
-        with _snapshots(need_kb=False) as snaps:
-            return snaps.verify(ref)
-
     try:
-        report = go()
+        with _snapshots(need_kb=False) as snaps:
+            report = snaps.verify(ref)
     except SealedKBError as exc:
         if json_out:
             _json_failure(ref, exc)
-        _fail(exc)
+        raise
     if json_out:
-        _print_json(report)
+        print_json(report)
         return
     out.print(
         f"snapshot {report['id']} intact: {report['chunks']} chunks, "
@@ -208,7 +189,7 @@ def snapshot_verify(ref: IdArg, json_out: JsonOpt = False) -> None:
     )
 
 
-@snapshot_app.command("restore")
+@command(snapshot_app, "restore")
 def snapshot_restore(
     ref: IdArg,
     target: Annotated[
@@ -223,19 +204,15 @@ def snapshot_restore(
 ) -> None:
     """Restore into a new database, then re-check counts and digests from the restored
     rows and open a sample of sealed entries with the keystore."""
-
-    def go() -> RestoreReport:
-        with _snapshots(need_kb=False) as snaps:
-            return snaps.restore(ref, target)
-
     try:
-        result = go()
+        with _snapshots(need_kb=False) as snaps:
+            result = snaps.restore(ref, target)
     except SealedKBError as exc:
         if json_out:
             _json_failure(ref, exc)
-        _fail(exc)
+        raise
     if json_out:
-        _print_json(result)
+        print_json(result)
         return
     out.print(
         f"restored {result['id']} into database {result['database']}: "
@@ -251,7 +228,7 @@ def snapshot_restore(
     )
 
 
-@snapshot_app.command("copy")
+@command(snapshot_app, "copy")
 def snapshot_copy(
     ref: IdArg,
     kms_key_id: Annotated[
@@ -261,34 +238,26 @@ def snapshot_copy(
 ) -> None:
     """Re-encrypt a snapshot under another KMS key (snapshot key and every data key in
     it); the copy is verified before it appears, and restores without the old key."""
-
-    def go() -> SnapshotSummary:
-        with _snapshots(need_kb=False) as snaps:
-            return snaps.copy(ref, kms_key_id).to_dict()
-
-    info = _run(go)
+    with _snapshots(need_kb=False) as snaps:
+        info = snaps.copy(ref, kms_key_id).to_dict()
     if json_out:
-        _print_json(info)
+        print_json(info)
         return
     sys.stdout.write(f"{info['id']}\n")
 
 
-@snapshot_app.command("delete")
+@command(snapshot_app, "delete")
 def snapshot_delete(ref: IdArg, json_out: JsonOpt = False) -> None:
     """Delete a snapshot file."""
-
-    def go() -> DeleteResult:
-        with _snapshots(need_kb=False) as snaps:
-            return snaps.delete(ref)
-
-    result = _run(go)
+    with _snapshots(need_kb=False) as snaps:
+        result = snaps.delete(ref)
     if json_out:
-        _print_json(result)
+        print_json(result)
         return
     sys.stdout.write(f"deleted {result['id']}\n")
 
 
-@snapshot_app.command("drill")
+@command(snapshot_app, "drill")
 def snapshot_drill(
     snapshot: Annotated[
         str | None,
@@ -301,14 +270,10 @@ def snapshot_drill(
 ) -> None:
     """Restore drill: create -> restore into a scratch database -> verify -> drop,
     each step timed."""
-
-    def go() -> DrillReport:
-        with _snapshots(need_kb=True) as snaps:
-            return snaps.drill(snapshot=snapshot, keep=keep)
-
-    result = _run(go)
+    with _snapshots(need_kb=True) as snaps:
+        result = snaps.drill(snapshot=snapshot, keep=keep)
     if json_out:
-        _print_json(result)
+        print_json(result)
         return
     table = Table("step", "seconds")
     for s in result["steps"]:
