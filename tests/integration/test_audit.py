@@ -14,13 +14,14 @@ import psycopg
 import pytest
 from tests.integration.test_tamper_cli import Cli, add, expect, make_cli, sql
 
-from sealedkb.audit.chain import event_body
+from sealedkb.audit.chain import HEAD_RECORD_NAME, event_body
 from sealedkb.crypto.digest import GENESIS, chain_hash
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.store.audit import AuditTable
 from sealedkb.store.db import Database
 
 SECRET = "s3cr3t-body-text"
+CHECKPOINTS = "checkpoint-" + "[0-9]" * 20 + ".json"  # not the checkpoint record
 
 
 @pytest.fixture
@@ -130,7 +131,7 @@ def test_each_command_produces_exactly_the_expected_events(
 
 def test_checkpoints_written_after_commands(cli: Cli, home: Path, database_url: str) -> None:
     folder = home / "audit"
-    files = sorted(folder.glob("checkpoint-*.json"))
+    files = sorted(folder.glob(CHECKPOINTS))
     assert files, "init wrote events, so it must have written a checkpoint"
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     latest = files[-1]
@@ -140,12 +141,12 @@ def test_checkpoints_written_after_commands(cli: Cli, home: Path, database_url: 
     assert doc["seq"] == head(database_url)
     expect(cli("key", "disable"), 0)
     expect(cli("key", "enable"), 0)
-    newest = sorted(folder.glob("checkpoint-*.json"))[-1]
+    newest = sorted(folder.glob(CHECKPOINTS))[-1]
     assert json.loads(newest.read_bytes())["seq"] == head(database_url)
     # a read command that appends nothing writes no checkpoint
-    count = len(list(folder.glob("checkpoint-*.json")))
+    count = len(list(folder.glob(CHECKPOINTS)))
     expect(cli("key", "describe"), 0)
-    assert len(list(folder.glob("checkpoint-*.json"))) == count
+    assert len(list(folder.glob(CHECKPOINTS))) == count
     report = verify(cli, 0)
     assert report["checkpoint_seq"] == head(database_url)
     assert report["events"] == head(database_url) and report["problem"] is None
@@ -267,7 +268,7 @@ def test_verify_detects_a_rewritten_chain(cli: Cli, database_url: str, chain: in
 
 
 def test_verify_detects_a_forged_checkpoint(cli: Cli, home: Path, chain: int) -> None:
-    latest = sorted((home / "audit").glob("checkpoint-*.json"))[-1]
+    latest = sorted((home / "audit").glob(CHECKPOINTS))[-1]
     doc = json.loads(latest.read_bytes())
     doc["hash"] = "00" * 32
     latest.write_text(json.dumps(doc))
@@ -276,11 +277,28 @@ def test_verify_detects_a_forged_checkpoint(cli: Cli, home: Path, chain: int) ->
 
 
 def test_verify_without_checkpoints_warns(cli: Cli, home: Path) -> None:
-    for path in (home / "audit").glob("checkpoint-*.json"):
+    """A home with no checkpoint and no checkpoint record (a chain never checkpointed)
+    verifies with a warning; checkpoints gone while the record remains do not (the
+    attacks on that are in test_attack_audit_checkpoints.py)."""
+    for path in (home / "audit").glob(CHECKPOINTS):
         path.unlink()
+    assert verify(cli, 6)["problem"] == "checkpoint-missing"
+    (home / "audit" / HEAD_RECORD_NAME).unlink()
     report = verify(cli, 0)
     assert report["checkpoints"] == 0
     assert any("no checkpoint" in w for w in report["warnings"])
+
+
+def test_home_from_before_the_record_gets_one(cli: Cli, home: Path, database_url: str) -> None:
+    """Checkpoints but no record (written before the record existed): verify warns and
+    relies on the newest checkpoint; the next checkpoint writes the record."""
+    record = home / "audit" / HEAD_RECORD_NAME
+    record.unlink()
+    report = verify(cli, 0)
+    assert any(HEAD_RECORD_NAME in w for w in report["warnings"])
+    expect(cli("key", "disable"), 0)
+    assert json.loads(record.read_bytes())["seq"] == head(database_url)
+    assert verify(cli, 0)["warnings"] == []
 
 
 def test_audit_list_filters(cli: Cli, database_url: str) -> None:

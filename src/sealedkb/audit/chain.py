@@ -18,6 +18,11 @@ Integrity, in two layers:
   than the checkpoint (truncation). Checkpoints are written after each CLI
   command that appended events and at least every 60 s by a serving process
   (lifecycle.Housekeeper).
+- **The checkpoint record** ``checkpoint-head.json`` beside them: the highest
+  checkpointed sequence number and its hash, MACed under the same key (another
+  label), written atomically and only ever raised. Deleting the newest checkpoint
+  files together with the events they vouch for no longer passes: the record
+  still vouches for the deleted events (and names the missing checkpoint).
 
 Where an event is written: in the same database transaction as the change it
 records (``AuditLog.transaction``). Key-store file changes have no database
@@ -43,6 +48,7 @@ from typing import Any, Protocol
 from psycopg import Connection
 from psycopg.rows import TupleRow
 
+from sealedkb._fs import file_lock, write_private
 from sealedkb.crypto.digest import GENESIS, canonical_json, chain_hash, mac_equal
 from sealedkb.errors import AccessDeniedError, SealedKBError, ValidationError
 from sealedkb.store.audit import AuditRow, AuditTable
@@ -54,6 +60,11 @@ CHECKPOINT_FORMAT = 1
 CHECKPOINT_LABEL = b"sealedkb/audit-checkpoint/v1\x00"
 CHECKPOINTS_KEPT = 100
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{20})\.json$")
+# The highest checkpointed (seq, hash), beside the checkpoints; its own label, so
+# a checkpoint file is never taken for it.
+HEAD_RECORD_NAME = "checkpoint-head.json"
+HEAD_RECORD_LABEL = b"sealedkb/audit-checkpoint-head/v1\x00"
+_HEAD_LOCK_NAME = "checkpoint-head.lock"
 OUTCOMES = ("success", "failure", "denied")
 _DETAIL_VALUE = (str, int, bool, type(None))
 
@@ -109,7 +120,8 @@ class VerifyReport:
     checkpoint_time: str | None = None
     checkpoints: int = 0
     first_bad_seq: int | None = None
-    problem: str | None = None  # changed | missing | truncated | checkpoint-mismatch
+    # changed | missing | truncated | checkpoint-mismatch | checkpoint-missing
+    problem: str | None = None
     message: str = "audit trail intact"
     warnings: list[str] = field(default_factory=list)
 
@@ -143,6 +155,10 @@ class Checkpoint:
     time: str
     path: Path
     authentic: bool
+
+
+def _checkpoint_name(seq: int) -> str:
+    return f"checkpoint-{seq:020d}.json"
 
 
 class AuditLog:
@@ -245,8 +261,14 @@ class AuditLog:
         return [event_dict(r) for r in rows]
 
     def head(self) -> dict[str, Any]:
+        """The chain head and the newest checkpoint (not MAC-checked: status works
+        without keys); the checkpoint record counts when it is ahead of the files, so
+        a deleted newest checkpoint still shows as truncation of the head."""
         head = self.table.head()
+        record = self._head_record(verify=False)
         latest = self._checkpoints(verify=False)[-1:]
+        if record is not None and record.seq > (latest[0].seq if latest else 0):
+            latest = [record]
         return {
             "head_seq": head[0] if head else 0,
             "head_hash": head[1].hex() if head else None,
@@ -269,8 +291,9 @@ class AuditLog:
         if head is None:
             return None
         seq, digest = head
-        path = self.checkpoint_dir / f"checkpoint-{seq:020d}.json"
+        path = self.checkpoint_dir / _checkpoint_name(seq)
         if path.exists():
+            self._raise_head_record(seq, digest)  # a record older than this, or none yet
             self.appended = 0
             return None
         body = {
@@ -281,12 +304,62 @@ class AuditLog:
         }
         mac = self.mac_key.generate_mac(self._checkpoint_message(body))
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        from sealedkb._fs import write_private  # atomic 0600 write
-
         write_private(path, canonical_json({**body, "mac": base64.b64encode(mac).decode()}))
+        self._raise_head_record(seq, digest)  # after the file: record <= newest checkpoint
         self.appended = 0
         self._prune()
         return path
+
+    @staticmethod
+    def _head_record_message(body: dict[str, Any]) -> bytes:
+        return HEAD_RECORD_LABEL + canonical_json(body)
+
+    def _raise_head_record(self, seq: int, digest: bytes) -> None:
+        """Raise the checkpoint record to ``seq`` (never lower it, never replace one
+        that is not authentic: verify reports that until an operator looks)."""
+        assert self.mac_key is not None
+        with file_lock(self.checkpoint_dir / _HEAD_LOCK_NAME):
+            current = self._head_record()
+            if current is not None and (not current.authentic or current.seq >= seq):
+                if not current.authentic:
+                    log.warning("audit checkpoint record is not authentic; left as it is")
+                return
+            body = {
+                "format": CHECKPOINT_FORMAT,
+                "seq": seq,
+                "hash": digest.hex(),
+                "time": _utc(self._now()).isoformat(),
+            }
+            mac = self.mac_key.generate_mac(self._head_record_message(body))
+            write_private(
+                self.checkpoint_dir / HEAD_RECORD_NAME,
+                canonical_json({**body, "mac": base64.b64encode(mac).decode()}),
+            )
+
+    def _head_record(self, *, verify: bool = True) -> Checkpoint | None:
+        """The checkpoint record, None if there is none (plaintext mode, a chain never
+        checkpointed, or a home from before the record existed)."""
+        path = self.checkpoint_dir / HEAD_RECORD_NAME
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return Checkpoint(0, b"", "", path, False)
+        try:
+            doc = json.loads(raw)
+            body = {k: doc[k] for k in ("format", "seq", "hash", "time")}
+            mac = base64.b64decode(doc["mac"], validate=True)
+            seq, digest = int(body["seq"]), bytes.fromhex(body["hash"])
+        except (ValueError, KeyError, TypeError):
+            return Checkpoint(0, b"", "", path, False)
+        authentic = verify and (
+            self.mac_key is not None
+            and body["format"] == CHECKPOINT_FORMAT
+            and seq >= 1
+            and self.mac_key.verify_mac(self._head_record_message(body), mac)
+        )
+        return Checkpoint(seq, digest, str(body["time"]), path, authentic)
 
     def checkpoint_quietly(self) -> None:
         """Checkpoint at the end of a command; a failure (e.g. keys unavailable) must
@@ -340,17 +413,23 @@ class AuditLog:
         ``changed`` (an event's content, order or hash differs from what the chain
         says), ``missing`` (a sequence number is absent), ``truncated`` (the newest
         events before a checkpoint are gone), ``checkpoint-mismatch`` (the chain up
-        to a checkpoint was rewritten, or a checkpoint file is not authentic)."""
+        to a checkpoint was rewritten, or a checkpoint file or the checkpoint record is
+        not authentic), ``checkpoint-missing`` (the checkpoint the record names is gone).
+        The record is read first: a checkpoint written meanwhile is then newer than it."""
         report = VerifyReport()
+        record: Checkpoint | None = None
         if self.mac_key is None:
             report.warnings.append(
                 "no audit key (plaintext mode): checkpoints are neither written nor checked"
             )
             checkpoints: list[Checkpoint] = []
         else:
-            checkpoints = self._checkpoints()  # KeyUnavailableError if the key is not there
+            record = self._head_record()  # KeyUnavailableError if the key is not there
+            checkpoints = self._checkpoints()
         report.checkpoints = len(checkpoints)
         wanted = {c.seq for c in checkpoints}
+        if record is not None and record.authentic:
+            wanted.add(record.seq)
         seen: dict[int, bytes] = {}
         expected, prev = 1, GENESIS
         for row in self.table.scan():
@@ -371,12 +450,30 @@ class AuditLog:
             report.events += 1
             report.head_seq, report.head_hash = row.seq, digest.hex()
             expected, prev = row.seq + 1, digest
-        if not checkpoints:
+        if not checkpoints and record is None:
             if self.mac_key is not None:
                 report.warnings.append(
                     "no checkpoint found: deletion of the newest events cannot be detected"
                 )
             return report
+        good_upto = self._check_checkpoints(report, checkpoints, seen)
+        if record is None:
+            report.warnings.append(
+                f"no checkpoint record ({HEAD_RECORD_NAME}) yet: it is written with the "
+                "next checkpoint"
+            )
+        else:
+            self._check_head_record(report, record, checkpoints, seen, good_upto)
+        return report
+
+    @staticmethod
+    def _check_checkpoints(
+        report: VerifyReport, checkpoints: list[Checkpoint], seen: dict[int, bytes]
+    ) -> int:
+        """Compare the chain with every checkpoint file; returns the newest checkpointed
+        sequence up to which the chain matches."""
+        if not checkpoints:
+            return 0
         latest = checkpoints[-1]
         report.checkpoint_seq, report.checkpoint_time = latest.seq, latest.time or None
         # Narrow a rewrite down to after the newest checkpoint that still matches.
@@ -409,7 +506,54 @@ class AuditLog:
                     )
                     break
                 good_upto = cp.seq
-        return report
+        return good_upto
+
+    @staticmethod
+    def _check_head_record(
+        report: VerifyReport,
+        record: Checkpoint,
+        checkpoints: list[Checkpoint],
+        seen: dict[int, bytes],
+        good_upto: int,
+    ) -> None:
+        """The chain reaches the highest checkpointed sequence with the same hash, and
+        the checkpoint at that sequence is still there."""
+        if not record.authentic:
+            report.fail(
+                good_upto + 1,
+                "checkpoint-mismatch",
+                f"the checkpoint record {HEAD_RECORD_NAME} is not authentic (edited, or "
+                "written under another key)",
+            )
+            return
+        name = _checkpoint_name(record.seq)
+        # (a newer checkpoint covers it too: the hash is cumulative)
+        present = any(c.seq >= record.seq and c.authentic for c in checkpoints)
+        if record.seq > report.head_seq:
+            missing = f"; checkpoint {name} is missing too" if not present else ""
+            report.fail(
+                report.head_seq + 1,
+                "truncated",
+                f"the chain ends at event {report.head_seq}, but the checkpoint record "
+                f"{HEAD_RECORD_NAME} vouches for events up to {record.seq} (checkpoint "
+                f"{name}): events {report.head_seq + 1}-{record.seq} were deleted{missing}",
+            )
+            return
+        if record.seq in seen and not mac_equal(seen[record.seq], record.hash):
+            report.fail(
+                good_upto + 1,
+                "checkpoint-mismatch",
+                f"events up to {record.seq} do not match the checkpoint record "
+                f"{HEAD_RECORD_NAME}: the chain was rewritten after event {good_upto}",
+            )
+            return
+        if not present:
+            report.fail(
+                record.seq,
+                "checkpoint-missing",
+                f"checkpoint {name} is missing: the checkpoint record {HEAD_RECORD_NAME} "
+                f"says events up to {record.seq} were checkpointed there",
+            )
 
 
 def parse_since(value: str) -> datetime:
