@@ -375,3 +375,27 @@ def test_alarms_test_notifies_every_alarm_and_returns(
     assert status["alarms"]["SnapshotStale"] == OK
     assert status["metrics"]["sealedkb_available"] == 1.0
     assert "sealedkb_key_state" in status["metrics"]
+
+
+def test_the_metrics_collector_reuses_the_running_evaluator(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """serve's evaluator is found by the /metrics collector of its knowledge base (its
+    availability probe is reused) and forgotten once stopped; alarms never imports
+    metrics."""
+    from sealedkb.monitoring.metrics import KnowledgeBaseCollector
+
+    kb, _ = KnowledgeBase.init(make_settings(alarm_interval=60), EncryptionMode.ON)
+    try:
+        collector = KnowledgeBaseCollector(kb)
+        assert alarms.running_evaluator(kb) is None and collector.evaluator is None
+        ev = alarms.start_evaluator(kb)
+        assert ev is not None
+        try:
+            assert alarms.running_evaluator(kb) is ev
+            assert collector.evaluator is ev
+        finally:
+            ev.stop()
+        assert alarms.running_evaluator(kb) is None and collector.evaluator is None
+    finally:
+        kb.close()

@@ -760,7 +760,17 @@ class Evaluator:
         return self
 
     def stop(self) -> None:
+        global _running
         self._periodic.stop(timeout=30)
+        if _running is self:
+            _running = None
+
+    def latest_sample(self, metric: str) -> tuple[float, float] | None:
+        """The newest (Unix time, value) sample of a metric, or None."""
+        series = self._series.get(metric)
+        if series is None or not series.samples:
+            return None
+        return series.samples[-1]
 
 
 def _history(change: Transition) -> dict[str, Any]:
@@ -822,8 +832,17 @@ def start_evaluator(kb: KnowledgeBase) -> Evaluator | None:
     """For ``serve``: evaluate every alarm in a background thread (None if disabled)."""
     if not kb.settings.alarms_enabled:
         return None
+    global _running
     evaluator = Evaluator(kb).start()
-    from sealedkb.monitoring import metrics as monitor
-
-    monitor.register_evaluator(evaluator)
+    _running = evaluator
     return evaluator
+
+
+_running: Evaluator | None = None
+
+
+def running_evaluator(kb: KnowledgeBase) -> Evaluator | None:
+    """The evaluator ``start_evaluator`` started for this knowledge base, while it runs
+    (the metrics collector reuses its probes: availability, audit verification)."""
+    ev = _running
+    return ev if ev is not None and ev.kb is kb else None

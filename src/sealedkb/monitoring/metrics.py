@@ -172,8 +172,14 @@ class KnowledgeBaseCollector(Collector):
     def __init__(self, kb: KnowledgeBase, availability: str | None = None) -> None:
         self.kb = kb
         self.queries = MonitoringQueries(kb.db)
-        self.evaluator: Evaluator | None = None
         self.availability = availability  # already known (status): no second probe
+
+    @property
+    def evaluator(self) -> Evaluator | None:
+        """serve's alarm evaluator for this knowledge base, if one runs."""
+        from sealedkb.monitoring.alarms import running_evaluator
+
+        return running_evaluator(self.kb)
 
     def collect(self) -> Iterator[Metric]:
         yield from self._process_counters()
@@ -259,10 +265,10 @@ class KnowledgeBaseCollector(Collector):
         ev = self.evaluator
         if ev is None:
             return None
-        series = ev._series.get("encryption_unavailable")
-        if series is None or not series.samples:
+        sample = ev.latest_sample("encryption_unavailable")
+        if sample is None:
             return None
-        t, value = series.samples[-1]
+        t, value = sample
         if time.time() - t > AVAILABILITY_REUSE_SECONDS:
             return None
         return value
@@ -415,7 +421,6 @@ class KnowledgeBaseCollector(Collector):
 
 
 _collector: KnowledgeBaseCollector | None = None
-_evaluator: Evaluator | None = None
 
 
 def register_kb(kb: KnowledgeBase) -> None:
@@ -425,19 +430,9 @@ def register_kb(kb: KnowledgeBase) -> None:
     if _collector is not None:
         REGISTRY.unregister(_collector)
     _collector = KnowledgeBaseCollector(kb)
-    if _evaluator is not None and _evaluator.kb is kb:
-        _collector.evaluator = _evaluator
     REGISTRY.register(_collector)
     if kb.settings.metrics_enabled:
         instrument_kb(kb)
-
-
-def register_evaluator(evaluator: Evaluator) -> None:
-    """Let the collector reuse the evaluator's probes (availability, audit verify)."""
-    global _evaluator
-    _evaluator = evaluator
-    if _collector is not None and _collector.kb is evaluator.kb:
-        _collector.evaluator = evaluator
 
 
 def render() -> bytes:
