@@ -36,6 +36,7 @@ from sealedkb.snapshots.store import (
 )
 from sealedkb.snapshots.verify import check_stream
 from sealedkb.store.copyfmt import CopyFormatError, encode_binary, parse_binary
+from sealedkb.store.snapshot_io import TableMeta
 
 REKEYED_TABLES = ("kb_data_keys", "kb_meta")
 
@@ -53,7 +54,7 @@ def resolve_key(key: str) -> str:
         ) from None
 
 
-def rekey_table(meta: dict[str, Any], data: bytes, new_uri: str, keys: KeyUse) -> bytes:
+def rekey_table(meta: TableMeta, data: bytes, new_uri: str, keys: KeyUse) -> bytes:
     """kb_data_keys: every data key unwrapped and wrapped again under ``new_uri``
     (same encryption context); kb_meta: ``kms_key_uri`` set to ``new_uri``."""
     if meta["format"] != "binary":

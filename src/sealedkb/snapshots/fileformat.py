@@ -35,10 +35,10 @@ import os
 import queue
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any, TypedDict, cast
 
 import zstandard
 
@@ -63,6 +63,7 @@ from sealedkb.crypto.stream import (
 )
 from sealedkb.errors import IntegrityError
 from sealedkb.store.copyfmt import CopyFormatError, row_counter
+from sealedkb.store.snapshot_io import TableMeta
 
 FORMAT_NAME = "sealedkb-snapshot"
 FORMAT_VERSION = 1
@@ -86,6 +87,60 @@ class SnapshotIntegrityError(IntegrityError):
     def __init__(self, part: str, message: str) -> None:
         super().__init__(message)
         self.part = part
+
+
+class SchemaFacts(TypedDict, total=False):
+    version: int  # the newest schema migration applied
+    migrations: list[int]  # every schema migration applied
+
+
+class Header(TypedDict, total=False):
+    """The header (docs/SNAPSHOT-FORMAT.md): what is known when a snapshot starts.
+    Read from a file it is checked by :func:`read_envelope` before any use; keys
+    after ``tables`` are written by sealedkb but not required of a file."""
+
+    format: str
+    version: int
+    snapshot_id: str
+    created_at: str
+    kind: str  # manual | automated
+    name: str | None
+    kms_key_id: str
+    kms_key_version: int | None
+    wrapped_key: str  # base64
+    encryption_context: dict[str, str]
+    cipher: str
+    salt: str  # base64
+    nonce_prefix: str  # base64
+    chunk_size: int
+    compression: str
+    source: dict[str, Any]  # kb_id, database, server facts, fingerprint
+    schema: SchemaFacts
+    tables: list[TableMeta]
+    sealedkb_version: str
+    encryption_mode: str
+    copied_from: str
+    copied_at: str
+
+
+class TableFacts(TypedDict):
+    """One table in the trailer."""
+
+    rows: int
+    sha256: str
+    bytes: int
+
+
+class Trailer(TypedDict, total=False):
+    """The trailer: what is known at the end of a snapshot."""
+
+    snapshot_id: str
+    chunks: int
+    stream_bytes: int
+    payload_bytes: int
+    tables: dict[str, TableFacts]
+    completed_at: str
+    copied_from: str
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -117,11 +172,11 @@ class Envelope:
 
     path: Path
     size: int
-    header: dict[str, Any]
+    header: Header
     header_bytes: bytes
     header_hash: bytes
     header_mac: bytes
-    trailer: dict[str, Any]
+    trailer: Trailer
     trailer_bytes: bytes
     trailer_mac: bytes
     stream_offset: int
@@ -140,7 +195,7 @@ def _damaged(part: str, what: str) -> SnapshotIntegrityError:
     return SnapshotIntegrityError(part, f"the snapshot's {what}")
 
 
-def _check_header(h: Any) -> dict[str, Any]:
+def _check_header(h: Any) -> Header:
     """Structural checks of a parsed header (types and ranges), before any use."""
     if not isinstance(h, dict):
         raise _damaged("header", "header is damaged (not an object)")
@@ -178,7 +233,7 @@ def _check_header(h: Any) -> dict[str, Any]:
     unb64(h["wrapped_key"], "wrapped key")
     unb64(h["salt"], "salt", SALT_LEN)
     unb64(h["nonce_prefix"], "nonce prefix", NONCE_PREFIX_LEN)
-    return h
+    return cast(Header, h)
 
 
 def read_envelope(path: Path) -> Envelope:
@@ -241,7 +296,7 @@ def read_envelope(path: Path) -> Envelope:
         header_bytes=header_bytes,
         header_hash=header_hash,
         header_mac=hmac_,
-        trailer=trailer,
+        trailer=cast(Trailer, trailer),
         trailer_bytes=trailer_bytes,
         trailer_mac=tmac,
         stream_offset=stream_offset,
@@ -315,7 +370,7 @@ class TableResult:
     sha256: str
     bytes: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> TableFacts:
         return {"rows": self.rows, "sha256": self.sha256, "bytes": self.bytes}
 
 
@@ -362,7 +417,7 @@ class SnapshotWriter:
     def __init__(
         self,
         fh: IO[bytes],
-        header: dict[str, Any],
+        header: Header,
         keys: SnapshotKeys,
         *,
         pipeline: bool = True,
@@ -439,14 +494,14 @@ class SnapshotWriter:
     def add_result(self, name: str, result: TableResult) -> None:
         self.tables[name] = result
 
-    def finish(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(self, extra: Mapping[str, str] | None = None) -> Trailer:
         if self._next != len(self.header["tables"]) or len(self.tables) != self._next:
             raise ValueError("not every table was written")
         self._stop_worker()
         self._raise_worker_error()
         self._sink.write(self._zstd.flush())
         self._sink.finish()
-        trailer = {
+        trailer: dict[str, Any] = {
             "snapshot_id": self.header["snapshot_id"],
             "chunks": self._sink.sealer.index,
             "stream_bytes": self._sink.stream_bytes,
@@ -459,7 +514,7 @@ class SnapshotWriter:
         self.fh.write(sha256(tb))
         self.fh.write(trailer_mac(self.keys, self.header_hash, tb))
         self.fh.write(_SUFFIX.pack(len(tb), END_MAGIC))
-        return trailer
+        return cast(Trailer, trailer)
 
 
 # --- reading ---------------------------------------------------------------------
@@ -547,7 +602,7 @@ class TableCheck:
 class TableStream:
     """One table's COPY data as it comes out of the payload, counted and hashed."""
 
-    meta: dict[str, Any]
+    meta: TableMeta
     _reader: SnapshotReader
     _digest: Any = None
     _counter: Any = None
@@ -587,7 +642,8 @@ class TableStream:
                 rows = self._counter.finish()
             except CopyFormatError as exc:
                 raise SnapshotIntegrityError(part, f"table {self.name}: {exc}") from None
-        expected = self._reader.env.trailer["tables"].get(self.name) or {}
+        # read from the file: a table or key may be missing (then the check fails)
+        expected: Mapping[str, Any] = self._reader.env.trailer["tables"].get(self.name) or {}
         self.check = TableCheck(
             self.name,
             rows,
@@ -697,13 +753,13 @@ def new_header(
     encryption_context: dict[str, str],
     salt: bytes,
     nonce_prefix: bytes,
-    source: dict[str, Any],
-    schema: dict[str, Any],
-    tables: list[dict[str, Any]],
+    source: Mapping[str, Any],
+    schema: SchemaFacts,
+    tables: list[TableMeta],
     chunk_size: int = DEFAULT_CHUNK_SIZE,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
+    extra: Mapping[str, Any] | None = None,
+) -> Header:
+    header: dict[str, Any] = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
         "snapshot_id": snapshot_id,
@@ -724,3 +780,4 @@ def new_header(
         "tables": tables,
         **(extra or {}),
     }
+    return cast(Header, header)

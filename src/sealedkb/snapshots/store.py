@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, cast
 
 from sealedkb._fs import fsync_dir, pid_alive, try_file_lock
 from sealedkb.errors import NotFoundError, SealedKBError, ValidationError
-from sealedkb.snapshots.fileformat import Envelope, SnapshotIntegrityError, read_envelope
+from sealedkb.snapshots.fileformat import Envelope, Header, SnapshotIntegrityError, read_envelope
 from sealedkb.snapshots.results import SnapshotDescription, SnapshotSummary
 
 SUFFIX = ".snap"
@@ -65,8 +65,8 @@ class SnapshotInfo:
     error: str | None = None
 
     @property
-    def header(self) -> dict[str, Any]:
-        return self.envelope.header if self.envelope else {}
+    def header(self) -> Header:
+        return self.envelope.header if self.envelope else Header()
 
     @property
     def kind(self) -> str | None:

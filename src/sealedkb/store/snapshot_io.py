@@ -24,9 +24,9 @@ is copied as ``COPY (SELECT <columns> FROM t ORDER BY <primary key>) TO STDOUT``
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from psycopg import Connection, sql
 from psycopg.rows import TupleRow
@@ -45,6 +45,25 @@ SESSION_SETTINGS = (
 )
 
 
+class ColumnMeta(TypedDict):
+    name: str
+    type: str  # as format_type() spells it
+
+
+class OrderMeta(TypedDict):
+    column: str
+    collate_c: bool
+
+
+class TableMeta(TypedDict):
+    """A table as a snapshot header records it (:meth:`TableInfo.to_dict`)."""
+
+    name: str
+    columns: list[ColumnMeta]
+    order_by: list[OrderMeta]
+    format: str  # binary | text
+
+
 @dataclass(frozen=True)
 class TableInfo:
     name: str
@@ -52,7 +71,7 @@ class TableInfo:
     order_by: tuple[tuple[str, bool], ...]  # (column, compare with COLLATE "C")
     format: str  # binary | text
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> TableMeta:
         return {
             "name": self.name,
             "columns": [{"name": n, "type": t} for n, t in self.columns],
@@ -61,7 +80,7 @@ class TableInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TableInfo:
+    def from_dict(cls, d: Mapping[str, Any]) -> TableInfo:
         return cls(
             name=str(d["name"]),
             columns=tuple((str(c["name"]), str(c["type"])) for c in d["columns"]),
