@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sealedkb.audit.chain import AuditLog
@@ -62,7 +63,14 @@ from sealedkb.model import (
 )
 from sealedkb.monitoring.telemetry import Telemetry
 from sealedkb.search import text
-from sealedkb.search.engine import SearchEngine, SearchIndexer, SearchMode, SearchResult, reembed
+from sealedkb.search.engine import (
+    SearchEngine,
+    SearchIndexer,
+    SearchMode,
+    SearchResult,
+    normalize_content,
+    reembed,
+)
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
@@ -180,6 +188,7 @@ class KnowledgeBase:
             self.embedder,
             self.sealer.open_sealed,
             open_docs=self.sealer.open_sealed_many,
+            telemetry=self.telemetry,
             tokenizer=tokenizer,
         )
 
@@ -383,7 +392,25 @@ class KnowledgeBase:
             verified=new.verified,
         )
         stored, created = self.search_table.insert(row, search_cols, dedup=not force)
-        return self.sealer.to_entry(stored, doc if created else None)
+        if created:
+            return self.sealer.to_entry(stored, doc)
+        existing = self.sealer.to_entry(stored)
+        if self._same_content(existing, doc):
+            return existing
+        # A fingerprint that does not belong to its row's content: a forged column would
+        # make this add vanish into another entry. Store the entry after all.
+        search_cols.fingerprint = None
+        stored, _ = self.search_table.insert(row, search_cols, dedup=False)
+        return self.sealer.to_entry(stored, doc)
+
+    def _same_content(self, existing: Entry, doc: EntryDoc) -> bool:
+        """Dedup found ``existing`` for ``doc``: true when it really holds the same
+        content; otherwise its fingerprint was forged (counted, logged)."""
+        if normalize_content(existing.content) == normalize_content(doc.content):
+            return True
+        self.telemetry.integrity_failure()
+        log.warning("entry %s has a fingerprint of other content: not used for dedup", existing.id)
+        return False
 
     def add_many(self, entries: Sequence[NewEntry], *, force: bool = False) -> list[Entry]:
         """Add up to MAX_ADD_BATCH entries (see :func:`new_entry`) in one transaction:
@@ -414,12 +441,32 @@ class KnowledgeBase:
                     verified=new.verified,
                 )
 
+        out: list[Entry] = []
         with self.db.transaction("add") as conn:
             stored = self.search_table.insert_many(conn, prepared(), dedup=not force)
-        return [
-            self.sealer.to_entry(row, doc if created else None)
-            for (row, created), doc in zip(stored, docs, strict=True)
-        ]
+            for i, ((row, created), doc) in enumerate(zip(stored, docs, strict=True)):
+                if created:
+                    out.append(self.sealer.to_entry(row, doc))
+                    continue
+                existing = self.sealer.to_entry(row)
+                if not self._same_content(existing, doc):
+                    existing = self._add_after_forged_dedup(conn, entries[i], doc)
+                out.append(existing)
+        return out
+
+    def _add_after_forged_dedup(self, conn: Any, new: NewEntry, doc: EntryDoc) -> Entry:
+        vectors = self.indexer.embed([(doc.title, doc.content)])
+        row, cols = self.sealer.sealed_row(
+            new.namespace,
+            new.entry_type.value,
+            uuid.uuid4(),
+            doc,
+            vectors[0] if vectors is not None else None,
+            with_fingerprint=False,
+            verified=new.verified,
+        )
+        ((stored, _),) = self.search_table.insert_many(conn, iter([(row, cols)]), dedup=False)
+        return self.sealer.to_entry(stored, doc)
 
     def get(self, entry_id: str | uuid.UUID, *, namespaces: Collection[str] | None = None) -> Entry:
         """One entry. ``namespaces`` (an access scope) is checked on the row before any
@@ -470,17 +517,21 @@ class KnowledgeBase:
             if values:
                 old = doc
                 doc = doc._replace(**values)
-                changes.update(self.sealer.store_columns(row.namespace, eid, doc))
                 if (doc.title, doc.content) != (old.title, old.content):
-                    changes.update(self._search_changes(conn, row.namespace, eid, doc))
+                    search, digest = self._search_changes(conn, row.namespace, eid, doc)
+                    changes.update(search)
+                    doc = doc._replace(index_digest=digest)
+                # else the search columns stay, and so does the digest that covers them
+                changes.update(self.sealer.store_columns(row.namespace, eid, doc))
             updated = self.entries.update(conn, eid, changes)
         return self.sealer.to_entry(updated, doc)
 
     def _search_changes(
         self, conn: Any, namespace: str, eid: uuid.UUID, doc: EntryDoc
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], bytes | None]:
         """Search columns for changed title/content: tokens, vector, fingerprint (kept
-        only while no other live entry of the namespace has the same content)."""
+        only while no other live entry of the namespace has the same content), and the
+        index digest the re-sealed document carries."""
         vectors = self.indexer.embed([(doc.title, doc.content)])
         cols = self.indexer.columns(
             namespace, eid, doc, vectors[0] if vectors is not None else None
@@ -491,7 +542,7 @@ class KnowledgeBase:
             cols.fingerprint = None
         changes = cols.as_changes()
         del changes["import_key"], changes["import_hash"]  # an edited chunk stays imported
-        return changes
+        return changes, cols.index_digest
 
     def delete(
         self, entry_id: str | uuid.UUID, *, namespaces: Collection[str] | None = None
@@ -642,10 +693,12 @@ class KnowledgeBase:
         entry_type: str = "doc",
         tags: Sequence[str] = (),
         progress: Callable[[str, int, int], None] | None = None,
+        root: Path | None = None,
     ) -> ImportSummary:
-        """Import Markdown, text and HTML files and folders as chunked entries."""
+        """Import Markdown, text and HTML files and folders as chunked entries; with
+        ``root``, only files that resolve under it (named relative to it)."""
         importer = Importer(self, namespace=namespace, entry_type=entry_type, tags=tags)
-        return importer.run(paths, progress)
+        return importer.run(paths, progress, root=root)
 
     def reembed(
         self,

@@ -25,6 +25,7 @@ from sealedkb.formats.aad import entry_doc_aad
 from sealedkb.formats.entry_doc import EntryDoc, decode_doc, encode_doc
 from sealedkb.model import Entry, EntryType
 from sealedkb.monitoring.telemetry import Telemetry
+from sealedkb.search.digest import index_digest, vec_hash
 from sealedkb.search.engine import SearchIndexer
 from sealedkb.store.entries import EntryRow
 from sealedkb.store.search import SearchColumns
@@ -84,12 +85,26 @@ class EntrySealer:
         place a new row is sealed and indexed (add, add_many, import, migration).
         ``flags``: further EntryRow fields (verified, archived, version) for rows that
         carry them over."""
-        cols = self.store_columns(namespace, entry_id, doc)
         search_cols = self._indexer.columns(
             namespace, entry_id, doc, vector, with_fingerprint=with_fingerprint
         )
+        # The document carries the digest of its search columns (search/digest.py).
+        doc = doc._replace(index_digest=search_cols.index_digest)
+        cols = self.store_columns(namespace, entry_id, doc)
         row = EntryRow(id=entry_id, namespace=namespace, entry_type=entry_type, **flags, **cols)
         return row, search_cols
+
+    def reseal_with_vector(self, row: EntryRow, doc: EntryDoc, cols: SearchColumns) -> bytes | None:
+        """The re-sealed document of a row whose search vector changes (reembed): its
+        index digest covers the new vector. None in plaintext mode, and for documents
+        written before the digest existed (they keep none)."""
+        if self._keyring is None or doc.index_digest is None:
+            return None
+        kw = doc.index_digest[: len(doc.index_digest) // 2]
+        doc = doc._replace(index_digest=index_digest(kw, vec_hash(cols.embedding_enc)))
+        sealed = self.store_columns(row.namespace, row.id, doc)["doc_sealed"]
+        assert isinstance(sealed, bytes)
+        return sealed
 
     # --- read side ------------------------------------------------------------
 

@@ -52,7 +52,8 @@ from sealedkb.model import (
     validate_tags,
 )
 from sealedkb.model import SearchMode as SearchMode  # a plain type; also exported here
-from sealedkb.search import text
+from sealedkb.monitoring.telemetry import Telemetry
+from sealedkb.search import digest, text
 from sealedkb.store.search import (
     HitRow,
     SearchColumns,
@@ -215,15 +216,20 @@ class SearchIndexer:
         cols = SearchColumns()
         norm = normalize_content(doc.content)
         sealer: FieldSealer | None = None
+        lexemes: set[str] = set()
         if self.keyring is not None:
             sealer, blinder = self.keyring.writer(namespace)  # the content sealer
-            cols.kw_tokens = self._lexer(namespace, blinder).tsvector(doc.title, doc.content)
+            cols.kw_tokens, lexemes = self._lexer(namespace, blinder).index(doc.title, doc.content)
             if with_fingerprint:
                 cols.fingerprint = blinder.fingerprint(norm)
         elif with_fingerprint:
             cols.fingerprint = hashlib.sha256(norm.encode()).hexdigest()
         if vector is not None and self.embedder is not None:
             self.set_vector(cols, namespace, entry_id, vector, sealer=sealer)
+        if self.keyring is not None:
+            cols.index_digest = digest.index_digest(
+                digest.kw_hash(lexemes), digest.vec_hash(cols.embedding_enc)
+            )
         return cols
 
     def set_vector(
@@ -328,8 +334,10 @@ class SearchEngine:
         *,
         open_docs: Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]] | None = None,
         tokenizer: int = text.TOKENIZER,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.table = table
+        self.telemetry = telemetry or Telemetry()  # counts forged rows met by search
         self.tokenizer = tokenizer  # as the indexer's: query words split as stored ones
         self.keyring = keyring
         self.embedder = embedder
@@ -502,7 +510,7 @@ class SearchEngine:
             ranked = rrf([kw, sem])
         page = ranked[offset:window]
         more = len(ranked) > window and window < MAX_WINDOW
-        hits = self._hits(page, set(stems))
+        hits = self._hits(page, set(stems), norm_tags)
         return SearchResult(
             hits=hits,
             mode=used,
@@ -540,13 +548,39 @@ class SearchEngine:
         for i, plain in enumerate(plains):
             if len(plain) != 4 * dim:
                 raise IntegrityError(f"entry {ids[i]} failed its integrity check")
-        mat = np.frombuffer(b"".join(plains), dtype="<f4").reshape(len(cands), dim)
+        mat = np.frombuffer(b"".join(plains), dtype="<f4").reshape(len(ids), dim)
         scores = mat @ qvec
         order = np.argsort(-scores, kind="stable")[:depth]
         return [(uuid.UUID(ids[i]), float(scores[i])) for i in order]
 
-    def _hits(self, page: list[tuple[uuid.UUID, float]], stems: set[str]) -> list[SearchHit]:
-        rows = self.table.hit_rows([i for i, _ in page])
+    def _forged(self, entry_id: object, why: str) -> None:
+        self.telemetry.integrity_failure()
+        log.warning("search dropped entry %s: %s", entry_id, why)
+
+    def _authentic(self, r: HitRow, doc: EntryDoc, tags: Sequence[str]) -> bool:
+        """Whether a hit's stored search columns are the ones its sealed document was
+        indexed with (search/digest.py), and it really carries the filter's tags."""
+        if self.keyring is None:
+            return True
+        if doc.index_digest is not None and not digest.matches(
+            doc.index_digest, r.kw_hash or b"", r.vec_hash or b""
+        ):
+            self._forged(r.id, "its search columns do not match its sealed document")
+            return False
+        if tags and not set(tags) <= set(doc.tags):
+            self._forged(r.id, "its tag tokens do not match its sealed document")
+            return False
+        return True
+
+    def _hits(
+        self, page: list[tuple[uuid.UUID, float]], stems: set[str], tags: Sequence[str] = ()
+    ) -> list[SearchHit]:
+        rows = self.table.hit_rows(
+            [i for i, _ in page],
+            column_hashes=(digest.KW_HASH_SQL, digest.VEC_HASH_SQL)
+            if self.keyring is not None
+            else None,
+        )
         opened: dict[uuid.UUID, EntryDoc] = {}
         if self.open_docs is not None:
             by_ns: dict[str, list[tuple[uuid.UUID, bytes]]] = {}
@@ -561,6 +595,8 @@ class SearchEngine:
             if r is None:  # deleted between the two queries
                 continue
             doc = opened.get(eid) or self._doc(r)
+            if not self._authentic(r, doc, tags):
+                continue  # a forged hit is dropped (and counted), never shown
             out.append(
                 SearchHit(
                     id=r.id,
@@ -658,10 +694,11 @@ def reembed(
         docs = [kb.sealer.open_row(r) for r in rows]
         vectors = emb.embed([embedding_text(d.title, d.content) for d in docs])
         with kb.db.transaction("reembed") as conn:
-            for r, v in zip(rows, vectors, strict=True):
+            for r, d, v in zip(rows, docs, vectors, strict=True):
                 cols = SearchColumns()
                 kb.indexer.set_vector(cols, r.namespace, r.id, v)
-                if kb.search_table.set_embedding(conn, r.id, r.version, cols):
+                sealed = kb.sealer.reseal_with_vector(r, d, cols)
+                if kb.search_table.set_embedding(conn, r.id, r.version, cols, sealed):
                     done += 1
         if progress is not None:
             progress(done)

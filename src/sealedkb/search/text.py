@@ -227,15 +227,20 @@ class LexemeIndexer:
 
     def tsvector(self, title: str, content: str) -> str:
         """tsvector text of title (positions ``nA``) and content (after a gap)."""
+        return self.index(title, content)[0]
+
+    def index(self, title: str, content: str) -> tuple[str, set[str]]:
+        """The tsvector text and the set of its lexemes (what the index digest covers)."""
         tl = self._lexemes(words(title, self.tokenizer))
         cl = self._lexemes(words(content, self.tokenizer))
         nt, nc = len(tl), len(cl)
         if nt + nc + 1 >= MAX_POSITION:  # positions would be clamped: the grouped path
             lexeme_of = self._lexeme_of
-            return tsvector_literal(
+            grouped = [
                 (lexeme_of(t), p)
                 for t, p in positioned_terms(title, content, self.tokenizer).items()
-            )
+            ]
+            return tsvector_literal(grouped), {lex for lex, _ in grouped}
         parts = list(map(add, tl, _SUFFIX_A[1 : nt + 1]))
         parts.extend(map(add, cl, _SUFFIX[nt + 2 : nt + 2 + nc]))
-        return " ".join(parts)
+        return " ".join(parts), set(tl).union(cl)

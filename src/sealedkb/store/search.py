@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -37,13 +37,16 @@ class SearchColumns:
     fingerprint: str | None = None
     import_key: str | None = None
     import_hash: str | None = None
+    # Not a column: the digest of kw_tokens and embedding_enc that the sealed document
+    # carries (search/digest.py), handed from the indexer to the sealer.
+    index_digest: bytes | None = field(default=None, metadata={"column": False})
 
     def as_changes(self, *, embedding_only: bool = False) -> dict[str, Any]:
         names = _EMBEDDING_COLS if embedding_only else SEARCH_COLS
         return {n: getattr(self, n) for n in names}
 
 
-SEARCH_COLS = tuple(f.name for f in fields(SearchColumns))
+SEARCH_COLS = tuple(f.name for f in fields(SearchColumns) if f.metadata.get("column", True))
 _EMBEDDING_COLS = (
     "embedding_enc",
     "embedding_sealed",
@@ -114,12 +117,14 @@ class HitRow:
     source_plain: str | None
     tags_plain: list[str] | None
     created_at: datetime
+    kw_hash: bytes | None = None  # encrypted mode: the stored search columns' hashes
+    vec_hash: bytes | None = None
 
 
 # (id, cosine or None, sealed exact embedding or None) of a semantic candidate
 VectorCandidate = tuple[uuid.UUID | str, float | None, bytes | None]
 
-_HIT_COLS = ", ".join(f.name for f in fields(HitRow))
+_HIT_BASE = ", ".join(f.name for f in fields(HitRow) if f.name not in ("kw_hash", "vec_hash"))
 
 
 class SearchTable:
@@ -223,11 +228,19 @@ class SearchTable:
         return r is not None
 
     def set_embedding(
-        self, conn: Connection[TupleRow], entry_id: uuid.UUID, version: int, cols: SearchColumns
+        self,
+        conn: Connection[TupleRow],
+        entry_id: uuid.UUID,
+        version: int,
+        cols: SearchColumns,
+        doc_sealed: bytes | None = None,
     ) -> bool:
-        """Replace only the vector columns (reembed), unless the entry changed since it
-        was read (its own update already wrote a fresh vector). No new entry version."""
+        """Replace only the vector columns (reembed) and, in encrypted mode, the sealed
+        document that carries their digest, unless the entry changed since it was read
+        (its own update already wrote a fresh vector). No new entry version."""
         changes = cols.as_changes(embedding_only=True)
+        if doc_sealed is not None:
+            changes["doc_sealed"] = doc_sealed
         sets = ", ".join(f"{k} = %s" for k in changes)
         cur = conn.execute(
             f"UPDATE kb_entries SET {sets} WHERE id = %s AND version = %s AND deleted_at IS NULL",
@@ -441,12 +454,18 @@ class SearchTable:
             for r in rows
         ]
 
-    def hit_rows(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, HitRow]:
+    def hit_rows(
+        self, ids: Sequence[uuid.UUID], *, column_hashes: tuple[str, str] | None = None
+    ) -> dict[uuid.UUID, HitRow]:
+        """The rows of the hits; ``column_hashes``: two SQL expressions computed over
+        each row's stored search columns (the caller's digest definition)."""
         if not ids:
             return {}
+        extra = f", {column_hashes[0]}, {column_hashes[1]}" if column_hashes else ""
         with self.db.transaction("search") as conn:
             rows = conn.execute(
-                f"SELECT {_HIT_COLS} FROM kb_entries WHERE id = ANY(%s) AND deleted_at IS NULL",
+                f"SELECT {_HIT_BASE}{extra} FROM kb_entries"
+                " WHERE id = ANY(%s) AND deleted_at IS NULL",
                 (list(ids),),
                 binary=True,
             ).fetchall()
