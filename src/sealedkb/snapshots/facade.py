@@ -15,17 +15,17 @@ from psycopg.rows import TupleRow
 from sealedkb.audit.chain import AuditLog
 from sealedkb.crypto.stream import DEFAULT_CHUNK_SIZE, SnapshotKeys
 from sealedkb.keys.provider import KeyProvider
-from sealedkb.snapshots import copy as _copy
-from sealedkb.snapshots import delete as _delete
-from sealedkb.snapshots import drill as _drill
-from sealedkb.snapshots import verify as _verify
 from sealedkb.snapshots.base import (
     DatabaseServer,
     LiveDatabase,
     SnapshotContext,
     SnapshotSettings,
 )
+from sealedkb.snapshots.copy import copy as copy_snapshot
 from sealedkb.snapshots.create import SnapshotCreator
+from sealedkb.snapshots.delete import delete as delete_snapshot
+from sealedkb.snapshots.delete import expire as expire_snapshots
+from sealedkb.snapshots.drill import drill as run_drill
 from sealedkb.snapshots.fileformat import Envelope
 from sealedkb.snapshots.restore import RESTORE_SAMPLE, SnapshotRestorer
 from sealedkb.snapshots.results import (
@@ -37,6 +37,7 @@ from sealedkb.snapshots.results import (
     VerifyReport,
 )
 from sealedkb.snapshots.store import SnapshotFolder, SnapshotInfo
+from sealedkb.snapshots.verify import verify as verify_snapshot
 
 
 class Snapshots:
@@ -116,7 +117,7 @@ class Snapshots:
         return self._creator.create_rollback_point(kms_key_uri, name=name)
 
     def verify(self, ref: str) -> VerifyReport:
-        return _verify.verify(self._ctx, ref)
+        return verify_snapshot(self._ctx, ref)
 
     def restore(self, ref: str, target: str, *, sample: int = RESTORE_SAMPLE) -> RestoreReport:
         return self._restorer.restore(ref, target, sample=sample)
@@ -135,14 +136,14 @@ class Snapshots:
         )
 
     def copy(self, ref: str, kms_key_id: str) -> SnapshotInfo:
-        return _copy.copy(self._ctx, ref, kms_key_id)
+        return copy_snapshot(self._ctx, ref, kms_key_id)
 
     def delete(self, ref: str, *, reason: str | None = None) -> DeleteResult:
-        return _delete.delete(self._ctx, ref, reason=reason)
+        return delete_snapshot(self._ctx, ref, reason=reason)
 
     def expire(self, retention_days: int) -> builtins.list[str]:
         """Delete automated snapshots older than ``retention_days`` (manual ones stay)."""
-        return _delete.expire(self._ctx, retention_days)
+        return expire_snapshots(self._ctx, retention_days)
 
     def drill(self, *, snapshot: str | None = None, keep: bool = False) -> DrillReport:
-        return _drill.drill(self._ctx, self._creator, self._restorer, snapshot=snapshot, keep=keep)
+        return run_drill(self._ctx, self._creator, self._restorer, snapshot=snapshot, keep=keep)
