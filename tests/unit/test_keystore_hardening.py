@@ -380,3 +380,36 @@ def test_format_1_with_wrong_root_key_is_not_upgraded(tmp_path: Path) -> None:
     with pytest.raises(KeyUnavailableError, match="wrong root key"):
         LocalKeyProvider(keys_dir, RootKeySource(key_file=wrong)).describe_key(uri)
     assert (keys_dir / "root.json").read_bytes() == before
+
+
+def test_tampered_root_record_reported_on_first_use(keys_dir: Path, pw_keystore: str) -> None:
+    """Switching principal never fails on a bad root.json; the first key call does."""
+    rec = read_root(keys_dir)
+    rec["kdf"]["m"] = 2**40
+    write_root(keys_dir, rec)
+    p = LocalKeyProvider(keys_dir, RootKeySource(passphrase=PASSPHRASE))
+    system = p.for_principal("sealedkb:system")
+    with pytest.raises(IntegrityError):
+        system.describe_key(pw_keystore)
+
+
+def test_custody_warning_follows_the_verified_source(keys_dir: Path) -> None:
+    """Relabelling a development keystore as 'file' cannot hide its warning from a
+    provider that has opened it (the source it reports is the MAC-verified one)."""
+    p = LocalKeyProvider(keys_dir)
+    p.initialize()
+    uri = p.create_key().key_id
+    fresh = LocalKeyProvider(keys_dir)
+    fresh.describe_key(uri)
+    rec = read_root(keys_dir)
+    rec["source"] = "file"
+    write_root(keys_dir, rec)
+    assert any("development root key" in w for w in fresh.warnings())
+    with pytest.raises(KeyUnavailableError, match="SEALEDKB_ROOT_KEY_FILE"):
+        LocalKeyProvider(keys_dir).describe_key(uri)  # it now asks for a key file
+    # and with the key file, the edit is caught by the record MAC
+    key_file = keys_dir.parent / "root.bin"
+    key_file.write_bytes((keys_dir / "root.key").read_bytes())
+    os.chmod(key_file, 0o600)
+    with pytest.raises(IntegrityError):
+        LocalKeyProvider(keys_dir, RootKeySource(key_file=key_file)).describe_key(uri)

@@ -264,7 +264,7 @@ class LocalKeyProvider:
         if self._root is None and self.exists():
             # Open the root now so both instances share it (one Argon2id run). If it
             # does not open, each instance reports that on first use.
-            with contextlib.suppress(KeyUnavailableError, ConfigError):
+            with contextlib.suppress(KeyUnavailableError, ConfigError, IntegrityError):
                 self._root_keys()
         other = copy.copy(self)  # shares the material cache dict
         other.principal = principal
@@ -321,8 +321,9 @@ class LocalKeyProvider:
     def warnings(self) -> list[str]:
         if not self.exists():
             return []
-        rec = self._root_record()
-        if rec.get("source") == "generated" and self._source.key_file is None:
+        # Once the root is open, its source is the MAC-verified one.
+        source = self._root.source if self._root is not None else self._root_record().get("source")
+        if source == "generated" and self._source.key_file is None:
             return [
                 "development root key: keys/root.key sits beside the data; use "
                 "SEALEDKB_ROOT_KEY_FILE (kept elsewhere) or SEALEDKB_PASSPHRASE in production"
