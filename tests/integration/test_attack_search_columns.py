@@ -57,6 +57,8 @@ def test_copied_tag_tokens_do_not_match_the_tag(
     _copy(database_url, "tag_tokens", a, b)
     hits = kb.search("budget spreadsheet", mode="keyword", tags=["sea"]).hits
     assert b not in [h.id for h in hits]
+    listed = kb.list(namespace="default", tag="sea")
+    assert [e.id for e in listed] == [a]
 
 
 def test_a_copied_fingerprint_does_not_swallow_an_add(

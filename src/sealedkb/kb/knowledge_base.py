@@ -596,7 +596,15 @@ class KnowledgeBase:
                 tuple(namespaces) if namespaces is not None else None,
             )
         )
-        return [self.sealer.to_entry(r) for r in rows]
+        out = [self.sealer.to_entry(r) for r in rows]
+        if tag_token is not None:
+            # The tag filter ran on tag tokens the database holds: keep only entries
+            # whose sealed document really carries the tag (a copied column is dropped).
+            kept = [e for e in out if norm in e.tags]
+            for _ in range(len(out) - len(kept)):
+                self.telemetry.integrity_failure()
+            out = kept
+        return out
 
     def stats(
         self, namespaces: builtins.list[str] | None = None, top_tags: int = 20
