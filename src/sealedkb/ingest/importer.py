@@ -11,15 +11,29 @@ nothing and a changed one replaces its chunks.
 
 Per-file problems (binary, not UTF-8, unreadable, too large, empty) are reported
 in the summary with a reason and never stop the other files.
+
+Trust boundary (the MCP ``kb_import`` tool reads server files for an agent):
+
+- every file is resolved and must lie under the import root when one is given;
+  a symbolic link inside an imported folder that leads out of that folder is
+  skipped in any case (with a reason, never the target's path);
+- a file is opened without following a symbolic link (``O_NOFOLLOW`` on the
+  checked real path) and its ``fstat`` must be the file that was checked, so a
+  link or another file swapped in after the check is refused, not read;
+- the summary names files relative to the import root (or, without one, to the
+  named folder), never by an absolute server path; so do the chunks' sources
+  when a root is given.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import html
 import logging
 import os
 import re
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +41,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sealedkb.errors import SealedKBError, ValidationError
+from sealedkb.errors import AccessDeniedError, SealedKBError, ValidationError
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.model import (
     MAX_TITLE_CHARS,
@@ -124,48 +138,129 @@ class FileProblem(Exception):
 # --- discovery ---------------------------------------------------------------------
 
 
-def discover(paths: Sequence[str | Path]) -> list[tuple[Path, str, bool]]:
-    """(absolute path, display path, explicitly named) of every file to consider.
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A file to consider, checked when it was listed."""
 
-    Folders are walked recursively in sorted order; hidden files and folders are
-    left out. A path that does not exist is a usage error, raised before anything
-    is written.
+    path: Path  # as listed (absolute, not resolved): the file's identity across imports
+    display: str  # what the summary shows: relative to the root / the named folder
+    source: str  # what the chunks' source and metadata name
+    explicit: bool  # named by the caller (not found in a folder)
+    real: Path | None = None  # the resolved file to open; None when refused
+    checked: tuple[int, int] | None = None  # (st_dev, st_ino) of ``real`` at the check
+    refused: str | None = None  # why it is not read (with ``status``)
+    status: str = "failed"  # failed | skipped, when refused
+
+
+def _under(path: Path, base: Path) -> bool:
+    return path == base or path.is_relative_to(base)
+
+
+def _rel(path: Path, base: Path) -> str:
+    rel = path.relative_to(base).as_posix()
+    return "" if rel == "." else rel
+
+
+def _join(prefix: str, rest: str) -> str:
+    return f"{prefix}/{rest}" if prefix and rest else prefix or rest
+
+
+def _check(c: Candidate, root: Path | None, folder: Path | None) -> Candidate:
+    """Resolve the file and check where it leads (root, named folder) and what it is."""
+    try:
+        st = os.stat(c.path)
+    except FileNotFoundError:
+        return _refuse(c, "cannot read: file not found (dangling link?)", "failed")
+    except PermissionError:
+        return _refuse(c, "cannot read: permission denied", "failed")
+    except OSError as exc:
+        return _refuse(c, f"cannot read: {exc.strerror or type(exc).__name__}", "failed")
+    real = Path(os.path.realpath(c.path))
+    if root is not None and not _under(real, root):
+        why = "symbolic link to a file outside the import root" if not c.explicit else None
+        return _refuse(c, why or "outside the import root", "failed" if c.explicit else "skipped")
+    if folder is not None and not _under(real, folder):
+        return _refuse(c, "symbolic link to a file outside the imported folder", "skipped")
+    if not stat.S_ISREG(st.st_mode):
+        return _refuse(c, "cannot read: not a regular file", "failed")
+    return Candidate(
+        c.path, c.display, c.source, c.explicit, real=real, checked=(st.st_dev, st.st_ino)
+    )
+
+
+def _refuse(c: Candidate, reason: str, status: str) -> Candidate:
+    return Candidate(c.path, c.display, c.source, c.explicit, refused=reason, status=status)
+
+
+def discover(paths: Sequence[str | Path], root: str | Path | None = None) -> list[Candidate]:
+    """Every file to consider, checked: resolved, under ``root`` when given (symlinks
+    and '..' included), and, for files found in a folder, inside that folder.
+
+    Folders are walked recursively in sorted order without following links to
+    folders; hidden files and folders are left out. A path that does not exist is a
+    usage error, raised before anything is written.
     """
-    out: list[tuple[Path, str, bool]] = []
+    out: list[Candidate] = []
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise ValidationError(f"no such file or folder: {missing[0]}", field="path")
+    base = Path(os.path.realpath(root)) if root is not None else None
     for p in paths:
         path = Path(p)
+        real = Path(os.path.realpath(path))
+        if base is not None and not _under(real, base):
+            raise AccessDeniedError("path is outside the import root", field="paths")
         if path.is_dir():
+            # Displayed relative to the root, or from the folder's own name.
+            prefix = _rel(real, base) if base is not None else real.name
             for dirpath, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
                     if name.startswith("."):
                         continue
                     f = Path(dirpath) / name
-                    out.append((Path(os.path.abspath(f)), str(f), False))
+                    display = _join(prefix, Path(os.path.relpath(f, path)).as_posix())
+                    source = display if base is not None else str(f)
+                    c = Candidate(Path(os.path.abspath(f)), display, source, False)
+                    out.append(_check(c, base, real))
         else:
-            out.append((Path(os.path.abspath(path)), str(path), True))
+            display = _rel(real, base) if base is not None else path.name
+            source = display if base is not None else str(path)
+            c = Candidate(Path(os.path.abspath(path)), display, source, True)
+            out.append(_check(c, base, None))
     return out
 
 
-def read_text(path: Path) -> tuple[bytes, str]:
+def read_text(c: Candidate) -> tuple[bytes, str]:
+    """The checked file's bytes and text. Opened without following a symbolic link, and
+    only if it is still the file that was checked."""
+    if c.real is None or c.checked is None:
+        raise FileProblem(c.refused or "not checked")
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise FileProblem(f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
-        data = path.read_bytes()
-    except FileProblem:
-        raise
+        fd = os.open(c.real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except PermissionError:
         raise FileProblem("cannot read: permission denied") from None
     except FileNotFoundError:
-        raise FileProblem("cannot read: file not found (dangling link?)") from None
-    except IsADirectoryError:
-        raise FileProblem("cannot read: not a file") from None
+        raise FileProblem("cannot read: the file was removed during the import") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileProblem(
+                "not read: the file was replaced by a symbolic link after it was checked"
+            ) from None
+        raise FileProblem(f"cannot read: {exc.strerror or type(exc).__name__}") from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != c.checked or not stat.S_ISREG(st.st_mode):
+            raise FileProblem("not read: the file was replaced after it was checked")
+        if st.st_size > MAX_FILE_BYTES:
+            raise FileProblem(f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+        data = _read_fd(fd, MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise FileProblem(f"cannot read: {exc.strerror or type(exc).__name__}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:  # grew after the fstat
+        raise FileProblem(f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
     if b"\x00" in data[:8192]:
         raise FileProblem("binary file (contains NUL bytes), not text")
     try:
@@ -175,6 +270,18 @@ def read_text(path: Path) -> tuple[bytes, str]:
     if "\x00" in text:
         raise FileProblem("binary file (contains NUL bytes), not text")
     return data, text
+
+
+def _read_fd(fd: int, limit: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < limit:
+        part = os.read(fd, min(1 << 20, limit - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 # --- parsing -------------------------------------------------------------------------
@@ -448,35 +555,45 @@ class Importer:
         self.entry_type = validate_entry_type(entry_type)
         self.tags = validate_tags(list(tags))
 
-    def run(self, paths: Sequence[str | Path], progress: ProgressFn | None = None) -> ImportSummary:
-        files = discover(paths)
+    def run(
+        self,
+        paths: Sequence[str | Path],
+        progress: ProgressFn | None = None,
+        *,
+        root: str | Path | None = None,
+    ) -> ImportSummary:
+        """Import ``paths``; with ``root``, only files that resolve under it."""
+        files = discover(paths, root)
         summary = ImportSummary()
-        for n, (path, display, explicit) in enumerate(files, start=1):
-            outcome = self.import_file(path, display, explicit)
+        for n, c in enumerate(files, start=1):
+            outcome = self.import_file(c)
             summary.add(outcome)
             if progress is not None:
-                progress(display, n, len(files))
+                progress(c.display, n, len(files))
         if summary.imported and self.kb.embedder is None:
             summary.warnings.append("no embedder configured: chunks have no vectors")
         return summary
 
-    def import_file(self, path: Path, display: str, explicit: bool = True) -> FileOutcome:
+    def import_file(self, c: Candidate) -> FileOutcome:
+        path, display = c.path, c.display
+        if c.refused is not None:
+            return FileOutcome(display, c.status, reason=c.refused)
         kind = kind_of(path)
         if kind is None:
             return FileOutcome(
                 display,
-                "failed" if explicit else "skipped",
+                "failed" if c.explicit else "skipped",
                 reason=f"unsupported file type '{path.suffix or '(none)'}'"
                 " (Markdown, text and HTML are imported)",
             )
         try:
-            data, text = read_text(path)
-            chunks = chunk_file(text, kind, display, path.stem)
+            data, text = read_text(c)
+            chunks = chunk_file(text, kind, c.source, path.stem)
             if not chunks:
                 raise FileProblem("no text to import (empty file)")
-            for c in chunks:
-                validate_source(c.source)
-            return self._store(path, display, data, chunks, kind)
+            for chunk in chunks:
+                validate_source(chunk.source)
+            return self._store(path, c.source, display, data, chunks, kind)
         except FileProblem as exc:
             return FileOutcome(display, "failed", reason=str(exc))
         except ValidationError as exc:
@@ -493,7 +610,7 @@ class Importer:
         return str(path), hashlib.sha256(data).hexdigest()
 
     def _store(
-        self, path: Path, display: str, data: bytes, chunks: list[Chunk], kind: str
+        self, path: Path, source: str, display: str, data: bytes, chunks: list[Chunk], kind: str
     ) -> FileOutcome:
         kb = self.kb
         ns = self.namespace
@@ -509,7 +626,7 @@ class Importer:
                 eid = uuid.uuid4()
                 meta = {
                     "import": {
-                        "file": display,
+                        "file": source,
                         "format": kind,
                         "heading": c.heading,
                         "chunk": c.index + 1,
@@ -542,13 +659,13 @@ class Importer:
 
 def iter_chunks(paths: Sequence[str | Path]) -> Iterator[tuple[str, Chunk]]:
     """Chunks of supported, readable files (benchmarks and tools; no database)."""
-    for path, display, _explicit in discover(paths):
-        kind = kind_of(path)
-        if kind is None:
+    for cand in discover(paths):
+        kind = kind_of(cand.path)
+        if kind is None or cand.refused is not None:
             continue
         try:
-            _data, text = read_text(path)
+            _data, text = read_text(cand)
         except FileProblem:
             continue
-        for c in chunk_file(text, kind, display, path.stem):
-            yield display, c
+        for c in chunk_file(text, kind, cand.source, cand.path.stem):
+            yield cand.source, c

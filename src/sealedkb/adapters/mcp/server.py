@@ -445,7 +445,11 @@ def register_search_tools(
             p.require(Action.IMPORT, namespace)
             resolved = [str(_under_import_root(kb, raw)) for raw in paths]
             summary = kb.import_paths(
-                resolved, namespace=namespace, entry_type=entry_type, tags=tags or ()
+                resolved,
+                namespace=namespace,
+                entry_type=entry_type,
+                tags=tags or (),
+                root=kb.settings.import_root,  # every file re-checked; answers root-relative
             )
             out: dict[str, Any] = summary.to_dict()
             return out
