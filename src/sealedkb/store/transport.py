@@ -201,8 +201,10 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _is_socket(host: str) -> bool:
-    # libpq: an absolute path is a socket folder; "@name" the abstract namespace.
-    return host == "" or host.startswith("/") or host.startswith("@")
+    """A Unix socket in a folder (libpq: an absolute path). libpq's "@name" abstract
+    namespace has no file permissions: any local user can bind the name first, so it
+    counts as a network address (it needs verified TLS like any other)."""
+    return host == "" or host.startswith("/")
 
 
 def _split(value: Any) -> list[str]:
