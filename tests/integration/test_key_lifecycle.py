@@ -427,3 +427,18 @@ def test_key_commands_need_encryption(home: Path, database_url: str) -> None:
     for args in (["key", "list"], ["key", "rotate"], ["datakey", "rotate"], ["reencrypt"]):
         assert "encryption is off" in expect(cli(*args), 2).output
     expect(cli("audit", "verify"), 0)
+
+
+def test_weak_passphrase_refused_unless_opted_out(home: Path, database_url: str) -> None:
+    cli = make_cli(home, database_url)
+    weak = {"SEALEDKB_PASSPHRASE": "x"}
+    result = expect(cli("init", env=weak), 2)
+    assert "too weak" in result.output and "SEALEDKB_ALLOW_WEAK_PASSPHRASE" in result.output
+    assert not (home / "keys" / "root.json").exists()
+    opted_out = {**weak, "SEALEDKB_ALLOW_WEAK_PASSPHRASE": "1"}
+    expect(cli("init", env=opted_out), 0)
+    status = json.loads(expect(cli("status", "--json", env=opted_out), 0).stdout)
+    assert status["root_key_source"] == "passphrase"
+    assert any("SEALEDKB_ALLOW_WEAK_PASSPHRASE" in w for w in status["warnings"])
+    # without the opt-out the keystore made with it does not open
+    assert "too weak" in expect(cli("add", "some text", env=weak), 2).output
