@@ -45,7 +45,7 @@ from measure import WORDS, sentences
 from sealedkb.config import load_settings
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.migrate.migrator import Migrator
+from sealedkb.kb.migrating import Migrator
 from sealedkb.model import (
     EncryptionMode,
     derive_title,

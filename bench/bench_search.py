@@ -46,7 +46,7 @@ from sealedkb.embed import Embedder
 from sealedkb.embed.cache import CachingEmbedder
 from sealedkb.ingest.importer import Chunk
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.migrate.migrator import Migrator
+from sealedkb.kb.migrating import Migrator
 from sealedkb.model import EncryptionMode
 from sealedkb.search.engine import SearchMode
 from sealedkb.store.embedded import EmbeddedPostgres

@@ -22,8 +22,8 @@ from tests.integration.test_migrate_inplace import all_entries
 
 from sealedkb.config import load_settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.migrating import Migrator
 from sealedkb.kb.wiring import EMBEDDED_DBNAME
-from sealedkb.migrate.migrator import Migrator
 from sealedkb.model import EncryptionMode
 from sealedkb.store.embedded import EmbeddedPostgres
 

@@ -20,7 +20,7 @@ import sealedkb
 from sealedkb.config import Settings
 from sealedkb.errors import SealedKBError
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.migrate.migrator import Migrator
+from sealedkb.kb.migrating import Migrator
 from sealedkb.model import EncryptionMode
 
 ENTRIES = 1500

@@ -20,9 +20,9 @@ from tests.integration.test_migrate_crash import cli_env
 from sealedkb.config import Settings
 from sealedkb.errors import ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.migrate.migrator import ForeignSpec, Migrator
-from sealedkb.model import EncryptionMode
+from sealedkb.kb.migrating import ForeignSpec, Migrator
 from sealedkb.kb.snapshotting import snapshots_for
+from sealedkb.model import EncryptionMode
 from sealedkb.store.embedded import EmbeddedPostgres
 
 ROWS = 300

@@ -12,7 +12,7 @@ import pytest
 from sealedkb.config import Settings
 from sealedkb.errors import IntegrityError
 from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.migrate import Migrator
+from sealedkb.kb.migrating import Migrator
 from sealedkb.model import EncryptionMode
 
 

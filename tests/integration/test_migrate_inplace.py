@@ -12,8 +12,8 @@ import pytest
 from sealedkb.config import Settings
 from sealedkb.errors import IntegrityError, ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.migrating import Migrator
 from sealedkb.kb.summary import build_summary
-from sealedkb.migrate.migrator import Migrator
 from sealedkb.model import EncryptionMode, EntryPatch
 
 

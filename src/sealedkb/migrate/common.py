@@ -1,5 +1,5 @@
-"""Small pieces every migration capability uses: connections, timestamps, knowledge
-base opening."""
+"""Small pieces every migration capability uses: connections, timestamps, opening a
+knowledge base that may not exist yet."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from psycopg.rows import TupleRow
 
 from sealedkb.config import Settings
 from sealedkb.errors import NotInitializedError
-from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.migrate.host import KnowledgeBases, OpenKnowledgeBase
 from sealedkb.store.db import connect
 
 DEFAULT_BATCH = 500
@@ -31,8 +31,8 @@ def connect_vectors(settings: Settings, url: str) -> Connection[TupleRow]:
     return conn
 
 
-def open_if_any(settings: Settings) -> KnowledgeBase | None:
+def open_if_any(host: KnowledgeBases, settings: Settings) -> OpenKnowledgeBase | None:
     try:
-        return KnowledgeBase.open(settings)
+        return host.open(settings)
     except NotInitializedError:
         return None

@@ -17,12 +17,11 @@ from psycopg.rows import TupleRow
 from sealedkb.config import Settings
 from sealedkb.embed import load_embedder
 from sealedkb.errors import ConflictError, ValidationError
-from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.kb.snapshotting import snapshots_for
 from sealedkb.kb.wiring import tls_files
 from sealedkb.migrate.common import ProgressFn, now_iso, open_if_any
 from sealedkb.migrate.estimate import estimate, measure_foreign, steps
 from sealedkb.migrate.guard import COMPLETE, COPYING, SWITCHED, read_marker, write_marker
+from sealedkb.migrate.host import KnowledgeBases, OpenKnowledgeBase
 from sealedkb.migrate.reports import Marker, PlanReport, RunReport, run_report
 from sealedkb.migrate.sealing import RowSealer, Sealed, entry_digest
 from sealedkb.migrate.source import (
@@ -152,12 +151,14 @@ class ForeignMigration:
         settings: Settings,
         source: ForeignSource,
         *,
+        host: KnowledgeBases,
         batch: int,
         progress: ProgressFn,
         sample_size: int,
     ) -> None:
         self.settings = settings
         self.source = source
+        self.host = host
         self.batch = batch
         self.progress = progress
         self.sample_size = sample_size
@@ -166,7 +167,7 @@ class ForeignMigration:
 
     def plan(self) -> PlanReport:
         """Check the mapping, validate every row, measure sealing on a sample, estimate."""
-        kb = open_if_any(self.settings)
+        kb = open_if_any(self.host, self.settings)
         try:
             embedder = kb.embedder if kb is not None else load_embedder(self.settings.embedder)
             model_dim = embedder.dim if embedder is not None else None
@@ -218,7 +219,7 @@ class ForeignMigration:
     def run(self) -> RunReport:
 
         started = time.perf_counter()
-        kb, _created = KnowledgeBase.init(self.settings)
+        kb = self.host.init(self.settings)
         try:
             if not kb.encrypted or kb.keyring is None:
                 raise ValidationError(
@@ -257,7 +258,7 @@ class ForeignMigration:
                     field="migration",
                 )
             if marker is None or not same:
-                info = snapshots_for(self.settings, kb).create(
+                info = self.host.snapshots(self.settings, kb).create(
                     name=f"pre-migration {now_iso()[:19]}"
                 )
                 marker = {
@@ -292,7 +293,12 @@ class ForeignMigration:
             kb.close()
 
     def _copy(
-        self, kb: KnowledgeBase, mapping: ForeignMapping, source_id: str, marker: Marker, total: int
+        self,
+        kb: OpenKnowledgeBase,
+        mapping: ForeignMapping,
+        source_id: str,
+        marker: Marker,
+        total: int,
     ) -> None:
         assert kb.keyring is not None
         sealer = RowSealer.of(kb)
@@ -311,7 +317,7 @@ class ForeignMigration:
                 self.progress("copy", done, total)
 
 
-def verify_source(kb: KnowledgeBase, source: ForeignSource) -> tuple[int, int]:
+def verify_source(kb: OpenKnowledgeBase, source: ForeignSource) -> tuple[int, int]:
     """Re-read the source and compare each row's digest with its entry's: (rows read,
     rows that differ or are missing)."""
     assert kb.keyring is not None

@@ -30,8 +30,6 @@ from psycopg.rows import TupleRow
 
 from sealedkb.config import Settings
 from sealedkb.errors import ConflictError, NotInitializedError, SealedKBError, ValidationError
-from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.kb.snapshotting import snapshots_for
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
 from sealedkb.keys.provider import KeyProvider, keystore_of
 from sealedkb.migrate.common import ProgressFn, connect_vectors, now_iso
@@ -52,6 +50,7 @@ from sealedkb.migrate.guard import (
     set_meta,
     write_marker,
 )
+from sealedkb.migrate.host import KnowledgeBases, OpenKnowledgeBase
 from sealedkb.migrate.reports import Marker, PlanReport, RunReport, ScrubSummary, run_report
 from sealedkb.migrate.sealing import RowSealer, Sealed
 from sealedkb.model import EncryptionMode
@@ -84,11 +83,13 @@ class InPlaceMigration:
         self,
         settings: Settings,
         *,
+        host: KnowledgeBases,
         batch: int,
         progress: ProgressFn,
         sample_size: int,
     ) -> None:
         self.settings = settings
+        self.host = host
         self.batch = batch
         self.progress = progress
         self.sample_size = sample_size
@@ -152,7 +153,7 @@ class InPlaceMigration:
             key_uri = str(marker["key_uri"])
             if marker["state"] == PREPARING:
                 marker = self._take_rollback_point(db, target, marker)
-            kb = KnowledgeBase(self.settings, target, db, EncryptionMode.ON, provider, key_uri)
+            kb = self.host.attach(self.settings, target, db, provider, key_uri)
             if marker["state"] == COPYING:
                 self._copy(kb, marker)
                 marker = self._switch(kb, marker)
@@ -208,11 +209,9 @@ class InPlaceMigration:
 
     def _take_rollback_point(self, db: Database, target: DatabaseTarget, marker: Marker) -> Marker:
 
-        plain = KnowledgeBase(
-            self.settings, target, db, EncryptionMode.OFF, None, None, principal=None
-        )
+        plain = self.host.attach(self.settings, target, db, None, None)
         self.progress("snapshot", 0, 1)
-        info = snapshots_for(self.settings, plain).create_rollback_point(
+        info = self.host.snapshots(self.settings, plain).create_rollback_point(
             str(marker["key_uri"]), name=f"pre-migration {marker['started_at'][:19]}"
         )
         self.progress("snapshot", 1, 1)
@@ -221,7 +220,7 @@ class InPlaceMigration:
             write_marker(conn, marker)
         return marker
 
-    def _copy(self, kb: KnowledgeBase, marker: Marker) -> None:
+    def _copy(self, kb: OpenKnowledgeBase, marker: Marker) -> None:
         assert kb.keyring is not None
         sealer = RowSealer.of(kb)
         with kb.db.transaction("migration") as conn:
@@ -268,7 +267,7 @@ class InPlaceMigration:
         self._catch_up(kb, sealer)
 
     def _catch_up(
-        self, kb: KnowledgeBase, sealer: RowSealer, conn: Connection[TupleRow] | None = None
+        self, kb: OpenKnowledgeBase, sealer: RowSealer, conn: Connection[TupleRow] | None = None
     ) -> int:
         """Re-seal the rows written since their copy, from the change log. Outside the
         switch (``conn`` None) a few rounds, stopping once a round finds only a handful
@@ -294,7 +293,7 @@ class InPlaceMigration:
                 return fixed
         return fixed
 
-    def _switch(self, kb: KnowledgeBase, marker: Marker) -> Marker:
+    def _switch(self, kb: OpenKnowledgeBase, marker: Marker) -> Marker:
         """Pause writers, seal the last changes, swap the tables, flip the mode, remove
         the guard: one transaction. Readers keep reading the plaintext table until the
         commit."""
@@ -372,7 +371,7 @@ def _write_shadow(conn: Connection[TupleRow], sealed: list[Sealed]) -> None:
 
 
 @contextmanager
-def _in(kb: KnowledgeBase, conn: Connection[TupleRow] | None) -> Iterator[Connection[TupleRow]]:
+def _in(kb: OpenKnowledgeBase, conn: Connection[TupleRow] | None) -> Iterator[Connection[TupleRow]]:
     """The switch's transaction when given, else a transaction of its own."""
     if conn is not None:
         yield conn

@@ -1,7 +1,9 @@
 """``sealedkb migrate``: plaintext knowledge base -> encrypted, online, resumable,
 verifiable, with a rollback point (runbook: docs/ENCRYPTION-KEY-MANAGEMENT.md §25).
 
-The facade the CLI calls; each capability lives in its own module: in place
+The facade ``sealedkb migrate`` calls (through kb/migrating.py, which gives it the
+knowledge-base side: :class:`~sealedkb.migrate.host.KnowledgeBases`); each capability
+lives in its own module: in place
 (in_place.py), foreign tables (foreign.py), the duration model (estimate.py),
 ``verify`` (verify.py), ``rollback`` (rollback.py), the marker and the guard
 (guard.py), the typed reports (reports.py).
@@ -22,6 +24,7 @@ from sealedkb.migrate import verify as _verify
 from sealedkb.migrate.common import DEFAULT_BATCH, ProgressFn, connect_vectors
 from sealedkb.migrate.foreign import ForeignMigration, ForeignSource, ForeignSpec
 from sealedkb.migrate.guard import read_marker
+from sealedkb.migrate.host import KnowledgeBases
 from sealedkb.migrate.in_place import InPlaceMigration
 from sealedkb.migrate.reports import Marker, PlanReport, RollbackReport, RunReport, VerifyReport
 from sealedkb.store.db import mapped_errors
@@ -42,6 +45,7 @@ class Migrator:
         settings: Settings,
         foreign: ForeignSpec | None = None,
         *,
+        host: KnowledgeBases,
         batch: int = DEFAULT_BATCH,
         progress: ProgressFn | None = None,
         sample_size: int = 200,
@@ -49,16 +53,26 @@ class Migrator:
         if not 10 <= batch <= 10_000:
             raise ValidationError("--batch must be between 10 and 10000", field="batch")
         self.settings = settings
+        self.host = host
         self.progress = progress or _no_progress
         self.source = ForeignSource(settings, foreign) if foreign is not None else None
         self._migration: InPlaceMigration | ForeignMigration
         if self.source is not None:
             self._migration = ForeignMigration(
-                settings, self.source, batch=batch, progress=self.progress, sample_size=sample_size
+                settings,
+                self.source,
+                host=host,
+                batch=batch,
+                progress=self.progress,
+                sample_size=sample_size,
             )
         else:
             self._migration = InPlaceMigration(
-                settings, batch=batch, progress=self.progress, sample_size=sample_size
+                settings,
+                host=host,
+                batch=batch,
+                progress=self.progress,
+                sample_size=sample_size,
             )
 
     @property
@@ -82,8 +96,8 @@ class Migrator:
     def verify(self) -> VerifyReport:
         """Every migrated row opens and equals its source (keyed digests); no plaintext
         row is left; the switch and the scrub happened (in place)."""
-        return _verify.verify(self.settings, self.source, self.progress)
+        return _verify.verify(self.host, self.settings, self.source, self.progress)
 
     def rollback(self) -> RollbackReport:
         """Back to the state before the migration (rollback.py)."""
-        return _rollback.rollback(self.settings)
+        return _rollback.rollback(self.host, self.settings)

@@ -15,8 +15,6 @@ from psycopg.rows import TupleRow
 
 from sealedkb.config import Settings
 from sealedkb.errors import NotFoundError
-from sealedkb.kb.knowledge_base import KnowledgeBase
-from sealedkb.kb.snapshotting import snapshots_for
 from sealedkb.kb.wiring import key_provider, resolve_database
 from sealedkb.migrate.common import connect_vectors, now_iso
 from sealedkb.migrate.guard import (
@@ -32,12 +30,13 @@ from sealedkb.migrate.guard import (
     set_meta,
     write_marker,
 )
+from sealedkb.migrate.host import KnowledgeBases
 from sealedkb.migrate.reports import Marker, RollbackReport
 from sealedkb.store import migration_sql as msql
 from sealedkb.store.db import mapped_errors
 
 
-def rollback(settings: Settings) -> RollbackReport:
+def rollback(host: KnowledgeBases, settings: Settings) -> RollbackReport:
 
     started = time.perf_counter()
     target = resolve_database(settings, create=False)
@@ -60,7 +59,7 @@ def rollback(settings: Settings) -> RollbackReport:
             }
         if not sid:
             raise NotFoundError("the migration has no rollback snapshot", field="migration")
-        kb = KnowledgeBase.open(settings)  # records the restore in its audit trail
+        kb = host.open(settings)  # records the restore in its audit trail
     guards: list[Guard] = []
 
     def after_load(c: Connection[TupleRow]) -> None:
@@ -76,7 +75,7 @@ def rollback(settings: Settings) -> RollbackReport:
             guards.append(guard)
 
     try:
-        snaps = snapshots_for(settings, kb)
+        snaps = host.snapshots(settings, kb)
         snaps.resolve(sid)  # NotFoundError if it was deleted: rollback is no longer possible
         with mapped_errors("migration rollback"), connect_vectors(settings, target.url) as conn:
             write_marker(conn, {**marker, "state": ROLLING_BACK})

@@ -20,9 +20,9 @@ from sealedkb.crypto.keyring import KeyRing
 from sealedkb.embed import load_embedder
 from sealedkb.errors import ConflictError
 from sealedkb.formats.entry_doc import EntryDoc
-from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.sealer import EntrySealer
 from sealedkb.kb.wiring import scratch_key_provider
+from sealedkb.migrate.host import OpenKnowledgeBase
 from sealedkb.migrate.source import SourceEntry, digest_fields, key_to_json, migrated_id
 from sealedkb.model import KeyPurpose, WrappedDataKey
 from sealedkb.monitoring.telemetry import Telemetry
@@ -78,7 +78,7 @@ def row_digest(ring: KeyRing, namespace: str, entry_type: str, doc: EntryDoc, **
     return ring.blinder(namespace).digest(DIGEST_DOMAIN, data)
 
 
-def entry_digest(kb: KnowledgeBase, row: EntryRow, *, in_place: bool) -> str:
+def entry_digest(kb: OpenKnowledgeBase, row: EntryRow, *, in_place: bool) -> str:
     """The digest of a stored entry, opened (an in-place one with its row facts)."""
     assert kb.keyring is not None
     doc = kb.sealer.open_row(row)
@@ -153,7 +153,7 @@ class RowSealer:
         self.embedder = indexer.embedder
 
     @classmethod
-    def of(cls, kb: KnowledgeBase) -> RowSealer:
+    def of(cls, kb: OpenKnowledgeBase) -> RowSealer:
         """Sealing as the encrypted knowledge base ``kb`` does it."""
         assert kb.keyring is not None
         return cls(kb.keyring, kb.sealer, kb.indexer)

@@ -8,21 +8,23 @@ import uuid
 
 from sealedkb.config import Settings
 from sealedkb.errors import NotFoundError
-from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.migrate.common import ProgressFn
 from sealedkb.migrate.foreign import ForeignSource, verify_source
 from sealedkb.migrate.guard import COMPLETE, read_marker
+from sealedkb.migrate.host import KnowledgeBases, OpenKnowledgeBase
 from sealedkb.migrate.reports import VerifyReport
 from sealedkb.migrate.sealing import entry_digest
 from sealedkb.store import migration_sql as msql
 from sealedkb.store.db import mapped_errors
 
 
-def verify(settings: Settings, source: ForeignSource | None, progress: ProgressFn) -> VerifyReport:
+def verify(
+    host: KnowledgeBases, settings: Settings, source: ForeignSource | None, progress: ProgressFn
+) -> VerifyReport:
     """Check the last migration of the knowledge base at ``settings`` (with ``source``,
     a foreign one is also compared with the source table, re-read)."""
     with mapped_errors("migration verify"):
-        kb = KnowledgeBase.open(settings)
+        kb = host.open(settings)
     try:
         with kb.db.transaction("migration verify") as conn:
             marker = read_marker(conn)
@@ -38,7 +40,7 @@ def verify(settings: Settings, source: ForeignSource | None, progress: ProgressF
             problems.append(f"{mismatched} entries differ from their source")
         if missing:
             problems.append(f"{missing} migrated entries are missing")
-        status = kb.status()
+        status = host.storage(kb)
         if not status["storage_encrypted"]:
             problems.append("status says storage_encrypted: false")
         if status["entries_plaintext"]:
@@ -78,7 +80,7 @@ def verify(settings: Settings, source: ForeignSource | None, progress: ProgressF
 
 
 def _verify_digests(
-    kb: KnowledgeBase, *, in_place: bool, progress: ProgressFn
+    kb: OpenKnowledgeBase, *, in_place: bool, progress: ProgressFn
 ) -> tuple[int, int, int]:
     """(digests checked, entries that differ, entries missing)."""
     checked = mismatched = missing = 0

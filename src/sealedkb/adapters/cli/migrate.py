@@ -19,7 +19,7 @@ from sealedkb.adapters.cli._common import JsonOpt, command, err, out, print_json
 from sealedkb.errors import ValidationError
 
 if TYPE_CHECKING:
-    from sealedkb.migrate import ForeignSpec
+    from sealedkb.kb.migrating import ForeignSpec
 
 migrate_app: typer.Typer = typer.Typer(
     help="Migrate a plaintext knowledge base (this one, or another server's table) to "
@@ -70,7 +70,7 @@ def _spec(
     entry_type: str,
     model: str | None,
 ) -> ForeignSpec | None:
-    from sealedkb.migrate import ForeignSpec
+    from sealedkb.kb.migrating import ForeignSpec
 
     if source is None:
         if table is not None or mapping is not None:
@@ -130,7 +130,7 @@ def plan(
 ) -> None:
     """Inspect the source, measure sealing on a sample, print steps, duration, downtime
     and the rollback point. Changes nothing."""
-    from sealedkb.migrate import Migrator
+    from sealedkb.kb.migrating import Migrator
 
     spec = _spec(source, table, mapping, namespace, entry_type, model)
     result = Migrator(settings(), spec).plan()
@@ -178,7 +178,7 @@ def run(
     json_out: JsonOpt = False,
 ) -> None:
     """Run (or resume) the migration: rollback snapshot, sealing in batches, switch, scrub."""
-    from sealedkb.migrate import Migrator
+    from sealedkb.kb.migrating import Migrator
 
     spec = _spec(source, table, mapping, namespace, entry_type, model)
     with _bar(json_out) as progress:
@@ -204,7 +204,7 @@ def verify(
     json_out: JsonOpt = False,
 ) -> None:
     """Every entry opens and equals its source (keyed digests), no plaintext is left."""
-    from sealedkb.migrate import Migrator
+    from sealedkb.kb.migrating import Migrator
 
     spec = _spec(source, table, mapping, namespace, entry_type, model)
     result = Migrator(settings(), spec).verify()
@@ -235,7 +235,7 @@ def verify(
 @command(migrate_app, "rollback")
 def rollback(json_out: JsonOpt = False) -> None:
     """Return to the state before the migration, from its rollback snapshot."""
-    from sealedkb.migrate import Migrator
+    from sealedkb.kb.migrating import Migrator
 
     result = Migrator(settings()).rollback()
     if json_out:
@@ -247,7 +247,7 @@ def rollback(json_out: JsonOpt = False) -> None:
 @command(migrate_app, "status")
 def status(json_out: JsonOpt = False) -> None:
     """The current or last migration's progress marker."""
-    from sealedkb.migrate import Migrator
+    from sealedkb.kb.migrating import Migrator
 
     result = Migrator(settings()).status()
     if json_out:
