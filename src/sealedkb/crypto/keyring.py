@@ -15,14 +15,16 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.sealed import DataKey, FieldOpener, FieldSealer
-from sealedkb.crypto.vectors import VectorCipher
 from sealedkb.errors import IntegrityError
 from sealedkb.keys.provider import KeyProvider
 from sealedkb.model import KeyPurpose, WrappedDataKey
+
+if TYPE_CHECKING:
+    from sealedkb.crypto.vectors import VectorCipher  # imports numpy: loaded on first use
 
 DEFAULT_MAX_AGE = 300.0
 
@@ -199,6 +201,8 @@ class KeyRing:
         cache_key = (key.key_id, dim, beta)
         cipher = self._vector_ciphers.get(cache_key)
         if cipher is None:
+            from sealedkb.crypto.vectors import VectorCipher
+
             cipher = VectorCipher(key.material, dim, beta)
             with self._lock:
                 self._vector_ciphers[cache_key] = cipher

@@ -11,12 +11,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING
 
 from sealedkb.crypto.blind import TextHasher
 from sealedkb.embed import Embedder
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 class CachingEmbedder:
@@ -38,6 +40,8 @@ class CachingEmbedder:
         return self.inner.dim
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        import numpy as np
+
         keys = [self._hash(t) for t in texts]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         missing: list[int] = []

@@ -20,12 +20,13 @@ from collections.abc import Sequence
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, Any
 
 from sealedkb.errors import EmbeddingError
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 log = logging.getLogger("sealedkb.embed")
 
@@ -103,6 +104,8 @@ class MiniLMEmbedder:
             raise EmbeddingError(f"cannot load the embedding model: {type(exc).__name__}") from None
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        import numpy as np
+
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
         self.load()
@@ -123,6 +126,8 @@ class MiniLMEmbedder:
 
     @staticmethod
     def _run(session: Any, encodings: list[Any]) -> NDArray[np.float32]:
+        import numpy as np
+
         width = max(1, max(len(e.ids) for e in encodings))
         n = len(encodings)
         ids = np.zeros((n, width), dtype=np.int64)

@@ -23,9 +23,12 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import NDArray
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
 
 __all__ = ["EMPTY", "KW_HASH_SQL", "VEC_HASH_SQL", "index_digest", "kw_hash", "matches", "vec_hash"]
 
@@ -43,6 +46,8 @@ def kw_hash(lexemes: Iterable[str]) -> bytes:
 
 
 def vec_hash(vector: NDArray[np.float32] | None) -> bytes:
+    import numpy as np
+
     if vector is None:
         return EMPTY
     v = np.asarray(vector, dtype=">f4")

@@ -34,9 +34,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import FieldSealer, OpenFailedError
@@ -63,6 +60,9 @@ from sealedkb.store.search import (
 )
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
     from sealedkb.kb.knowledge_base import KnowledgeBase
 
 log = logging.getLogger("sealedkb.search")
@@ -149,10 +149,14 @@ def embedding_text(title: str, content: str) -> str:
 
 
 def vector_bytes(v: NDArray[np.float32]) -> bytes:
+    import numpy as np
+
     return np.asarray(v, dtype="<f4").tobytes()
 
 
 def vector_from_bytes(b: bytes, dim: int) -> NDArray[np.float32]:
+    import numpy as np
+
     if len(b) != 4 * dim:
         raise IntegrityError("sealed embedding has the wrong size")
     return np.frombuffer(b, dtype="<f4").astype(np.float32)
@@ -241,6 +245,8 @@ class SearchIndexer:
         *,
         sealer: FieldSealer | None = None,
     ) -> None:
+        import numpy as np
+
         assert self.embedder is not None
         cols.embed_model = self.embedder.model_id
         cols.embed_dim = self.embedder.dim
@@ -530,6 +536,8 @@ class SearchEngine:
     ) -> list[tuple[uuid.UUID, float]]:
         """The ``depth`` best candidates by exact cosine (encrypted: open the sealed
         vectors, all in one batch: the per-candidate work is the over-fetch's price)."""
+        import numpy as np
+
         if self.keyring is None:
             return [(i, s) for i, s, _ in cands if s is not None and isinstance(i, uuid.UUID)][
                 :depth

@@ -13,15 +13,17 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
 from psycopg import Connection
 from psycopg.rows import TupleRow
 
 from sealedkb.store.db import Database
 from sealedkb.store.entries import _INSERT_COLS, _SELECT, EntryRow, _adapt, _from_db
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
 
 
 @dataclass(slots=True)
