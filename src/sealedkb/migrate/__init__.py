@@ -2,7 +2,9 @@
 into an encrypted one, verify, rollback.
 
 - :class:`Migrator` (migrator.py): the facade — ``plan``, ``run``, ``status``,
-  ``verify``, ``rollback``; :class:`ForeignSpec` names a foreign source table.
+  ``verify``, ``rollback``; :class:`ForeignSpec` names a foreign source table. It
+  takes the knowledge-base side as a ``host`` (host.py Protocols);
+  ``sealedkb.kb.migrating.Migrator`` is the one wired to the KnowledgeBase.
 - Typed results (reports.py): :class:`PlanReport`, :class:`RunReport`,
   :class:`VerifyReport`, :class:`RollbackReport`, the progress :class:`Marker`.
 - guard.py: what the knowledge base itself needs (the marker, the guard that lets a
