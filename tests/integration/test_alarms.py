@@ -51,7 +51,7 @@ class Harness:
         self.kb = kb
         self.clock = clock
         self.hook = hook
-        specs = alarms.load_specs(spec_changes)  # type: ignore[arg-type]
+        specs = alarms.load_specs(spec_changes)
         notifier = Notifier(webhook_url=hook.url, webhook_secret=HOOK_KEY, backoff=0)
         self.ev = Evaluator(kb, specs=specs, notifier=notifier, clock=clock)
         self.changes: list[Transition] = []
@@ -222,7 +222,8 @@ def test_integrity_failure(
     ((original,),) = sql(
         database_url, "SELECT doc_sealed FROM kb_entries WHERE id = %s", (entry.id,)
     )
-    blob = bytearray(bytes(original))  # type: ignore[arg-type]
+    assert isinstance(original, bytes)
+    blob = bytearray(original)
     blob[-1] ^= 0x01
     sql(
         database_url, "UPDATE kb_entries SET doc_sealed = %s WHERE id = %s", (bytes(blob), entry.id)

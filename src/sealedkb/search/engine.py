@@ -555,6 +555,7 @@ class SearchEngine:
             raise IntegrityError(f"entry {ids[exc.index]} failed its integrity check") from None
         for i, plain in enumerate(plains):
             if len(plain) != 4 * dim:
+                self.telemetry.integrity_failure()
                 raise IntegrityError(f"entry {ids[i]} failed its integrity check")
         mat = np.frombuffer(b"".join(plains), dtype="<f4").reshape(len(ids), dim)
         scores = mat @ qvec
@@ -624,6 +625,7 @@ class SearchEngine:
         if r.doc_sealed is not None:
             return self.open_doc(r.namespace, r.id, r.doc_sealed)
         if self.keyring is not None:
+            self.telemetry.integrity_failure()  # a forged row met by search counts as by get
             raise IntegrityError(f"entry {r.id} is not sealed in an encrypted knowledge base")
         return EntryDoc(
             r.title_plain or "",
