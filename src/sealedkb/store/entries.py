@@ -85,6 +85,18 @@ def _adapt(name: str, value: Any) -> Any:
     return value
 
 
+# For the other writers of kb_entries rows (store/migration_sql.py): the columns a new
+# row is inserted with, and its parameters in that order.
+INSERT_COLS: tuple[str, ...] = tuple(_INSERT_COLS)
+
+
+def insert_values(row: EntryRow) -> list[Any]:
+    values = [_adapt(c, getattr(row, c)) for c in _INSERT_COLS]
+    if row.tag_tokens is None:
+        values[_INSERT_COLS.index("tag_tokens")] = []
+    return values
+
+
 @dataclass(frozen=True, slots=True)
 class ListFilter:
     namespace: str | None = None

@@ -29,7 +29,7 @@ from typing import Any
 from psycopg import Connection, sql
 from psycopg.rows import TupleRow
 
-from sealedkb.store.entries import _INSERT_COLS, EntryRow, _adapt
+from sealedkb.store.entries import INSERT_COLS, EntryRow, insert_values
 from sealedkb.store.search import SEARCH_COLS, SearchColumns
 
 SHADOW = "sealedkb_mig_entries"
@@ -37,7 +37,7 @@ ROWS = "sealedkb_mig_rows"
 ENTRIES = "kb_entries"
 _CASTS = {"kw_tokens": "%s::tsvector"}
 # Columns the migration writes (the sealed row plus the non-secret row facts it keeps).
-WRITE_COLS = [*_INSERT_COLS, *SEARCH_COLS, "created_at", "updated_at", "deleted_at"]
+WRITE_COLS = [*INSERT_COLS, *SEARCH_COLS, "created_at", "updated_at", "deleted_at"]
 PLAIN_COLS = (
     "id, namespace, entry_type, title_plain, content_plain, source_plain, metadata_plain,"
     " tags_plain, verified, archived, created_at, updated_at, version, deleted_at,"
@@ -65,9 +65,7 @@ INSERT_ENTRY = (
 def row_values(row: EntryRow, cols: SearchColumns, facts: Mapping[str, Any]) -> list[Any]:
     """Parameters for UPSERT_SHADOW / INSERT_ENTRY from an EntryRow, its SearchColumns
     and the row facts (created_at, updated_at, deleted_at) to keep."""
-    values: list[Any] = [_adapt(c, getattr(row, c)) for c in _INSERT_COLS]
-    if row.tag_tokens is None:
-        values[_INSERT_COLS.index("tag_tokens")] = []
+    values = insert_values(row)
     values.extend(getattr(cols, c) for c in SEARCH_COLS)
     values.extend([facts.get("created_at"), facts.get("updated_at"), facts.get("deleted_at")])
     return values
