@@ -289,7 +289,7 @@ def test_downgrade_to_format_1_refused(keys_dir: Path, pw_keystore: str) -> None
         LocalKeyProvider(keys_dir, RootKeySource(passphrase=PASSPHRASE)).describe_key(pw_keystore)
 
 
-@pytest.mark.parametrize("fmt", [0, 3, "2", None, True])
+@pytest.mark.parametrize("fmt", [0, 3, "2", None, True, 2.0])
 def test_unknown_root_format(keys_dir: Path, pw_keystore: str, fmt: object) -> None:
     rec = read_root(keys_dir)
     rec["format"] = fmt

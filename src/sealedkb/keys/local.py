@@ -359,7 +359,7 @@ class LocalKeyProvider:
             return self._root
         rec = self._root_record()
         root_format = rec.get("format")
-        if root_format not in (1, ROOT_FORMAT) or isinstance(root_format, bool):
+        if type(root_format) is not int or root_format not in (1, ROOT_FORMAT):
             raise IntegrityError(
                 "keystore root.json has an unknown format (altered, or written by a newer sealedkb)"
             )
