@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sealedkb.audit.chain import AuditLog
 from sealedkb.config import Settings
@@ -33,7 +33,6 @@ from sealedkb.errors import (
     ValidationError,
 )
 from sealedkb.formats.entry_doc import EntryDoc
-from sealedkb.ingest.importer import Importer, ImportSummary
 from sealedkb.kb.access import Principal
 from sealedkb.kb.sealer import EntrySealer
 from sealedkb.kb.tokens import TokenService
@@ -76,6 +75,9 @@ from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
 from sealedkb.store.search import SearchColumns, SearchTable
 from sealedkb.store.tokens import TokenRecord, TokenTable
+
+if TYPE_CHECKING:
+    from sealedkb.ingest.importer import ImportSummary
 
 log = logging.getLogger("sealedkb.service")
 
@@ -705,6 +707,8 @@ class KnowledgeBase:
     ) -> ImportSummary:
         """Import Markdown, text and HTML files and folders as chunked entries; with
         ``root``, only files that resolve under it (named relative to it)."""
+        from sealedkb.ingest.importer import Importer  # the parsers load on first import
+
         importer = Importer(self, namespace=namespace, entry_type=entry_type, tags=tags)
         return importer.run(paths, progress, root=root)
 

@@ -148,7 +148,7 @@ class InPlaceMigration:
                 or (marker.get("kind") != "in-place")
             ):
                 marker = self._prepare(db, provider)
-            elif mode == EncryptionMode.OFF.value:
+            elif mode == EncryptionMode.OFF.value and marker.get("state") in (PREPARING, COPYING):
                 self._rearm_guard(db, provider, marker)
             key_uri = str(marker["key_uri"])
             if marker["state"] == PREPARING:
