@@ -124,7 +124,7 @@ def build_batched(
         with kb.db.transaction("bench fill") as conn:
             for j, (e, doc) in enumerate(zip(items, docs, strict=True)):
                 eid = uuid.uuid4()
-                cols = kb._store_columns("default", eid, doc)
+                cols = kb.sealer.store_columns("default", eid, doc)
                 search_cols = kb.indexer.columns(
                     "default", eid, doc, vectors[j] if vectors is not None else None
                 )
