@@ -136,3 +136,34 @@ def test_a_failed_switch_fails_closed_and_a_rerun_rearms(
     assert opened == [False]  # re-armed: the plaintext knowledge base opened again
     with KnowledgeBase.open(settings) as kb:
         assert kb.encrypted and kb.get(kb.list(limit=1)[0].id).content == "one entry"
+
+
+def test_a_forged_resume_does_not_rearm_the_guard(
+    make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """The attacker also rewrites the marker to a running copy, hoping the operator's
+    next ``migrate run`` arms a fresh guard: the run refuses over sealed rows."""
+    settings = make_settings()
+    plain, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
+    plain.add("kept secret")
+    plain.close()
+    saved: dict[str, str | None] = {}
+
+    def progress(phase: str, done: int, total: int) -> None:
+        if phase == "copy" and "marker" not in saved:
+            with psycopg.connect(database_url) as conn:
+                saved["marker"] = _meta(conn, "migration")
+                saved["guard"] = _meta(conn, "migration_guard")
+
+    assert Migrator(settings, progress=progress).run()["state"] == "complete"
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE kb_meta SET value = %s WHERE key = 'migration'", (saved["marker"],))
+        conn.execute(
+            "INSERT INTO kb_meta (key, value) VALUES ('migration_guard', %s)", (saved["guard"],)
+        )
+        conn.execute("UPDATE kb_meta SET value = 'off' WHERE key = 'encryption'")
+    with pytest.raises(IntegrityError):
+        Migrator(settings).run()
+    with pytest.raises(IntegrityError):
+        KnowledgeBase.open(settings)
+    assert _plaintext_rows(database_url) == 0

@@ -29,7 +29,13 @@ from psycopg import Connection
 from psycopg.rows import TupleRow
 
 from sealedkb.config import Settings
-from sealedkb.errors import ConflictError, NotInitializedError, SealedKBError, ValidationError
+from sealedkb.errors import (
+    ConflictError,
+    IntegrityError,
+    NotInitializedError,
+    SealedKBError,
+    ValidationError,
+)
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
 from sealedkb.keys.provider import KeyProvider, keystore_of
 from sealedkb.migrate.common import ProgressFn, connect_vectors, now_iso
@@ -197,10 +203,16 @@ class InPlaceMigration:
     def _rearm_guard(self, db: Database, provider: KeyProvider, marker: Marker) -> None:
         """A resumed run whose guard no longer counts (a switch whose commit failed after
         the guard was removed): a fresh one, so the plaintext knowledge base opens again
-        while the copy goes on."""
+        while the copy goes on. Never over a table that holds sealed rows: that is an
+        encrypted knowledge base whose kb_meta was rewritten, not a plaintext one."""
         with db.transaction("migration") as conn:
             if guard_is_armed(self.settings, get_meta(conn, GUARD)):
                 return
+            if msql.has_sealed_rows(conn):
+                raise IntegrityError(
+                    "the database says encryption is off, but kb_entries holds sealed "
+                    "entries; refusing to resume the migration (check kb_meta)"
+                )
             kb_id = get_meta(conn, "kb_id") or str(uuid.uuid4())
             set_meta(conn, "kb_id", kb_id)
             guard = new_guard(provider, str(marker["key_uri"]), kb_id)

@@ -227,6 +227,14 @@ def source_stats(conn: Connection[TupleRow]) -> tuple[int, int, int]:
     return int(row[0]), int(row[1]), int(row[2])
 
 
+def has_sealed_rows(conn: Connection[TupleRow]) -> bool:
+    """Whether kb_entries holds any sealed row (a plaintext table holds none)."""
+    return (
+        conn.execute(f"SELECT 1 FROM {ENTRIES} WHERE doc_sealed IS NOT NULL LIMIT 1").fetchone()
+        is not None
+    )
+
+
 def swap_in_shadow(conn: Connection[TupleRow]) -> None:
     """Inside the switch transaction: the shadow becomes ``kb_entries`` (indexes and
     primary key under their usual names); the plaintext table is dropped."""
