@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import uuid
 from collections.abc import Callable
@@ -145,3 +146,21 @@ def test_plaintext_knowledge_base_tokens_still_work(
         assert principal is not None and principal.role.value == "writer"
     finally:
         kb.close()
+
+
+def test_token_rekey_command(sealed_kb: KnowledgeBase, database_url: str, home: Path) -> None:
+    from tests.integration.test_tamper_cli import expect, make_cli
+
+    secret = new_token()
+    _sql(
+        database_url,
+        "INSERT INTO kb_tokens (id, name, token_hash, role, namespaces)"
+        " VALUES (%s, 'old', %s, 'writer', '{default}')",
+        uuid.uuid4(),
+        hashlib.sha256(secret.encode()).digest(),
+    )
+    sealed_kb.close()
+    cli = make_cli(home, database_url)
+    out = expect(cli("token", "rekey", "--json"), 0)
+    assert [r["name"] for r in json.loads(out.stdout)] == ["old"]
+    assert "no token needed re-keying" in expect(cli("token", "rekey"), 0).stdout

@@ -164,3 +164,23 @@ def token_revoke(name: Annotated[str, typer.Argument(help="Token name.")]) -> No
     with open_kb() as kb:
         kb.revoke_token(name)
     sys.stdout.write(f"revoked {name}\n")
+
+
+@command(token_app, "rekey")
+def token_rekey(json_out: JsonOpt = False) -> None:
+    """Re-key tokens made by earlier versions (keyed hash and row MAC).
+
+    One step after an upgrade; until then an encrypted knowledge base refuses them.
+    Lists what it re-keyed: check these are tokens you issued."""
+    with open_kb() as kb:
+        records = kb.rekey_tokens()
+    if json_out:
+        print_json([r.to_dict() for r in records])
+        return
+    for r in records:
+        out.print(
+            Text(f"re-keyed {r.name} ({r.role}, namespaces: {', '.join(r.namespaces)})"),
+            highlight=False,
+        )
+    if not records:
+        sys.stdout.write("no token needed re-keying\n")
