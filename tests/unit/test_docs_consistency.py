@@ -313,3 +313,17 @@ def test_named_tests_exist() -> None:
             if not re.search(rf"^\s*(?:async\s+)?def {m.group(2)}\b", text, re.M):
                 missing.append(f"{path.relative_to(ROOT)}: {m.group(0)}")
     assert missing == []
+
+
+_WORK_ITEM = re.compile(r"\b[Ii]ssues?\s*#?\d+|\(issue\b")
+
+
+def test_features_are_named_not_work_items() -> None:
+    """Comments, docstrings and docs name a feature by what it does ("search
+    columns", "key lifecycle"), never by a tracker number."""
+    found = []
+    for path in scanned_files():
+        for n, line in enumerate(path.read_text("utf-8", errors="replace").splitlines(), 1):
+            if _WORK_ITEM.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{n}")
+    assert found == []
