@@ -34,7 +34,7 @@ def scanned_files() -> list[Path]:
                 and p.resolve() != THIS
                 and ".egg-info" not in p.parts[-2]
                 and "__pycache__" not in p.parts
-                and "results" not in p.relative_to(ROOT).parts[:2]
+                and ("results" not in p.relative_to(ROOT).parts[:2] or p.suffix == ".md")
             ):
                 out.append(p)
     return out
