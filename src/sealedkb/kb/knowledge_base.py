@@ -35,6 +35,13 @@ from sealedkb.errors import (
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.kb.access import Principal
 from sealedkb.kb.sealer import EntrySealer
+from sealedkb.kb.status import (
+    DatabaseStatus,
+    KeyStatus,
+    KnowledgeBaseStatus,
+    NamespaceStats,
+    Stats,
+)
 from sealedkb.kb.tokens import TokenService
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
@@ -608,15 +615,13 @@ class KnowledgeBase:
             out = kept
         return out
 
-    def stats(
-        self, namespaces: builtins.list[str] | None = None, top_tags: int = 20
-    ) -> dict[str, Any]:
+    def stats(self, namespaces: builtins.list[str] | None = None, top_tags: int = 20) -> Stats:
         """Counts by namespace and type, and the most used tags per namespace.
 
         In encrypted mode tags are keyed tokens; a token's name is recovered by
         opening one entry that carries it, so this costs one open per tag listed.
         """
-        by_ns: dict[str, dict[str, Any]] = {}
+        by_ns: dict[str, NamespaceStats] = {}
         for ns, et, n in self.entries.stats(namespaces):
             item = by_ns.setdefault(ns, {"total": 0, "by_type": {}, "top_tags": {}})
             item["total"] += n
@@ -734,15 +739,7 @@ class KnowledgeBase:
             return "inaccessible-encryption-credentials", exc.message
         return "available", None
 
-    def _tls_status(self) -> dict[str, Any]:
-        """Negotiated TLS of the database connection (null over a Unix socket)."""
-        tls = self.db.tls_session()
-        return {
-            "tls_protocol": tls.protocol if tls else None,
-            "tls_cipher": tls.cipher if tls else None,
-        }
-
-    def status(self) -> dict[str, Any]:
+    def status(self) -> KnowledgeBaseStatus:
         counts = self.entries.counts()
         warnings: list[str] = []
         availability, reason = self.availability()
@@ -782,14 +779,7 @@ class KnowledgeBase:
             "namespaces": counts["namespaces"],
             "keyword_tokenizer": self.indexer.tokenizer,  # docs/FORMATS.md §5
             "availability": availability,
-            "database": {
-                "kind": self.target.kind,
-                "transport": self.target.transport.kind,
-                **self._tls_status(),
-                "server_version": self.db.server_version(),
-                "pgvector": self.db.pgvector_version(),
-                "schema_version": self.db.schema_version,
-            },
+            "database": self._database_status(),
             "home": str(self.settings.home),
             "principal": self.principal,
             **self._key_status(),
@@ -802,7 +792,19 @@ class KnowledgeBase:
             return {}
         return self.keys.rekey.data_key_counts()
 
-    def _key_status(self) -> dict[str, Any]:
+    def _database_status(self) -> DatabaseStatus:
+        tls = self.db.tls_session()  # negotiated TLS (none over a Unix socket)
+        return {
+            "kind": self.target.kind,
+            "transport": self.target.transport.kind,
+            "tls_protocol": tls.protocol if tls else None,
+            "tls_cipher": tls.cipher if tls else None,
+            "server_version": self.db.server_version(),
+            "pgvector": self.db.pgvector_version(),
+            "schema_version": self.db.schema_version,
+        }
+
+    def _key_status(self) -> KeyStatus:
         """Rotation facts, and where the rows are (key lifecycle): data keys on the newest
         KMS key version, entries on active / retired data keys."""
         if self.keys is None:

@@ -29,7 +29,7 @@ to show nothing (e.g. no migration ever ran).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -71,7 +71,7 @@ class Check:
         return {"check": self.check, "ok": self.ok, "value": self.value, "detail": self.detail}
 
 
-ExtraCheck = Callable[["KnowledgeBase", dict[str, Any]], Check | None]
+ExtraCheck = Callable[["KnowledgeBase", Mapping[str, Any]], Check | None]
 _REGISTERED: list[ExtraCheck] = []
 
 
@@ -95,7 +95,7 @@ def build_summary(
     kb: KnowledgeBase,
     settings: Settings | None = None,
     *,
-    status: dict[str, Any] | None = None,
+    status: Mapping[str, Any] | None = None,
     extra_checks: Sequence[ExtraCheck] | None = None,
     audit_verify_max: int | None = AUDIT_VERIFY_MAX_EVENTS,
     now: datetime | None = None,
@@ -150,7 +150,7 @@ def _guard(name: str, build: Callable[[], Check | None]) -> Check | None:
 # --- the checks -------------------------------------------------------------------
 
 
-def _storage(st: dict[str, Any]) -> Check:
+def _storage(st: Mapping[str, Any]) -> Check:
     detail = {
         "encryption_mode": st["encryption_mode"],
         "encryption_scheme": st["encryption_scheme"],
@@ -168,7 +168,7 @@ def _storage(st: dict[str, Any]) -> Check:
     return Check("storage_encrypted", True, "yes: AES-256-GCM envelope, 0 plaintext", detail)
 
 
-def _kms_key(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
+def _kms_key(kb: KnowledgeBase, st: Mapping[str, Any]) -> Check:
     key_id, state = st["kms_key_id"], st["key_state"]
     keystore = keystore_of(kb.provider) if kb.provider is not None else None
     custody = keystore.warnings() if keystore is not None else []
@@ -199,7 +199,7 @@ def _last_rotation(kb: KnowledgeBase, key_id: str) -> str | None:
     return None
 
 
-def _rotation(kb: KnowledgeBase, st: dict[str, Any], now: datetime) -> Check:
+def _rotation(kb: KnowledgeBase, st: Mapping[str, Any], now: datetime) -> Check:
     rot = st.get("key_rotation")
     if st["kms_key_id"] is None:
         return Check("rotation", None, "n/a: no KMS key (encryption is off)", {})
@@ -229,7 +229,7 @@ def _rotation(kb: KnowledgeBase, st: dict[str, Any], now: datetime) -> Check:
     )
 
 
-def _data_keys(st: dict[str, Any]) -> Check:
+def _data_keys(st: Mapping[str, Any]) -> Check:
     dk = st["data_keys"]
     newest = st.get("data_keys_on_newest_key_version")
     by_key = st.get("entries_by_data_key") or {}
@@ -267,7 +267,7 @@ def _data_keys(st: dict[str, Any]) -> Check:
     return Check("data_keys", True, f"{counts}; all on newest key version", detail)
 
 
-def _entries(st: dict[str, Any]) -> Check:
+def _entries(st: Mapping[str, Any]) -> Check:
     detail = {
         "total": st["entries_total"],
         "sealed": st["entries_sealed"],
@@ -406,7 +406,7 @@ def _audit_head_only(head: dict[str, Any], verify_max: int) -> Check:
     )
 
 
-def _transport(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
+def _transport(kb: KnowledgeBase, st: Mapping[str, Any]) -> Check:
     dbi = st["database"]
     t = kb.target.transport
     kind, proto = dbi["transport"], dbi.get("tls_protocol")
@@ -439,7 +439,7 @@ def _transport(kb: KnowledgeBase, st: dict[str, Any]) -> Check:
 
 
 @register_check
-def migration(kb: KnowledgeBase, st: dict[str, Any]) -> Check | None:
+def migration(kb: KnowledgeBase, st: Mapping[str, Any]) -> Check | None:
     """State of the plaintext-to-encrypted migration (migrate/migrator.py), if one ever ran:
     OK when complete, WARN while it runs or after a rollback."""
     from sealedkb.migrate.guard import COMPLETE, MARKER, parse_marker

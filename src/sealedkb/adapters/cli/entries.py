@@ -48,7 +48,7 @@ def init(
 
     kb, created = KnowledgeBase.init(settings(), encryption)
     try:
-        result = {"created": created, **kb.status()}
+        result: dict[str, Any] = {"created": created, **kb.status()}
     finally:
         kb.close()
     if json_out:
@@ -267,7 +267,7 @@ def status(
     from sealedkb.monitoring.metrics import status_metrics
 
     with open_kb() as kb:
-        result = kb.status()
+        result: dict[str, Any] = dict(kb.status())
         # Metrics as at /metrics (counters: this CLI process) and alarm states.
         result["metrics"] = status_metrics(kb, result["availability"])
         result["alarms"] = alarm_summary(kb.settings)

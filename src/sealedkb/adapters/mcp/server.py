@@ -355,7 +355,7 @@ def build_server(
 
         def go() -> dict[str, Any]:
             p.require(Action.STATS)
-            return kb.stats(p.scope(namespace))
+            return dict(kb.stats(p.scope(namespace)))
 
         return await call("kb_stats", go)
 
