@@ -75,7 +75,11 @@ def test_mcp_import_skips_a_link_out_of_the_import_root(kb: KnowledgeBase, tmp_p
     folder, named = asyncio.run(go())
     assert SECRET not in texts(kb)
     assert folder["skipped"] == [
-        {"path": "docs/root.md", "reason": "symbolic link to a file outside the import root"}
+        {
+            "path": "docs/root.md",
+            "reason": "symbolic link to a file outside the import root",
+            "code": "ACCESS_DENIED",
+        }
     ]
     assert folder["imported"] == 1
     assert named["code"] == "ACCESS_DENIED"  # a named link out of the root

@@ -28,18 +28,22 @@ Trust boundary (the MCP ``kb_import`` tool reads server files for an agent):
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
-import html
 import logging
 import os
 import re
 import stat
+import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from lxml import etree
+from markdown_it import MarkdownIt
+from markdown_it.rules_block import StateBlock
 
 from sealedkb.errors import AccessDeniedError, SealedKBError, ValidationError
 from sealedkb.formats.entry_doc import EntryDoc
@@ -64,6 +68,8 @@ TEXT_EXT = frozenset({".txt", ".text", ".rst"})
 HTML_EXT = frozenset({".html", ".htm", ".xhtml"})
 SUPPORTED_EXT = MARKDOWN_EXT | TEXT_EXT | HTML_EXT
 MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_PARSE_SECONDS = 30.0  # parsing and chunking one file (Markdown: ~0.4 s per MB)
+MAX_HTML_DEPTH = 1000  # open elements; real pages stay far below
 MAX_CHUNK_CHARS = 1500
 MIN_CHUNK_CHARS = 1  # a heading with any body text is worth an entry
 TITLE_SEP = " › "
@@ -92,6 +98,7 @@ class FileOutcome:
     chunks: int = 0
     removed: int = 0
     reason: str | None = None
+    code: str | None = None  # error code of a skipped or failed file (errors.py codes)
 
 
 @dataclass
@@ -125,14 +132,19 @@ class ImportSummary:
             "unchanged": self.unchanged,
             "chunks_added": self.chunks_added,
             "chunks_removed": self.chunks_removed,
-            "skipped": [{"path": o.path, "reason": o.reason} for o in self.skipped],
-            "failed": [{"path": o.path, "reason": o.reason} for o in self.failed],
+            "skipped": [{"path": o.path, "reason": o.reason, "code": o.code} for o in self.skipped],
+            "failed": [{"path": o.path, "reason": o.reason, "code": o.code} for o in self.failed],
             "warnings": self.warnings,
         }
 
 
 class FileProblem(Exception):
-    """A reason this one file cannot be imported (reported, never raised to the user)."""
+    """A reason this one file cannot be imported (reported, never raised to the user),
+    with the error code the summary gives it."""
+
+    def __init__(self, reason: str, code: str = "VALIDATION_ERROR") -> None:
+        super().__init__(reason)
+        self.code = code
 
 
 # --- discovery ---------------------------------------------------------------------
@@ -147,9 +159,11 @@ class Candidate:
     source: str  # what the chunks' source and metadata name
     explicit: bool  # named by the caller (not found in a folder)
     real: Path | None = None  # the resolved file to open; None when refused
+    base: Path | None = None  # the resolved folder it is opened beneath (None: named file)
     checked: tuple[int, int] | None = None  # (st_dev, st_ino) of ``real`` at the check
-    refused: str | None = None  # why it is not read (with ``status``)
+    refused: str | None = None  # why it is not read (with ``status`` and ``code``)
     status: str = "failed"  # failed | skipped, when refused
+    code: str = "VALIDATION_ERROR"
 
 
 def _under(path: Path, base: Path) -> bool:
@@ -167,29 +181,64 @@ def _join(prefix: str, rest: str) -> str:
 
 def _check(c: Candidate, root: Path | None, folder: Path | None) -> Candidate:
     """Resolve the file and check where it leads (root, named folder) and what it is."""
+    real = Path(os.path.realpath(c.path))
     try:
-        st = os.stat(c.path)
+        st = os.stat(real, follow_symlinks=False)
     except FileNotFoundError:
-        return _refuse(c, "cannot read: file not found (dangling link?)", "failed")
+        return _refuse(c, "cannot read: file not found (dangling link?)", "failed", "NOT_FOUND")
     except PermissionError:
-        return _refuse(c, "cannot read: permission denied", "failed")
+        return _refuse(c, "cannot read: permission denied", "failed", "ACCESS_DENIED")
     except OSError as exc:
         return _refuse(c, f"cannot read: {exc.strerror or type(exc).__name__}", "failed")
-    real = Path(os.path.realpath(c.path))
     if root is not None and not _under(real, root):
-        why = "symbolic link to a file outside the import root" if not c.explicit else None
-        return _refuse(c, why or "outside the import root", "failed" if c.explicit else "skipped")
+        if c.explicit:
+            return _refuse(c, "outside the import root", "failed", "ACCESS_DENIED")
+        why = "symbolic link to a file outside the import root"
+        return _refuse(c, why, "skipped", "ACCESS_DENIED")
     if folder is not None and not _under(real, folder):
-        return _refuse(c, "symbolic link to a file outside the imported folder", "skipped")
+        why = "symbolic link to a file outside the imported folder"
+        return _refuse(c, why, "skipped", "ACCESS_DENIED")
     if not stat.S_ISREG(st.st_mode):
         return _refuse(c, "cannot read: not a regular file", "failed")
     return Candidate(
-        c.path, c.display, c.source, c.explicit, real=real, checked=(st.st_dev, st.st_ino)
+        c.path,
+        c.display,
+        c.source,
+        c.explicit,
+        real=real,
+        base=folder if folder is not None else root,
+        checked=(st.st_dev, st.st_ino),
     )
 
 
-def _refuse(c: Candidate, reason: str, status: str) -> Candidate:
-    return Candidate(c.path, c.display, c.source, c.explicit, refused=reason, status=status)
+def _refuse(c: Candidate, reason: str, status: str, code: str = "VALIDATION_ERROR") -> Candidate:
+    return Candidate(
+        c.path, c.display, c.source, c.explicit, refused=reason, status=status, code=code
+    )
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+def _open_checked(c: Candidate) -> int:
+    """Open the checked file without following any symbolic link beneath its folder:
+    each path component from the folder down is opened with ``O_NOFOLLOW`` relative to
+    the one before, so a link swapped in anywhere after the check is refused (ELOOP /
+    ENOTDIR), not followed out of the folder."""
+    assert c.real is not None
+    if c.base is None:
+        return os.open(c.real, _FILE_FLAGS)
+    *dirs, name = c.real.relative_to(c.base).parts
+    fd = os.open(c.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in dirs:
+            inner = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        return os.open(name, _FILE_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def discover(paths: Sequence[str | Path], root: str | Path | None = None) -> list[Candidate]:
@@ -235,32 +284,38 @@ def read_text(c: Candidate) -> tuple[bytes, str]:
     """The checked file's bytes and text. Opened without following a symbolic link, and
     only if it is still the file that was checked."""
     if c.real is None or c.checked is None:
-        raise FileProblem(c.refused or "not checked")
+        raise FileProblem(c.refused or "not checked", c.code)
+    too_large = f"file too large (more than {MAX_FILE_BYTES // (1024 * 1024)} MB): not imported"
     try:
-        fd = os.open(c.real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = _open_checked(c)
     except PermissionError:
-        raise FileProblem("cannot read: permission denied") from None
+        raise FileProblem("cannot read: permission denied", "ACCESS_DENIED") from None
     except FileNotFoundError:
-        raise FileProblem("cannot read: the file was removed during the import") from None
+        gone = "cannot read: the file was removed during the import"
+        raise FileProblem(gone, "NOT_FOUND") from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
             raise FileProblem(
-                "not read: the file was replaced by a symbolic link after it was checked"
+                "not read: the file or a folder on its path was replaced by a symbolic link "
+                "after it was checked",
+                "ACCESS_DENIED",
             ) from None
         raise FileProblem(f"cannot read: {exc.strerror or type(exc).__name__}") from None
     try:
         st = os.fstat(fd)
         if (st.st_dev, st.st_ino) != c.checked or not stat.S_ISREG(st.st_mode):
-            raise FileProblem("not read: the file was replaced after it was checked")
+            raise FileProblem(
+                "not read: the file was replaced after it was checked", "ACCESS_DENIED"
+            )
         if st.st_size > MAX_FILE_BYTES:
-            raise FileProblem(f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+            raise FileProblem(too_large)
         data = _read_fd(fd, MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise FileProblem(f"cannot read: {exc.strerror or type(exc).__name__}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_FILE_BYTES:  # grew after the fstat
-        raise FileProblem(f"file is larger than {MAX_FILE_BYTES // (1024 * 1024)} MB")
+        raise FileProblem(too_large)
     if b"\x00" in data[:8192]:
         raise FileProblem("binary file (contains NUL bytes), not text")
     try:
@@ -284,10 +339,36 @@ def _read_fd(fd: int, limit: int) -> bytes:
     return b"".join(parts)
 
 
-# --- parsing -------------------------------------------------------------------------
+# --- parsing ---------------------------------------------------------------------
+#
+# Both parsers run in linear time on any input: Markdown by markdown-it-py (its
+# block rules only: headings, fences, quotes; inline markup is not needed to find
+# sections), HTML by libxml2 (lxml) driving a small section collector. A regular
+# expression over heading lines backtracked cubically on a line of spaces, and the
+# standard library's HTMLParser quadratically on unclosed tags; every file is
+# parsed and chunked under a deadline besides (:class:`Deadline`).
 
-_ATX_RE = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
-_FENCE_RE = re.compile(r"^\s*(```|~~~)")
+
+class Deadline:
+    """The time one file may take to be parsed and chunked; :meth:`check` raises
+    :class:`FileProblem` once it has passed, :meth:`tick` checks every 256th call
+    (for the parsers' inner loops)."""
+
+    def __init__(self, seconds: float | None = None) -> None:
+        self.seconds = MAX_PARSE_SECONDS if seconds is None else seconds
+        self.at = time.monotonic() + self.seconds
+        self.ticks = 0
+
+    def tick(self) -> None:
+        self.ticks += 1
+        if not self.ticks & 255:
+            self.check()
+
+    def check(self) -> None:
+        if time.monotonic() > self.at:
+            raise FileProblem(
+                f"took too long to parse (more than {self.seconds:g} s): not imported"
+            )
 
 
 def slug(heading: str) -> str:
@@ -296,27 +377,53 @@ def slug(heading: str) -> str:
     return re.sub(r"\s", "-", s)
 
 
-def parse_markdown(text: str) -> tuple[str | None, list[Section]]:
-    """(first H1 or None, sections split at ATX headings outside fenced code)."""
+def _deadline_rule(state: StateBlock, start: int, end: int, silent: bool) -> bool:
+    """A block rule that matches nothing: it runs before every block and in every
+    paragraph-continuation check, so a parse stops once the file's deadline passed."""
+    deadline = state.env.get("deadline")
+    if isinstance(deadline, Deadline):
+        deadline.tick()
+    return False
+
+
+@functools.cache
+def _markdown() -> MarkdownIt:
+    # Block structure only (normalize + block): heading text is taken as written. ATX
+    # headings only, as the importer always split: a setext underline stays body text.
+    md = MarkdownIt("commonmark").disable(["inline", "text_join", "lheading"], ignoreInvalid=True)
+    alt = ["paragraph", "reference", "blockquote", "list"]
+    md.block.ruler.before("table", "deadline", _deadline_rule, {"alt": alt})
+    return md
+
+
+def parse_markdown(text: str, deadline: Deadline | None = None) -> tuple[str | None, list[Section]]:
+    """(first H1 or None, sections split at the document's ATX headings, not inside
+    fenced or indented code, HTML blocks, lists or quotes). A section's body is the
+    source text between two headings, as written."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # markdown-it's line numbering
+    lines = text.split("\n")
+    tokens = _markdown().parse(text, {"deadline": deadline} if deadline is not None else None)
+    if deadline is not None:
+        deadline.check()
     sections: list[Section] = []
     heading, anchor = "", ""
-    lines: list[str] = []
-    in_fence = False
     doc_title: str | None = None
-    for line in text.splitlines():
-        if _FENCE_RE.match(line):
-            in_fence = not in_fence
-        m = None if in_fence else _ATX_RE.match(line)
-        if m:
-            sections.append(Section(heading, anchor, "\n".join(lines).strip()))
-            heading = m.group(2).strip()
-            anchor = slug(heading)
-            if doc_title is None and len(m.group(1)) == 1:
-                doc_title = heading
-            lines = []
-        else:
-            lines.append(line)
-    sections.append(Section(heading, anchor, "\n".join(lines).strip()))
+    body_from = 0
+    for i, tok in enumerate(tokens):
+        if tok.type != "heading_open" or tok.level != 0 or tok.map is None:
+            continue
+        inline = tokens[i + 1] if i + 1 < len(tokens) else None
+        content = inline.content if inline is not None and inline.type == "inline" else ""
+        title = " ".join(line.strip() for line in content.strip().split("\n"))
+        if not title:
+            continue  # an empty heading ("#" alone) stays in the body
+        first, after = tok.map
+        sections.append(Section(heading, anchor, "\n".join(lines[body_from:first]).strip()))
+        heading, anchor = title, slug(title)
+        if doc_title is None and tok.tag == "h1":
+            doc_title = heading
+        body_from = after
+    sections.append(Section(heading, anchor, "\n".join(lines[body_from:]).strip()))
     return doc_title, sections
 
 
@@ -334,15 +441,21 @@ _BLOCK_TAGS = frozenset(
 )  # fmt: skip
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 _MAIN_RE = re.compile(r"<main\b|role=[\"']main[\"']|<article\b", re.IGNORECASE)
+_FEED_CHARS = 64 * 1024
+_BLANKS_RE = re.compile(r"\n[ \t]*\n(\s*\n)+")
 
 
-class _HTMLSections(HTMLParser):
-    """Collects (heading, anchor, body) sections from the main content of a page."""
+class _HTMLSections:
+    """Collects (heading, anchor, body) sections from the main content of a page: the
+    target of an lxml parser (start/end/data events of a well-formed tree, so every
+    end matches the innermost open element). Constant work per event."""
 
-    def __init__(self, main_only: bool) -> None:
-        super().__init__(convert_charrefs=True)
+    def __init__(self, main_only: bool, deadline: Deadline | None) -> None:
         self.main_only = main_only
-        self.stack: list[tuple[str, bool, str | None, bool]] = []  # (tag, main, id, skip)
+        self.deadline = deadline
+        self.events = 0
+        self.stack: list[tuple[str, bool, bool]] = []  # (tag, main, skip)
+        self.ids: list[tuple[int, str]] = []  # (depth, id) of open elements with an id
         self.main_depth = 0
         self.skip_depth = 0
         self.pre_depth = 0
@@ -356,22 +469,33 @@ class _HTMLSections(HTMLParser):
         self.cur_anchor = ""
         self.parts: list[str] = []
         self.first_h1: str | None = None
+        self.result: list[Section] = []
+
+    def _tick(self) -> None:
+        self.events += 1
+        if self.deadline is not None and not self.events & 1023:
+            self.deadline.check()
 
     def _capturing(self) -> bool:
         return self.skip_depth == 0 and (not self.main_only or self.main_depth > 0)
 
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
+    def start(self, tag: str | bytes, attrib: Mapping[str | bytes, str | bytes]) -> None:
+        self._tick()
+        tag = _text(tag).lower()
         if tag == "title":
             self.in_title = True
-        if tag in _VOID_TAGS:
-            if tag in ("br", "hr") and self._capturing():
-                self.parts.append("\n")
-            return
-        is_main = tag in ("main", "article") or a.get("role") == "main"
-        cls = a.get("class") or ""
+        ident = _text(attrib.get("id"))
+        # Sphinx puts the id on the enclosing <section>; others on the heading.
+        enclosing = self.ids[-1][1] if self.ids else ""
+        is_main = tag in ("main", "article") or _text(attrib.get("role")) == "main"
+        cls = _text(attrib.get("class"))
         skip = tag in _SKIP_TAGS or (tag == "a" and "headerlink" in cls.split())
-        self.stack.append((tag, is_main, a.get("id"), skip))
+        self.stack.append((tag, is_main, skip))
+        if len(self.stack) > MAX_HTML_DEPTH:
+            # libxml2 walks its open elements for every end tag that matches none.
+            raise FileProblem(f"HTML nested deeper than {MAX_HTML_DEPTH} elements: not imported")
+        if ident:
+            self.ids.append((len(self.stack), ident))
         if is_main:
             self.main_depth += 1
         if skip:
@@ -380,38 +504,33 @@ class _HTMLSections(HTMLParser):
             self.pre_depth += 1
         if not self._capturing():
             return
-        if tag in _HEADINGS and self.heading_level == 0:
+        if tag in ("br", "hr"):
+            self.parts.append("\n")
+        elif tag in _HEADINGS and self.heading_level == 0:
             self.heading_level = _HEADINGS[tag]
             self.heading_parts = []
-            # Sphinx puts the id on the enclosing <section>; others on the heading.
-            self.heading_anchor = a.get("id") or self._enclosing_id()
+            self.heading_anchor = ident or enclosing
         elif tag in _BLOCK_TAGS:
             self.parts.append("\n\n" if tag in ("p", "pre", "div", "section") else "\n")
 
-    def _enclosing_id(self) -> str:
-        for _tag, _m, ident, _s in reversed(self.stack[:-1]):
-            if ident:
-                return ident
-        return ""
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "title":
-            self.in_title = False
-        if tag in _VOID_TAGS or not any(t == tag for t, _, _, _ in self.stack):
+    def end(self, tag: str | bytes) -> None:
+        self._tick()
+        if not self.stack:
             return
-        while self.stack:
-            t, is_main, _ident, skip = self.stack.pop()
-            if is_main:
-                self.main_depth -= 1
-            if skip:
-                self.skip_depth -= 1
-            if t == "pre":
-                self.pre_depth -= 1
-            if t in _HEADINGS and self.heading_level == _HEADINGS[t]:
-                self._end_heading()
-            if t == tag:
-                break
-        if tag in _BLOCK_TAGS and self._capturing():
+        t, is_main, skip = self.stack.pop()
+        if self.ids and self.ids[-1][0] > len(self.stack):
+            self.ids.pop()
+        if t == "title":
+            self.in_title = False
+        if is_main:
+            self.main_depth -= 1
+        if skip:
+            self.skip_depth -= 1
+        if t == "pre":
+            self.pre_depth -= 1
+        if t in _HEADINGS and self.heading_level == _HEADINGS[t]:
+            self._end_heading()
+        if t in _BLOCK_TAGS and t not in _VOID_TAGS and self._capturing():
             self.parts.append("\n")
 
     def _end_heading(self) -> None:
@@ -427,7 +546,9 @@ class _HTMLSections(HTMLParser):
         if self.first_h1 is None:
             self.first_h1 = text
 
-    def handle_data(self, data: str) -> None:
+    def data(self, data: str | bytes) -> None:
+        self._tick()
+        data = _text(data)
         if self.in_title:
             self.title_parts.append(data)
         if not self._capturing():
@@ -439,26 +560,41 @@ class _HTMLSections(HTMLParser):
         else:
             self.parts.append(re.sub(r"\s+", " ", data))
 
-    def finish(self) -> list[Section]:
-        self.close()
+    def comment(self, text: str | bytes) -> None:
+        self._tick()  # comments carry no content
+
+    def close(self) -> None:
         self.sections.append(
             Section(self.cur_heading, self.cur_anchor, "".join(self.parts).strip())
         )
-        return [
-            Section(s.heading, s.anchor, re.sub(r"\n[ \t]*\n(\s*\n)+", "\n\n", s.body).strip())
+        self.result = [
+            Section(s.heading, s.anchor, _BLANKS_RE.sub("\n\n", s.body).strip())
             for s in self.sections
         ]
 
 
-def parse_html(text: str) -> tuple[str | None, list[Section]]:
-    p = _HTMLSections(main_only=bool(_MAIN_RE.search(text)))
-    p.feed(text)
-    sections = p.finish()
-    title = p.first_h1 or html.unescape(" ".join("".join(p.title_parts).split())) or None
+def _text(value: str | bytes | None) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else value.decode("utf-8", "replace")
+
+
+def parse_html(text: str, deadline: Deadline | None = None) -> tuple[str | None, list[Section]]:
+    collector = _HTMLSections(bool(_MAIN_RE.search(text)), deadline)
+    parser = etree.HTMLParser(
+        target=collector, recover=True, remove_comments=True, remove_pis=True, no_network=True
+    )
+    for at in range(0, len(text), _FEED_CHARS):  # the deadline holds between pieces too
+        parser.feed(text[at : at + _FEED_CHARS])
+        if deadline is not None:
+            deadline.check()
+    parser.close()
+    sections = collector.result
+    title = collector.first_h1 or " ".join("".join(collector.title_parts).split()) or None
     return title, sections
 
 
-def parse_text(text: str) -> tuple[str | None, list[Section]]:
+def parse_text(text: str, deadline: Deadline | None = None) -> tuple[str | None, list[Section]]:
     return None, [Section("", "", text.strip())]
 
 
@@ -476,13 +612,17 @@ def split_long(body: str, limit: int = MAX_CHUNK_CHARS) -> list[str]:
             units.append(para)
             continue
         for sent in re.split(r"(?<=[.!?])\s+", para):
-            while len(sent) > limit:
-                cut = sent.rfind(" ", 0, limit)
-                cut = cut if cut > limit // 2 else limit
-                units.append(sent[:cut].strip())
-                sent = sent[cut:].strip()
-            if sent:
-                units.append(sent)
+            # Offsets into the sentence, never copies of its rest (linear time).
+            at, end = 0, len(sent)
+            while end - at > limit:
+                cut = sent.rfind(" ", at, at + limit)
+                cut = cut if cut - at > limit // 2 else at + limit
+                units.append(sent[at:cut].strip())
+                at = cut
+                while at < end and sent[at].isspace():
+                    at += 1
+            if at < end:
+                units.append(sent[at:end])
     pieces: list[str] = []
     cur = ""
     for u in units:
@@ -498,12 +638,16 @@ def split_long(body: str, limit: int = MAX_CHUNK_CHARS) -> list[str]:
     return pieces
 
 
-def chunk_file(text: str, kind: str, display: str, stem: str) -> list[Chunk]:
+def chunk_file(
+    text: str, kind: str, display: str, stem: str, deadline: Deadline | None = None
+) -> list[Chunk]:
     parser = {"markdown": parse_markdown, "html": parse_html, "text": parse_text}[kind]
-    doc_title, sections = parser(text)
+    doc_title, sections = parser(text, deadline)
     doc_title = doc_title or stem
     chunks: list[Chunk] = []
     for s in sections:
+        if deadline is not None:
+            deadline.check()
         if len(s.body) < MIN_CHUNK_CHARS:
             continue
         heading = s.heading or doc_title
@@ -577,7 +721,7 @@ class Importer:
     def import_file(self, c: Candidate) -> FileOutcome:
         path, display = c.path, c.display
         if c.refused is not None:
-            return FileOutcome(display, c.status, reason=c.refused)
+            return FileOutcome(display, c.status, reason=c.refused, code=c.code)
         kind = kind_of(path)
         if kind is None:
             return FileOutcome(
@@ -585,19 +729,20 @@ class Importer:
                 "failed" if c.explicit else "skipped",
                 reason=f"unsupported file type '{path.suffix or '(none)'}'"
                 " (Markdown, text and HTML are imported)",
+                code="VALIDATION_ERROR",
             )
         try:
             data, text = read_text(c)
-            chunks = chunk_file(text, kind, c.source, path.stem)
+            chunks = chunk_file(text, kind, c.source, path.stem, Deadline())
             if not chunks:
                 raise FileProblem("no text to import (empty file)")
             for chunk in chunks:
                 validate_source(chunk.source)
             return self._store(path, c.source, display, data, chunks, kind)
         except FileProblem as exc:
-            return FileOutcome(display, "failed", reason=str(exc))
+            return FileOutcome(display, "failed", reason=str(exc), code=exc.code)
         except ValidationError as exc:
-            return FileOutcome(display, "failed", reason=exc.message)
+            return FileOutcome(display, "failed", reason=exc.message, code=exc.code)
         except SealedKBError:
             raise  # key, database or integrity trouble concerns every file: stop
 
@@ -667,5 +812,5 @@ def iter_chunks(paths: Sequence[str | Path]) -> Iterator[tuple[str, Chunk]]:
             _data, text = read_text(cand)
         except FileProblem:
             continue
-        for c in chunk_file(text, kind, cand.source, cand.path.stem):
+        for c in chunk_file(text, kind, cand.source, cand.path.stem, Deadline()):
             yield cand.source, c
