@@ -14,6 +14,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from tests import cli_helpers
+from tests.cli_helpers import Cli
 from tests.tlsserver import TlsEndpoints, find_pgbouncer
 
 from sealedkb.config import Settings, load_settings
@@ -101,6 +103,34 @@ def plain_kb(make_settings: Callable[..., Settings]) -> Iterator[KnowledgeBase]:
     knowledge_base, _ = KnowledgeBase.init(make_settings(), EncryptionMode.OFF)
     yield knowledge_base
     knowledge_base.close()
+
+
+# --- the CLI and other shared helpers (tests/cli_helpers.py) -------------------
+
+
+@pytest.fixture
+def make_cli() -> Callable[..., Cli]:
+    """``make_cli(home, url, env=None)``: a CLI runner on another home or database."""
+    return cli_helpers.make_cli
+
+
+@pytest.fixture
+def cli(home: Path, database_url: str) -> Cli:
+    """``cli(*args, input=, env=, url=)`` runs ``sealedkb --home <home> ...`` in-process
+    (typer's CliRunner) on this test's home and database; nothing initialised yet."""
+    return cli_helpers.make_cli(home, database_url)
+
+
+@pytest.fixture
+def cli_env(database_url: str) -> dict[str, str]:
+    """The environment of a ``python -m sealedkb`` child process on this test's database."""
+    return cli_helpers.subprocess_env(database_url)
+
+
+@pytest.fixture
+def all_entries() -> Callable[[KnowledgeBase], dict[str, dict[str, Any]]]:
+    """``all_entries(kb)``: every live entry by id, for before/after comparisons."""
+    return cli_helpers.all_entries
 
 
 @pytest.fixture(params=[EncryptionMode.ON, EncryptionMode.OFF], ids=["encrypted", "plaintext"])

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
-from tests.integration.test_tamper_cli import Cli, expect, make_cli
+from tests.cli_helpers import Cli
+from tests.integration.test_tamper_cli import expect
 
 from sealedkb.config import Settings
 from sealedkb.store.embedded import EmbeddedPostgres
 
 
 @pytest.fixture
-def cli(home: Path, database_url: str) -> Cli:
-    c = make_cli(home, database_url)
-    expect(c("init"), 0)
-    return c
+def cli(cli: Cli) -> Cli:
+    """The shared ``cli`` (tests/conftest.py) on an initialised knowledge base."""
+    expect(cli("init"), 0)
+    return cli
 
 
 @pytest.fixture

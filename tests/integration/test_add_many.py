@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.test_tamper_cli import expect, make_cli
+from tests.cli_helpers import make_cli
+from tests.integration.test_tamper_cli import expect
 
 from sealedkb.errors import ValidationError
 from sealedkb.kb.knowledge_base import MAX_ADD_BATCH, KnowledgeBase

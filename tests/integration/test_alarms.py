@@ -14,7 +14,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.integration.test_tamper_cli import expect, make_cli
+from tests.cli_helpers import make_cli
+from tests.integration.test_tamper_cli import expect
 from tests.webhook import Receiver, receiver
 
 from sealedkb.config import Settings

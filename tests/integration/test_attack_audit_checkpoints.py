@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.test_tamper_cli import Cli, expect, make_cli, sql
+from tests.cli_helpers import Cli
+from tests.integration.test_tamper_cli import expect, sql
 
 from sealedkb.audit.chain import HEAD_RECORD_NAME
 from sealedkb.config import Settings
@@ -19,13 +20,13 @@ from sealedkb.kb.knowledge_base import KnowledgeBase
 
 
 @pytest.fixture
-def cli(home: Path, database_url: str) -> Cli:
-    c = make_cli(home, database_url)
-    expect(c("init"), 0)
+def cli(cli: Cli) -> Cli:
+    """The shared ``cli`` (tests/conftest.py) on an initialised knowledge base."""
+    expect(cli("init"), 0)
     for _ in range(3):  # each command appends events and writes a checkpoint
-        expect(c("key", "disable"), 0)
-        expect(c("key", "enable"), 0)
-    return c
+        expect(cli("key", "disable"), 0)
+        expect(cli("key", "enable"), 0)
+    return cli
 
 
 def head(url: str) -> int:

@@ -149,7 +149,8 @@ def test_plaintext_knowledge_base_tokens_still_work(
 
 
 def test_token_rekey_command(sealed_kb: KnowledgeBase, database_url: str, home: Path) -> None:
-    from tests.integration.test_tamper_cli import expect, make_cli
+    from tests.cli_helpers import make_cli
+    from tests.integration.test_tamper_cli import expect
 
     secret = new_token()
     _sql(

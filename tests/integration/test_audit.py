@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from tests.integration.test_tamper_cli import Cli, add, expect, make_cli, sql
+from tests.cli_helpers import Cli
+from tests.integration.test_tamper_cli import add, expect, sql
 
 from sealedkb.audit.chain import HEAD_RECORD_NAME, event_body
 from sealedkb.crypto.digest import GENESIS, chain_hash
@@ -25,10 +26,10 @@ CHECKPOINTS = "checkpoint-" + "[0-9]" * 20 + ".json"  # not the checkpoint recor
 
 
 @pytest.fixture
-def cli(home: Path, database_url: str) -> Cli:
-    c = make_cli(home, database_url)
-    expect(c("init"), 0)
-    return c
+def cli(cli: Cli) -> Cli:
+    """The shared ``cli`` (tests/conftest.py) on an initialised knowledge base."""
+    expect(cli("init"), 0)
+    return cli
 
 
 def head(url: str) -> int:

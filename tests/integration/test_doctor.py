@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+from tests.cli_helpers import make_cli
 from tests.tlsserver import WRONG_HOST, TlsEndpoints
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from sealedkb.adapters.cli.app import app
 from sealedkb.ops import doctor as doctor_module
 
 PASSWORD = "hunter2-not-shown"
@@ -40,8 +40,7 @@ def root_key(tmp_path: Path) -> Path:
 
 
 def invoke(home: Path, url: str, *args: str, env: dict[str, str] | None = None) -> Result:
-    environ = {"SEALEDKB_HOME": str(home), "SEALEDKB_DATABASE_URL": url, **(env or {})}
-    result = CliRunner().invoke(app, ["--home", str(home), *args], env=environ)
+    result = make_cli(home, url)(*args, env=env)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert PASSWORD not in result.output
     assert "Traceback" not in result.output

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from typer.testing import CliRunner
+from tests.cli_helpers import make_cli
 
-from sealedkb.adapters.cli.app import app
 from sealedkb.config import Settings
 from sealedkb.errors import DatabaseError, NotFoundError, ValidationError
 from sealedkb.ingest.importer import MAX_CHUNK_CHARS, parse_html, parse_markdown, split_long
@@ -213,15 +212,7 @@ def test_cli_import_and_search(
     kb.add("[bold red]not markup[/] about ferries", title="[link=x]Title[/link] ferries")
     kb.close()
     docs = make_tree(tmp_path)
-    runner = CliRunner()
-    env = {
-        "SEALEDKB_HOME": str(home),
-        "SEALEDKB_DATABASE_URL": database_url,
-        "SEALEDKB_EMBEDDER": "hash",
-    }
-
-    def cli(*args: str):  # type: ignore[no-untyped-def]
-        return runner.invoke(app, ["--home", str(home), *args], env=env)
+    cli = make_cli(home, database_url, env={"SEALEDKB_EMBEDDER": "hash"})
 
     r = cli("import", str(docs), "--tag", "ops")
     assert r.exit_code == 1, r.output  # some files failed

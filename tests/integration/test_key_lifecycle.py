@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.test_tamper_cli import Cli, add, expect, make_cli, sql
+from tests.cli_helpers import Cli, make_cli
+from tests.integration.test_tamper_cli import add, expect, sql
 
 from sealedkb.config import Settings
 from sealedkb.errors import AccessDeniedError, KeyUnavailableError
@@ -25,10 +26,10 @@ SECRET = "s3cr3t-body-text"
 
 
 @pytest.fixture
-def cli(home: Path, database_url: str) -> Cli:
-    c = make_cli(home, database_url)
-    expect(c("init"), 0)
-    return c
+def cli(cli: Cli) -> Cli:
+    """The shared ``cli`` (tests/conftest.py) on an initialised knowledge base."""
+    expect(cli("init"), 0)
+    return cli
 
 
 def describe(cli: Cli, *args: str) -> dict[str, Any]:

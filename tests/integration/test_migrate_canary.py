@@ -11,6 +11,7 @@ import random
 import uuid
 from pathlib import Path
 
+from tests.cli_helpers import all_entries
 from tests.integration.test_canary import (
     add_marked_entries,
     embedded_home,  # noqa: F401  (a fixture, used by name)
@@ -18,7 +19,6 @@ from tests.integration.test_canary import (
     needles,
     pg_dump,
 )
-from tests.integration.test_migrate_inplace import all_entries
 
 from sealedkb.config import load_settings
 from sealedkb.kb.knowledge_base import KnowledgeBase

@@ -4,7 +4,6 @@ duplicated), and a rollback gives readers a clear error, never wrong data."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-from tests.integration.test_migrate_inplace import all_entries
+from tests.cli_helpers import all_entries
 
-import sealedkb
 from sealedkb.config import Settings
 from sealedkb.errors import SealedKBError
 from sealedkb.kb.knowledge_base import KnowledgeBase
@@ -24,15 +22,6 @@ from sealedkb.kb.migrating import Migrator
 from sealedkb.model import EncryptionMode
 
 ENTRIES = 1500
-
-
-def cli_env(database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
-    env["SEALEDKB_EMBEDDER"] = "hash"
-    env["SEALEDKB_DATABASE_URL"] = database_url
-    src = str(Path(sealedkb.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    return env
 
 
 def _fill(kb: KnowledgeBase, n: int) -> None:
@@ -47,7 +36,7 @@ def _copied(database_url: str) -> int:
 
 
 def test_sigkill_then_rerun_completes(
-    make_settings: Callable[..., Settings], home: Path, database_url: str
+    make_settings: Callable[..., Settings], home: Path, database_url: str, cli_env: dict[str, str]
 ) -> None:
     settings = make_settings()
     kb, _ = KnowledgeBase.init(settings, EncryptionMode.OFF)
@@ -58,7 +47,7 @@ def test_sigkill_then_rerun_completes(
     argv = [sys.executable, "-m", "sealedkb", "--home", str(home), "migrate", "run"]
     proc = subprocess.Popen(
         [*argv, "--batch", "10"],
-        env=cli_env(database_url),
+        env=cli_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -81,7 +70,7 @@ def test_sigkill_then_rerun_completes(
         assert all_entries(kb) == before
 
     rerun = subprocess.run(
-        [*argv, "--json"], env=cli_env(database_url), capture_output=True, text=True, timeout=300
+        [*argv, "--json"], env=cli_env, capture_output=True, text=True, timeout=300
     )
     assert rerun.returncode == 0, rerun.stderr
     result = json.loads(rerun.stdout)
@@ -95,7 +84,7 @@ def test_sigkill_then_rerun_completes(
     assert n == ENTRIES
     verify = subprocess.run(
         [sys.executable, "-m", "sealedkb", "--home", str(home), "migrate", "verify", "--json"],
-        env=cli_env(database_url),
+        env=cli_env,
         capture_output=True,
         text=True,
         timeout=300,

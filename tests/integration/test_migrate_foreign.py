@@ -15,7 +15,6 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
-from tests.integration.test_migrate_crash import cli_env
 
 from sealedkb.config import Settings
 from sealedkb.errors import ValidationError
@@ -174,7 +173,11 @@ def test_missing_table_refused(make_settings: Callable[..., Settings], source_ur
 
 
 def test_cli_plan_json_and_bad_mapping_exit_code(
-    make_settings: Callable[..., Settings], home: Path, database_url: str, source_url: str
+    make_settings: Callable[..., Settings],
+    home: Path,
+    database_url: str,
+    source_url: str,
+    cli_env: dict[str, str],
 ) -> None:
     settings = make_settings()
     kb, _ = KnowledgeBase.init(settings, EncryptionMode.ON)
@@ -183,7 +186,7 @@ def test_cli_plan_json_and_bad_mapping_exit_code(
     src = ["--from", source_url, "--table", "knowledge_entries"]
     ok = subprocess.run(
         [*base, *src, "--map", GOOD_MAP, "--json"],
-        env=cli_env(database_url),
+        env=cli_env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -193,7 +196,7 @@ def test_cli_plan_json_and_bad_mapping_exit_code(
     assert plan["rows"] == ROWS and plan["estimate_seconds"] > 0 and len(plan["steps"]) >= 3
     bad = subprocess.run(
         [*base, *src, "--map", "id=id,content=body"],
-        env=cli_env(database_url),
+        env=cli_env,
         capture_output=True,
         text=True,
         timeout=120,

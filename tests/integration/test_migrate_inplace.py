@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from tests.cli_helpers import all_entries
 
 from sealedkb.config import Settings
 from sealedkb.errors import IntegrityError, ValidationError
@@ -15,16 +16,6 @@ from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.migrating import Migrator
 from sealedkb.kb.summary import build_summary
 from sealedkb.model import EncryptionMode, EntryPatch
-
-
-def all_entries(kb: KnowledgeBase) -> dict[str, dict[str, Any]]:
-    """Every live entry by id (pages of 1000), for before/after comparisons."""
-    out: dict[str, Any] = {}
-    offset = 0
-    while page := kb.list(limit=1000, offset=offset):
-        out.update({str(e.id): e.to_dict() for e in page})
-        offset += len(page)
-    return out
 
 
 def _fill(kb: KnowledgeBase, n: int) -> None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.test_tamper_cli import expect, make_cli, sql
+from tests.cli_helpers import make_cli
+from tests.integration.test_tamper_cli import expect, sql
 
 import sealedkb
 from sealedkb.config import Settings

@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from tests.integration.test_tamper_cli import Cli, expect, sql
+from tests.cli_helpers import Cli
+from tests.integration.test_tamper_cli import expect, sql
 from tests.snapshot_helpers import (
     SECRET,
     add_varied,

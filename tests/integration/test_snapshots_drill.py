@@ -6,7 +6,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.integration.test_tamper_cli import Cli, expect
+from tests.cli_helpers import Cli
+from tests.integration.test_tamper_cli import expect
 from tests.snapshot_helpers import (
     SECRET,
     audit_rows,

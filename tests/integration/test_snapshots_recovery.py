@@ -9,7 +9,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.integration.test_tamper_cli import Cli, expect, make_cli
+from tests.cli_helpers import Cli, make_cli
+from tests.integration.test_tamper_cli import expect
 from tests.snapshot_helpers import (
     SECRET,
     audit_rows,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from tests.integration.test_tamper_cli import Cli, expect, sql
+from tests.cli_helpers import Cli
+from tests.integration.test_tamper_cli import expect, sql
 from tests.snapshot_helpers import (
     SMALL_CHUNKS,
     add_varied,

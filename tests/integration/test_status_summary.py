@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.test_tamper_cli import SECRET, Cli, expect, make_cli, sql, write_key
+from tests.cli_helpers import Cli, make_cli
+from tests.integration.test_tamper_cli import SECRET, expect, sql, write_key
 
 from sealedkb.config import Settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
@@ -30,12 +31,7 @@ def root_key(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(home: Path, database_url: str, root_key: Path) -> Cli:
-    inner = make_cli(home, database_url)
-
-    def run(*args: str, env: dict[str, str] | None = None) -> Any:
-        return inner(*args, env={"SEALEDKB_ROOT_KEY_FILE": str(root_key), **(env or {})})
-
-    return run
+    return make_cli(home, database_url, env={"SEALEDKB_ROOT_KEY_FILE": str(root_key)})
 
 
 def status_json(cli: Cli) -> dict[str, Any]:

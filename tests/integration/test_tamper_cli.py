@@ -9,21 +9,20 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from typer.testing import CliRunner, Result
+from tests.cli_helpers import Cli, make_cli
+from typer.testing import Result
 
-from sealedkb.adapters.cli.app import app
 from sealedkb.config import load_settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import MAX_CONTENT_BYTES, EncryptionMode
 from sealedkb.store.embedded import EmbeddedPostgres
 
-Cli = Callable[..., Result]
 SECRET = "s3cr3t-body-text"  # appears in entry contents; must never show in error output
 
 # --- helpers ----------------------------------------------------------------
@@ -62,25 +61,6 @@ def expect(result: Result, code: int) -> Result:
         assert SECRET not in result.output
         assert "Traceback" not in result.output
     return result
-
-
-def make_cli(home: Path, url: str | None) -> Cli:
-    runner = CliRunner()
-
-    def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
-        environ = {"SEALEDKB_HOME": str(home)}
-        if url is not None:
-            environ["SEALEDKB_DATABASE_URL"] = url
-        environ.update(env or {})
-        # --home every time: the CLI keeps it in module state between invocations
-        return runner.invoke(app, ["--home", str(home), *args], input=input, env=environ)
-
-    return cli
-
-
-@pytest.fixture
-def cli(home: Path, database_url: str) -> Cli:
-    return make_cli(home, database_url)
 
 
 @pytest.fixture

@@ -15,22 +15,20 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict
+from tests.cli_helpers import Cli, make_cli
 from tests.tlsserver import WRONG_HOST, Bouncer, TlsEndpoints
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from sealedkb.adapters.cli.app import app
 from sealedkb.errors import TransportRefusedError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.store.db import Database
 from sealedkb.store.embedded import EmbeddedPostgres
 
-Cli = Callable[..., Result]
 PASSWORD = "hunter2-not-shown"  # pgbouncer trusts everyone; the password must never print
 
 
@@ -63,18 +61,8 @@ def root_key(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def cli(home: Path, root_key: Path) -> Cli:
-    runner = CliRunner()
-
-    def run(*args: str, url: str, env: dict[str, str] | None = None) -> Result:
-        environ = {
-            "SEALEDKB_HOME": str(home),
-            "SEALEDKB_DATABASE_URL": url,
-            "SEALEDKB_ROOT_KEY_FILE": str(root_key),
-            **(env or {}),
-        }
-        return runner.invoke(app, ["--home", str(home), *args], env=environ)
-
-    return run
+    """The shared CLI runner without a database: each call names its ``url=``."""
+    return make_cli(home, None, env={"SEALEDKB_ROOT_KEY_FILE": str(root_key)})
 
 
 def expect(result: Result, code: int) -> Result:
