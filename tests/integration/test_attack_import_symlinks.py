@@ -131,3 +131,28 @@ def test_another_file_swapped_in_after_the_check_is_refused(
     assert SECRET not in texts(kb)
     (bad,) = s.failed
     assert bad.reason == "not read: the file was replaced after it was checked"
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(
+    kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    """The folder holding a checked file is replaced by a link to a server folder with
+    a file of the same name: the open walks down from the imported folder without
+    following links, so it is refused."""
+    fake_key(tmp_path)
+    outside = tmp_path / "server" / "keys"
+    (outside / "b.md").write_text(f"# Key\n\n{SECRET}\n")
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "a.md").write_text("# A\n\nfirst file\n")
+    (docs / "sub" / "b.md").write_text("# B\n\nharmless when checked\n")
+
+    def swap(path: str, done: int, total: int) -> None:
+        if path.endswith("a.md"):
+            (docs / "sub").rename(tmp_path / "sub-moved")
+            (docs / "sub").symlink_to(outside, target_is_directory=True)
+
+    s = kb.import_paths([str(docs)], progress=swap)
+    assert SECRET not in texts(kb)
+    (bad,) = s.failed
+    assert bad.path == "docs/sub/b.md" and bad.code == "ACCESS_DENIED"
