@@ -338,7 +338,8 @@ def audit_list(
 @command(audit_app, "verify")
 def audit_verify(json_out: JsonOpt = False) -> None:
     """Check the hash chain and the signed checkpoints. Exit 6 names the first bad
-    sequence number and what is wrong (changed, missing, truncated, checkpoint-mismatch)."""
+    sequence number and what is wrong (changed, missing, truncated, checkpoint-mismatch,
+    checkpoint-missing)."""
     with open_kb() as kb:
         report = kb.audit.verify().to_dict()
     if json_out:
