@@ -54,6 +54,26 @@ class Settings(BaseSettings):
     passphrase: SecretStr | None = None
     # Accept a passphrase below the strength floor (keys/local.py); shown as a warning.
     allow_weak_passphrase: bool = False
+    # The KMS key a new knowledge base is sealed under (any registered scheme, e.g.
+    # pkcs11:token=<label>;object=<label> or kmip:<uid>); unset: init creates a local key.
+    kms_key_uri: str | None = Field(default=None, max_length=512)
+    # PKCS#11 HSM (keys/pkcs11.py): the module, the user PIN (environment, or a 0600
+    # file), the wrap mechanism (aes-gcm with AAD, or aes-kwp: RFC 5649 key wrap) and
+    # the label of the token's HMAC key for audit checkpoints and token MACs.
+    pkcs11_module: Path | None = None
+    pkcs11_token: str | None = Field(default=None, max_length=32)  # where new keys go
+    pkcs11_pin: SecretStr | None = None
+    pkcs11_pin_file: Path | None = None
+    pkcs11_mechanism: str = Field(default="aes-gcm", pattern=r"^(aes-gcm|aes-kwp)$")
+    pkcs11_mac_object: str = Field(default="sealedkb-audit-mac", min_length=1, max_length=64)
+    # KMIP server (keys/kmip.py): mutual TLS 1.2; the client certificate's CN is the
+    # identity the server knows.
+    kmip_host: str = "127.0.0.1"
+    kmip_port: int = Field(default=5696, ge=1, le=65535)
+    kmip_cert: Path | None = None
+    kmip_key: Path | None = None
+    kmip_ca: Path | None = None
+    kmip_timeout: float = Field(default=10.0, gt=0, le=120.0)
     data_key_max_age: float = Field(default=300.0, ge=1.0, le=3600.0)
     # Who is acting: the operator of a CLI call (--principal), evaluated against key
     # policies and written to the audit trail. A serving process acts as

@@ -48,6 +48,9 @@ class Backend:
     key_uri: str
     other_key_uri: str
     reopen: Callable[[], KeyProvider]  # a second client of the same key service
+    # False for a key service without Disabled / PendingDeletion states (Vault
+    # Transit): those commands must then refuse with a ValidationError.
+    key_states: bool = True
 
 
 def _local(tmp_path: Path) -> Backend:
@@ -75,11 +78,83 @@ def _local_instrumented(tmp_path: Path) -> Backend:
     )
 
 
+def _external(settings: Settings, scheme: str) -> Backend:
+    # The factory of a scheme serves every key of it; any URI of the scheme picks it.
+    any_key = {"pkcs11": "pkcs11:token=t;object=o", "kmip": "kmip:0"}[scheme]
+    provider = provider_for(settings, any_key)
+    return Backend(
+        provider,
+        provider.create_key("conformance").key_id,
+        provider.create_key("conformance (other)").key_id,
+        lambda: provider_for(settings, any_key),
+    )
+
+
+def _pkcs11(tmp_path: Path) -> Backend:
+    from tests.providers_hsm.services import softhsm
+
+    hsm = softhsm()
+    return _external(Settings(home=tmp_path / "home", embedder="none", **hsm.settings()), "pkcs11")
+
+
+def _pkcs11_kwp(tmp_path: Path) -> Backend:  # RFC 5649 key wrap instead of AES-GCM
+    from tests.providers_hsm.services import softhsm
+
+    hsm = softhsm()
+    return _external(
+        Settings(
+            home=tmp_path / "home", embedder="none", **hsm.settings(pkcs11_mechanism="aes-kwp")
+        ),
+        "pkcs11",
+    )
+
+
+def _kmip(tmp_path: Path) -> Backend:
+    from tests.providers_hsm.services import kmip_server
+
+    server = kmip_server()
+    return _external(Settings(home=tmp_path / "home", embedder="none", **server.settings()), "kmip")
+
+
+def _aws_kms(tmp_path: Path) -> Backend:  # moto in server mode
+    from tests.providers.services import moto_server
+
+    kms = moto_server()
+    settings = Settings(
+        home=tmp_path / "home", embedder="none", **kms.settings(aws_mac_key_id=kms.mac_key())
+    )
+    provider = provider_for(settings, "aws-kms:alias/any")
+    return Backend(
+        provider,
+        provider.create_key("conformance").key_id,
+        provider.create_key("conformance (other)").key_id,
+        lambda: provider_for(settings, "aws-kms:alias/any"),
+    )
+
+
+def _vault(tmp_path: Path) -> Backend:  # a real OpenBao server
+    from tests.providers.services import openbao_server
+
+    bao = openbao_server()
+    settings = Settings(home=tmp_path / "home", embedder="none", **bao.settings())
+    provider = provider_for(settings, "vault:transit/transit/any")
+    return Backend(
+        provider,
+        provider.create_key("conformance").key_id,
+        provider.create_key("conformance (other)").key_id,
+        lambda: provider_for(settings, "vault:transit/transit/any"),
+        key_states=False,
+    )
+
+
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "local": _local,
     "local-instrumented": _local_instrumented,
-    # "aws-kms": _aws_kms,   (skips unless a test key ARN is configured)
-    # "vault": _vault, "pkcs11": _pkcs11, "kmip": _kmip
+    "pkcs11": _pkcs11,
+    "pkcs11-kwp": _pkcs11_kwp,
+    "kmip": _kmip,
+    "aws-kms": _aws_kms,
+    "vault": _vault,
 }
 
 
@@ -198,9 +273,28 @@ def _refused(p: KeyProvider, uri: str, wrapped: bytes, state: KeyState) -> None:
         assert exc.value.key_state == state.value
 
 
+def _no_key_states(backend: Backend, plaintext: bytes, wrapped: bytes) -> None:
+    """A key service without key states refuses every state change, changing nothing."""
+    p = backend.provider
+    for call in (
+        lambda: p.disable_key(backend.key_uri),
+        lambda: p.enable_key(backend.key_uri),
+        lambda: p.schedule_key_deletion(backend.key_uri, 7),
+        lambda: p.cancel_key_deletion(backend.key_uri),
+    ):
+        with pytest.raises(ValidationError) as exc:
+            call()
+        assert exc.value.exit_code == 2 and "Vault" in exc.value.message
+    assert p.describe_key(backend.key_uri).state is KeyState.ENABLED
+    assert p.decrypt(backend.key_uri, wrapped, CTX) == plaintext
+
+
 def test_disable_refuses_and_enable_recovers(backend: Backend) -> None:
     p = backend.provider
     plaintext, wrapped = p.generate_data_key(backend.key_uri, CTX)
+    if not backend.key_states:
+        _no_key_states(backend, plaintext, wrapped)
+        return
     assert p.disable_key(backend.key_uri).state is KeyState.DISABLED
     _refused(p, backend.key_uri, wrapped, KeyState.DISABLED)
     _refused(backend.reopen(), backend.key_uri, wrapped, KeyState.DISABLED)  # other clients too
@@ -215,6 +309,9 @@ def test_disable_refuses_and_enable_recovers(backend: Backend) -> None:
 def test_pending_deletion_refuses_and_cancel_recovers(backend: Backend) -> None:
     p = backend.provider
     plaintext, wrapped = p.generate_data_key(backend.key_uri, CTX)
+    if not backend.key_states:
+        _no_key_states(backend, plaintext, wrapped)
+        return
     meta = p.schedule_key_deletion(backend.key_uri, 7)
     assert meta.state is KeyState.PENDING_DELETION and meta.deletion_date is not None
     _refused(p, backend.key_uri, wrapped, KeyState.PENDING_DELETION)

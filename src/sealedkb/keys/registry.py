@@ -92,3 +92,27 @@ def provider_for(
 
 
 register_scheme(LOCAL_SCHEME, local_provider)
+
+
+# --- PKCS#11 HSMs and KMIP servers: imported on first use (their client libraries
+# are optional extras: sealedkb[pkcs11], sealedkb[kmip]) ---------------------------
+
+
+def _pkcs11_factory(
+    settings: Settings, *, principal: str, now: Callable[[], datetime] | None
+) -> KeyProvider:
+    from sealedkb.keys.pkcs11 import pkcs11_provider
+
+    return pkcs11_provider(settings, principal=principal, now=now)
+
+
+def _kmip_factory(
+    settings: Settings, *, principal: str, now: Callable[[], datetime] | None
+) -> KeyProvider:
+    from sealedkb.keys.kmip import kmip_provider
+
+    return kmip_provider(settings, principal=principal, now=now)
+
+
+register_scheme("pkcs11", _pkcs11_factory)
+register_scheme("kmip", _kmip_factory)
