@@ -70,6 +70,16 @@ def resolve_database(settings: Settings, *, create: bool) -> DatabaseTarget:
     return DatabaseTarget(url, "embedded", classify_transport(url))
 
 
+def psql_url(settings: Settings) -> str:
+    """A libpq URI of the database for psql, its password removed."""
+    target = resolve_database(settings, create=False)
+    if target.kind == "embedded":
+        return target.url
+    params = psycopg.conninfo.conninfo_to_dict(target.url)
+    params.pop("password", None)
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
 def stop_embedded_database(settings: Settings) -> bool:
     """Stop this home's embedded PostgreSQL server; False when it was not running."""
     from sealedkb.store.embedded import EmbeddedPostgres

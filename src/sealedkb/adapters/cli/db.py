@@ -15,18 +15,9 @@ db_app = typer.Typer(help="The database sealedkb uses.", no_args_is_help=True)
 @command(db_app, "url")
 def db_url() -> None:
     """Print a libpq URI for psql (password removed)."""
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+    from sealedkb.kb.wiring import psql_url
 
-    from sealedkb.kb.wiring import resolve_database
-
-    target = resolve_database(settings(), create=False)
-    if target.kind == "embedded":
-        url = target.url
-    else:
-        params = conninfo_to_dict(target.url)
-        params.pop("password", None)
-        url = make_conninfo("", **params)
-    sys.stdout.write(url + "\n")
+    sys.stdout.write(psql_url(settings()) + "\n")
 
 
 @command(db_app, "stop")
