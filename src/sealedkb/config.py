@@ -125,6 +125,23 @@ class Settings(BaseSettings):
     def _window_has_length(cls, value: str) -> str:
         if value != "off" and value[:5] == value[6:]:
             raise ValueError("the snapshot window must not start and end at the same minute")
+    # External key providers (keys/aws_kms.py, keys/vault.py; README "Key providers").
+    # AWS KMS: credentials come from boto3's standard chain; the region from a key ARN,
+    # else this setting or AWS_REGION; an HMAC_256 KMS key signs audit checkpoints and
+    # token MACs; the endpoint is for VPC endpoints and emulators.
+    aws_region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,32}$")
+    aws_mac_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+    aws_endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # Vault / OpenBao Transit: address (else VAULT_ADDR), token file (0600; else
+    # VAULT_TOKEN), CA bundle for TLS, the Transit mount new keys go to, and the
+    # Transit key that signs audit checkpoints and token MACs.
+    vault_addr: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    vault_token_file: Path | None = None
+    vault_ca_file: Path | None = None
+    vault_transit_mount: str = Field(
+        default="transit", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+    )
+    vault_mac_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
         return value
 
     @classmethod

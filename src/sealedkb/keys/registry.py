@@ -1,5 +1,6 @@
-"""Key providers by key URI scheme: ``local:key/<uuid>`` today; ``aws-kms:``,
-``vault:``, ``pkcs11:`` and ``kmip:`` register here the same way.
+"""Key providers by key URI scheme: ``local:key/<uuid>``, ``aws-kms:<arn, key id or
+alias>`` (keys/aws_kms.py) and ``vault:transit/<mount>/<key>`` (keys/vault.py);
+``pkcs11:`` and ``kmip:`` register here the same way.
 
 A scheme's factory builds a provider from the settings for one principal::
 
@@ -91,7 +92,27 @@ def provider_for(
     return factory(settings, principal=principal or settings.principal, now=now)
 
 
+def _aws_kms(
+    settings: Settings, *, principal: str, now: Callable[[], datetime] | None
+) -> KeyProvider:
+    # Imported on first use: boto3 is an optional extra (sealedkb[aws]).
+    from sealedkb.keys.aws_kms import aws_kms_provider
+
+    return aws_kms_provider(settings, principal=principal, now=now)
+
+
+def _vault(
+    settings: Settings, *, principal: str, now: Callable[[], datetime] | None
+) -> KeyProvider:
+    # Imported on first use: hvac is an optional extra (sealedkb[vault]).
+    from sealedkb.keys.vault import vault_provider
+
+    return vault_provider(settings, principal=principal, now=now)
+
+
 register_scheme(LOCAL_SCHEME, local_provider)
+register_scheme("aws-kms", _aws_kms)
+register_scheme("vault", _vault)
 
 
 # --- PKCS#11 HSMs and KMIP servers: imported on first use (their client libraries
