@@ -239,7 +239,10 @@ class KnowledgeBase:
                 _refuse_plaintext_with_keystore(settings, meta.get(GUARD))
             if mode is EncryptionMode.ON:
                 bound_key = meta.get("kms_key_uri")
-                provider = key_provider(settings, key_uri=bound_key, now=now)
+                # A new knowledge base is sealed under SEALEDKB_KMS_KEY_URI when it is set.
+                provider = key_provider(
+                    settings, key_uri=bound_key or settings.kms_key_uri, now=now
+                )
                 keystore = keystore_of(provider)
                 if bound_key is not None and keystore is not None and not keystore.exists():
                     # A fresh keystore could never open this data; making one would
@@ -252,7 +255,11 @@ class KnowledgeBase:
                     keystore.initialize()
                     created = True
                 kms_key_uri = meta.get("kms_key_uri")
-                if kms_key_uri is None:
+                if kms_key_uri is None and settings.kms_key_uri is not None:
+                    provider.describe_key(settings.kms_key_uri)  # it exists and we may use it
+                    kms_key_uri = meta.set_default("kms_key_uri", settings.kms_key_uri)
+                    created = True
+                elif kms_key_uri is None:
                     new_key = provider.create_key("sealedkb knowledge base key")
                     kms_key_uri = meta.set_default("kms_key_uri", new_key.key_id)
                     new_key_uri = new_key.key_id

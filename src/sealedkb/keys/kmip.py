@@ -249,7 +249,11 @@ class KmipService:
         return parse_uri(key_uri)
 
     def new_key(self, version: int) -> tuple[str, str]:
+        from kmip.core import enums
+
         uid = self._create("sealedkb-kms-key", self._usage_wrap())
+        # known to sealedkb: a lost record is never taken for a key to adopt
+        self._create(_ADOPTED_PREFIX + uid, [enums.CryptographicUsageMask.EXPORT], activate=False)
         return f"kmip:{uid}", uid
 
     def new_version(self, key_uri: str, version: int) -> str:
@@ -257,7 +261,8 @@ class KmipService:
 
     def adopt(self, key_uri: str) -> str | None:
         """An active AES-256 key made on the server by other means, adopted once (a
-        marker object named ``sealedkb-adopted:<uid>`` records it)."""
+        marker object named ``sealedkb-adopted:<uid>`` records it; keys sealedkb
+        makes get it when made)."""
         from kmip.core import enums
 
         uid = parse_uri(key_uri)

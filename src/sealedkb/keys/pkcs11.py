@@ -279,7 +279,24 @@ class Pkcs11Service:
         label = f"sealedkb-{uuid.uuid4().hex}"
         with self._session(token) as (session, _):
             self._generate(session, label, version)
+            self._mark(session, label)  # known to sealedkb: never adopted as new
         return key_uri(token, label), self._handle(token, label, version)
+
+    @staticmethod
+    def _marker(label: str) -> dict[Any, Any]:
+        pkcs11 = _lib()
+        a = pkcs11.Attribute
+        return {
+            a.CLASS: pkcs11.ObjectClass.DATA,
+            a.LABEL: _ADOPTED_PREFIX + label,
+            a.APPLICATION: "sealedkb",
+        }
+
+    def _mark(self, session: p11.Session, label: str) -> None:
+        a = _lib().Attribute
+        session.create_object(
+            {**self._marker(label), a.TOKEN: True, a.PRIVATE: True, a.VALUE: b"sealedkb"}
+        )
 
     def new_version(self, key_uri: str, version: int) -> str:
         token, label = parse_uri(key_uri)
@@ -289,17 +306,13 @@ class Pkcs11Service:
 
     def adopt(self, key_uri: str) -> str | None:
         """An AES-256 key made on the token by other tools (one object with that
-        label), adopted once: a data object marks it on the token."""
+        label), adopted once: a data object marks it on the token (keys sealedkb
+        makes are marked when made)."""
         pkcs11 = _lib()
         a = pkcs11.Attribute
         token, label = parse_uri(key_uri)
         with self._session(token) as (session, _):
-            marker = {
-                a.CLASS: pkcs11.ObjectClass.DATA,
-                a.LABEL: _ADOPTED_PREFIX + label,
-                a.APPLICATION: "sealedkb",
-            }
-            if list(session.get_objects(marker)):
+            if list(session.get_objects(self._marker(label))):
                 return None
             candidates = list(
                 session.get_objects({a.CLASS: pkcs11.ObjectClass.SECRET_KEY, a.LABEL: label})
@@ -321,7 +334,7 @@ class Pkcs11Service:
             version = 1
             if raw_id != b"v1":
                 key[a.ID] = b"v1"  # versions are CKA_ID v1, v2, ...
-            session.create_object({**marker, a.TOKEN: True, a.PRIVATE: True, a.VALUE: b"adopted"})
+            self._mark(session, label)
         return self._handle(token, label, version)
 
     def _key(self, session: p11.Session, handle: str) -> tuple[Any, str]:
