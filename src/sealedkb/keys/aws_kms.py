@@ -48,7 +48,7 @@ import struct
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from sealedkb.config import Settings
 from sealedkb.crypto.kdf import constant_time_eq
@@ -171,6 +171,12 @@ def _paged(method: str, marker: str | None, **kw: Any) -> Callable[[KMSClient], 
     return lambda client: getattr(client, method)(**kw)
 
 
+class KmsClientSource(Protocol):
+    """Where a provider gets its boto3 KMS client for a region (tests pass stubs)."""
+
+    def get(self, region: str | None) -> KMSClient: ...
+
+
 class _Clients:
     """boto3 KMS clients by region, shared by every principal's provider."""
 
@@ -228,14 +234,14 @@ class AwsKmsProvider:
         *,
         principal: str = DEFAULT_ADMIN,
         service_principal: str = DEFAULT_SERVICE,
-        clients: _Clients | None = None,
+        clients: KmsClientSource | None = None,
     ) -> None:
         if principal != SYSTEM_PRINCIPAL:
             validate_principal(principal)
         self.principal = principal
         self.service_principal = validate_principal(service_principal)
         self._settings = settings
-        self._clients = clients or _Clients(settings)
+        self._clients: KmsClientSource = clients or _Clients(settings)
         self._mac_key_id = settings.aws_mac_key_id
         self._policy: KeyPolicy = default_policy(service=self.service_principal)
         self._local = threading.local()
