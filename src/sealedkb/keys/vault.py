@@ -252,7 +252,7 @@ class VaultTransitProvider:
                 if management:
                     raise NotFoundError(msg, field="kms_key_id") from None
                 raise KeyUnavailableError(msg) from None
-            if "minimum decryption version" in text or "min_decryption_version" in text:
+            if "disallowed by policy" in text or "min_decryption_version" in text:
                 raise KeyUnavailableError(
                     f"the key version of this wrapped key is retired on {target} "
                     "(below min_decryption_version)"
