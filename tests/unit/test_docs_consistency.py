@@ -25,7 +25,7 @@ SCANNED_SUFFIXES = {".py", ".md", ".sql", ".json", ".toml", ".txt"}
 
 
 def scanned_files() -> list[Path]:
-    out = [ROOT / "README.md"]
+    out = [ROOT / "README.md", ROOT / "pyproject.toml"]
     for d in SCANNED_DIRS:
         for p in sorted((ROOT / d).rglob("*")):
             if (
