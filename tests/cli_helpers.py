@@ -49,6 +49,7 @@ def subprocess_env(database_url: str) -> dict[str, str]:
     SEALEDKB_* settings, the hashing embedder, the database and src on PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
     env["SEALEDKB_EMBEDDER"] = "hash"
+    env["SEALEDKB_SEARCH_INDEX"] = os.environ.get("SEALEDKB_SEARCH_INDEX", "server")
     env["SEALEDKB_DATABASE_URL"] = database_url
     src = str(Path(sealedkb.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)

@@ -32,6 +32,9 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("SEALEDKB_"):
             monkeypatch.delenv(name)
+    # Knowledge bases made by tests use the server-side search index unless a test asks
+    # for the memory one (init(search_index="memory"), tests/integration/test_memory_index*.py).
+    monkeypatch.setenv("SEALEDKB_SEARCH_INDEX", "server")
 
 
 @pytest.fixture(scope="session")

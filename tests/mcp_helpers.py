@@ -34,6 +34,7 @@ def server_env(home: Path, database_url: str, **extra: str) -> dict[str, str]:
     # No automated snapshot when a test happens to run in the default window.
     env["SEALEDKB_SNAPSHOT_WINDOW"] = "off"
     env["SEALEDKB_EMBEDDER"] = "hash"  # fast, deterministic; tests may override
+    env["SEALEDKB_SEARCH_INDEX"] = os.environ.get("SEALEDKB_SEARCH_INDEX", "server")
     env.update(
         SEALEDKB_HOME=str(home),
         SEALEDKB_DATABASE_URL=database_url,

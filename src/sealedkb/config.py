@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     # Embedding model for semantic search: minilm (local ONNX, default), hash (a
     # model-free test embedder) or none (keyword search only).
     embedder: str = Field(default="minilm", pattern=r"^(minilm|hash|none)$")
+    # Where the search index of a new knowledge base lives (init --search-index; kb_meta
+    # search_index decides for an existing one): memory (in each serving process, no
+    # searchable column in PostgreSQL; search/memory.py) or server (PostgreSQL).
+    search_index: str = Field(default="memory", pattern=r"^(memory|server)$")
+    # The memory index holds at most this many entries; past it search fails naming it.
+    memory_index_max_entries: int = Field(default=200_000, ge=1, le=10_000_000)
     # HTTP MCP server limits, per bearer token.
     http_rate_per_second: float = Field(default=20.0, gt=0, le=10_000)
     http_rate_burst: int = Field(default=60, ge=1, le=100_000)

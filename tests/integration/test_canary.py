@@ -134,12 +134,22 @@ def pg_dump(uri: str) -> bytes:
     return out.stdout
 
 
-@pytest.mark.parametrize("mode", [EncryptionMode.ON, EncryptionMode.OFF], ids=["on", "off"])
-def test_marker_never_reaches_disk_or_dump(embedded_home: Path, mode: EncryptionMode) -> None:
+@pytest.mark.parametrize(
+    ("mode", "search_index"),
+    [
+        (EncryptionMode.ON, "server"),
+        (EncryptionMode.ON, "memory"),  # the memory search index (search/memory.py)
+        (EncryptionMode.OFF, "server"),
+    ],
+    ids=["on", "on-memory", "off"],
+)
+def test_marker_never_reaches_disk_or_dump(
+    embedded_home: Path, mode: EncryptionMode, search_index: str
+) -> None:
     marker = "CanaryMark" + uuid.uuid4().hex[:12].upper()
-    kb, created = KnowledgeBase.init(load_settings(embedded_home), mode)
+    kb, created = KnowledgeBase.init(load_settings(embedded_home), mode, search_index=search_index)
     try:
-        assert created
+        assert created and kb.search_index == search_index
         assert kb.target.kind == "embedded"
         assert kb.target.transport.kind == "unix-socket"
         add_marked_entries(kb, marker)

@@ -74,6 +74,7 @@ print(json.dumps(ids))
 def child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEALEDKB_")}
     env["SEALEDKB_EMBEDDER"] = "hash"  # concurrency, not the model, is under test here
+    env["SEALEDKB_SEARCH_INDEX"] = "server"
     src = str(Path(sealedkb.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     return env

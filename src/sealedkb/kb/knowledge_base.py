@@ -70,6 +70,7 @@ from sealedkb.model import (
 from sealedkb.monitoring.telemetry import Telemetry
 from sealedkb.search import text
 from sealedkb.search.engine import (
+    DB_DIM,
     SearchEngine,
     SearchIndexer,
     SearchMode,
@@ -77,6 +78,8 @@ from sealedkb.search.engine import (
     normalize_content,
     reembed,
 )
+from sealedkb.search.memory import MemoryIndex
+from sealedkb.store.changes import ChangeFeed, lock_namespace
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
@@ -107,6 +110,61 @@ def keyword_tokenizer(meta: dict[str, str]) -> int:
     return int(raw)
 
 
+SEARCH_INDEX_KEY = "search_index"  # kb_meta: memory or server (search/memory.py)
+SEARCH_INDEX_MAC_KEY = "search_index_mac"  # kb_meta: its MAC under the key provider
+SEARCH_INDEXES = ("memory", "server")
+_SEARCH_INDEX_LABEL = b"sealedkb/meta/v1/search_index|"
+
+
+def _search_index_message(kms_key_uri: str, value: str) -> bytes:
+    return _SEARCH_INDEX_LABEL + kms_key_uri.encode() + b"|" + value.encode()
+
+
+def verified_search_index(
+    values: dict[str, str],
+    mode: EncryptionMode,
+    provider: KeyProvider | None,
+    kms_key_uri: str | None,
+    feed: ChangeFeed,
+) -> str:
+    """Where this knowledge base's search index lives, as kb_meta says, checked.
+
+    The setting changes what every write stores, so a database writer must not be
+    able to flip it: in an encrypted knowledge base the value carries a MAC under
+    the key provider (bound to the KMS key), and a value without a valid one is
+    refused. A knowledge base from before the setting has neither: server, unless
+    its rows show it was in memory mode (the setting was deleted)."""
+    raw = values.get(SEARCH_INDEX_KEY)
+    if mode is EncryptionMode.OFF or provider is None or kms_key_uri is None:
+        if raw not in (None, "server"):
+            raise IntegrityError(
+                "kb_meta says search_index is not server in a plaintext knowledge base"
+            )
+        return "server"
+    if raw is None:
+        if values.get(SEARCH_INDEX_MAC_KEY) is not None or feed.has_memory_indexed_rows():
+            raise IntegrityError(
+                "kb_meta has lost its search_index setting, but this knowledge base holds "
+                "rows of the memory search index; refusing to write searchable columns"
+            )
+        return "server"
+    mac_hex = values.get(SEARCH_INDEX_MAC_KEY) or ""
+    try:
+        mac = bytes.fromhex(mac_hex)
+    except ValueError:
+        mac = b""
+    if (
+        raw not in SEARCH_INDEXES
+        or not mac
+        or not provider.verify_mac(_search_index_message(kms_key_uri, raw), mac)
+    ):
+        raise IntegrityError(
+            "kb_meta's search_index setting failed its integrity check (it was not "
+            "written by sealedkb); refusing to open"
+        )
+    return raw
+
+
 def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> None:
     """kb_meta says plaintext, but this home holds a keystore: someone with SQL access
     may have flipped the mode to make new writes land in clear. Refuse, unless an
@@ -117,6 +175,44 @@ def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> No
             "the database says encryption is off, but this home has a keystore; refusing "
             "to store plaintext (check kb_meta, or use a separate home for a plaintext KB)"
         )
+
+
+def _init_search_index(
+    meta: MetaTable,
+    settings: Settings,
+    mode: EncryptionMode,
+    provider: KeyProvider | None,
+    kms_key_uri: str | None,
+    *,
+    new: bool,
+    asked: str | None,
+) -> str:
+    """The search index of a knowledge base being initialised: for a new one the
+    one asked for (default: the ``search_index`` setting, memory), written to kb_meta
+    with its MAC; an existing one keeps its own (switching is not an init)."""
+    if asked is not None and asked not in SEARCH_INDEXES:
+        raise ValidationError("search index must be memory or server", field="search_index")
+    if new:
+        value = asked or settings.search_index
+        if mode is EncryptionMode.OFF or provider is None or kms_key_uri is None:
+            if asked == "memory":
+                raise ValidationError(
+                    "--search-index memory needs --encryption on (a plaintext knowledge "
+                    "base is searched by PostgreSQL)",
+                    field="search_index",
+                )
+            return "server"
+        mac = provider.generate_mac(_search_index_message(kms_key_uri, value))
+        meta.set_default(SEARCH_INDEX_MAC_KEY, mac.hex())
+        meta.set_default(SEARCH_INDEX_KEY, value)
+    current = verified_search_index(meta.all(), mode, provider, kms_key_uri, ChangeFeed(meta.db))
+    if asked is not None and asked != current:
+        raise ValidationError(
+            f"this knowledge base was initialised with --search-index {current}; "
+            "switching is not an init",
+            field="search_index",
+        )
+    return current
 
 
 def _in_scope(row: EntryRow | None, namespaces: Collection[str] | None) -> EntryRow:
@@ -142,6 +238,7 @@ class KnowledgeBase:
         principal: str | None = None,
         now: Callable[[], datetime] | None = None,
         tokenizer: int | None = None,
+        search_index: str | None = None,
     ) -> None:
         self.settings = settings
         self.target = target
@@ -187,10 +284,18 @@ class KnowledgeBase:
         # Search (search/engine.py): the model loads lazily, on the first text to embed.
         self.embedder = load_embedder(settings.embedder)
         self.search_table = SearchTable(db)
+        values = self.meta.all() if tokenizer is None or search_index is None else {}
         if tokenizer is None:
-            tokenizer = keyword_tokenizer(self.meta.all())
+            tokenizer = keyword_tokenizer(values)
+        if search_index is None:
+            search_index = verified_search_index(
+                values, mode, provider, kms_key_uri, ChangeFeed(db)
+            )
+        self.search_index = search_index
         self.indexer = SearchIndexer(self.keyring, self.embedder, tokenizer)
-        self.sealer = EntrySealer(self.keyring, self.indexer, self.telemetry)
+        self.sealer = EntrySealer(
+            self.keyring, self.indexer, self.telemetry, memory_index=search_index == "memory"
+        )
         self.engine = SearchEngine(
             self.search_table,
             self.keyring,
@@ -200,6 +305,20 @@ class KnowledgeBase:
             telemetry=self.telemetry,
             tokenizer=tokenizer,
         )
+        # The memory search index (search/memory.py): built in this process at first use.
+        self.memory_index: MemoryIndex | None = None
+        if search_index == "memory" and self.keyring is not None:
+            self.memory_index = MemoryIndex(
+                ChangeFeed(db),
+                self.keyring,
+                self.sealer.open_sealed_many,
+                model_id=self.embedder.model_id if self.embedder is not None else None,
+                dim=DB_DIM,
+                tokenizer=tokenizer,
+                max_entries=settings.memory_index_max_entries,
+                telemetry=self.telemetry,
+            )
+            self.engine.memory = self.memory_index
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -210,6 +329,7 @@ class KnowledgeBase:
         encryption: EncryptionMode | None = None,
         *,
         now: Callable[[], datetime] | None = None,
+        search_index: str | None = None,
     ) -> tuple[KnowledgeBase, bool]:
         """Create or open the knowledge base; idempotent, never destroys data.
 
@@ -267,8 +387,17 @@ class KnowledgeBase:
                 provider.describe_key(kms_key_uri)
             if existing is None:  # a new knowledge base: today's word splitting
                 meta.set_default(TOKENIZER_KEY, str(text.TOKENIZER))
+            index = _init_search_index(
+                meta,
+                settings,
+                mode,
+                provider,
+                kms_key_uri,
+                new=existing is None,
+                asked=search_index,
+            )
             meta.set_default("encryption", mode.value)
-            kb = cls(settings, target, db, mode, provider, kms_key_uri, now=now)
+            kb = cls(settings, target, db, mode, provider, kms_key_uri, now=now, search_index=index)
             if new_key_uri is not None:
                 kb.audit.record(
                     "CreateKey", key_uri=new_key_uri, details={"in_use": new_key_uri == kms_key_uri}
@@ -319,6 +448,7 @@ class KnowledgeBase:
                 if mode is EncryptionMode.ON
                 else None
             )
+            index = verified_search_index(values, mode, provider, kms_key_uri, ChangeFeed(db))
             kb = cls(
                 settings,
                 target,
@@ -329,6 +459,7 @@ class KnowledgeBase:
                 principal=principal,
                 now=now,
                 tokenizer=keyword_tokenizer(values),
+                search_index=index,
             )
             if kb.keys is not None:
                 kb.keys.run_due()
@@ -407,6 +538,8 @@ class KnowledgeBase:
             with_fingerprint=not force,
             verified=new.verified,
         )
+        if self.memory_index is not None:
+            return self._add_memory_mode([(row, search_cols, doc)], force=force)[0]
         stored, created = self.search_table.insert(row, search_cols, dedup=not force)
         if created:
             return self.sealer.to_entry(stored, doc)
@@ -418,6 +551,58 @@ class KnowledgeBase:
         search_cols.fingerprint = None
         stored, _ = self.search_table.insert(row, search_cols, dedup=False)
         return self.sealer.to_entry(stored, doc)
+
+    def _add_memory_mode(
+        self, items: Sequence[tuple[EntryRow, SearchColumns, EntryDoc]], *, force: bool
+    ) -> list[Entry]:
+        """Insert sealed rows of a memory-mode knowledge base, dedup answered by the
+        memory index: under a per-namespace lock (so two processes cannot both miss
+        a duplicate), the index catches up with the change feed, then each entry whose
+        normalised content is live in its namespace (or earlier in the batch) returns
+        that entry instead of being stored, unless ``force``."""
+        assert self.memory_index is not None
+        out: list[Entry | None] = [None] * len(items)
+        with self.db.transaction("add") as conn:
+            if not force:
+                for ns in sorted({row.namespace for row, _, _ in items}):
+                    lock_namespace(conn, ns)
+            seen: dict[tuple[str, str], int] = {}
+            dups: dict[int, uuid.UUID | int] = {}
+            for i, (row, _, doc) in enumerate(items):
+                if force:
+                    break
+                norm = normalize_content(doc.content)
+                earlier = seen.get((row.namespace, norm))
+                if earlier is not None:
+                    dups[i] = earlier
+                    continue
+                found = self.memory_index.duplicate(row.namespace, norm)
+                if found is not None:
+                    dups[i] = found
+                else:
+                    seen[(row.namespace, norm)] = i
+            pending = [i for i in range(len(items)) if i not in dups]
+            stored = self.search_table.insert_many(
+                conn, iter([(items[i][0], items[i][1]) for i in pending]), dedup=False
+            )
+            for i, (srow, _) in zip(pending, stored, strict=True):
+                out[i] = self.sealer.to_entry(srow, items[i][2])
+            for i, dup in dups.items():
+                if isinstance(dup, int):
+                    out[i] = out[dup]
+                    continue
+                existing = self.entries.get(dup)
+                entry = self.sealer.to_entry(existing) if existing is not None else None
+                if entry is None or not self._same_content(entry, items[i][2]):
+                    # gone meanwhile, or not what the index said: store it after all
+                    ((srow, _),) = self.search_table.insert_many(
+                        conn, iter([(items[i][0], items[i][1])]), dedup=False
+                    )
+                    entry = self.sealer.to_entry(srow, items[i][2])
+                out[i] = entry
+        result = [e for e in out if e is not None]
+        assert len(result) == len(items)
+        return result
 
     def _same_content(self, existing: Entry, doc: EntryDoc) -> bool:
         """Dedup found ``existing`` for ``doc``: true when it really holds the same
@@ -457,6 +642,9 @@ class KnowledgeBase:
                     verified=new.verified,
                 )
 
+        if self.memory_index is not None:
+            rows = [(row, cols, doc) for (row, cols), doc in zip(prepared(), docs, strict=True)]
+            return self._add_memory_mode(rows, force=force)
         out: list[Entry] = []
         with self.db.transaction("add") as conn:
             stored = self.search_table.insert_many(conn, prepared(), dedup=not force)
@@ -549,7 +737,7 @@ class KnowledgeBase:
         only while no other live entry of the namespace has the same content), and the
         index digest the re-sealed document carries."""
         vectors = self.indexer.embed([(doc.title, doc.content)])
-        cols = self.indexer.columns(
+        cols = self.sealer.search_columns(
             namespace, eid, doc, vectors[0] if vectors is not None else None
         )
         if cols.fingerprint and self.search_table.fingerprint_taken(
@@ -589,6 +777,8 @@ class KnowledgeBase:
         tag_token = tag_plain = None
         if tag is not None:
             (norm,) = validate_tags([tag])
+            if self.memory_index is not None:
+                return self._list_tagged(ns, norm, et, include_archived, limit, offset, namespaces)
             if self.encrypted:
                 if ns is None:
                     raise ValidationError(
@@ -622,6 +812,36 @@ class KnowledgeBase:
             out = kept
         return out
 
+    def _list_tagged(
+        self,
+        ns: str | None,
+        tag: str,
+        entry_type: str | None,
+        include_archived: bool,
+        limit: int,
+        offset: int,
+        namespaces: builtins.list[str] | None,
+    ) -> builtins.list[Entry]:
+        """A tag-filtered list in memory mode: the memory index knows the tags."""
+        assert self.memory_index is not None
+        if ns is None:
+            raise ValidationError(
+                "filtering by tag needs --namespace in encrypted mode "
+                "(tag tokens are keyed per namespace)",
+                field="namespace",
+            )
+        if namespaces is not None and ns not in namespaces:
+            return []
+        ids = self.memory_index.tagged(
+            ns, tag, entry_type=entry_type, include_archived=include_archived
+        )[offset : offset + limit]
+        rows = ChangeFeed(self.db).entries(ids)
+        out = [self.sealer.to_entry(rows[i]) for i in ids if i in rows]
+        kept = [e for e in out if tag in e.tags]
+        for _ in range(len(out) - len(kept)):
+            self.telemetry.integrity_failure()
+        return kept
+
     def stats(self, namespaces: builtins.list[str] | None = None, top_tags: int = 20) -> Stats:
         """Counts by namespace and type, and the most used tags per namespace.
 
@@ -634,6 +854,9 @@ class KnowledgeBase:
             item["total"] += n
             item["by_type"][et] = n
         for ns, item in by_ns.items():
+            if self.memory_index is not None:
+                item["top_tags"] = dict(self.memory_index.tag_counts(ns, top_tags))
+                continue
             for tag, n, sample_id in self.entries.tag_counts(ns, top_tags):
                 if self.keyring is not None:
                     row = self.entries.get(sample_id)

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import OpenFailedError
 from sealedkb.errors import IntegrityError, KeyUnavailableError
-from sealedkb.formats.aad import entry_doc_aad
+from sealedkb.formats.aad import embedding_aad, entry_doc_aad
 from sealedkb.formats.entry_doc import EntryDoc, decode_doc, encode_doc
-from sealedkb.model import Entry, EntryType
+from sealedkb.model import Entry, EntryType, KeyPurpose
 from sealedkb.monitoring.telemetry import Telemetry
 from sealedkb.search.digest import index_digest, vec_hash
-from sealedkb.search.engine import SearchIndexer
+from sealedkb.search.engine import SearchIndexer, vector_bytes
 from sealedkb.store.entries import EntryRow
 from sealedkb.store.search import SearchColumns
 
@@ -42,11 +42,19 @@ class EntrySealer:
     fails its integrity check."""
 
     def __init__(
-        self, keyring: KeyRing | None, indexer: SearchIndexer, telemetry: Telemetry
+        self,
+        keyring: KeyRing | None,
+        indexer: SearchIndexer,
+        telemetry: Telemetry,
+        *,
+        memory_index: bool = False,
     ) -> None:
         self._keyring = keyring
         self._indexer = indexer
         self._telemetry = telemetry
+        # kb_meta search_index = memory (search/memory.py): rows get no searchable
+        # column (no keyword tokens, encrypted vector, tag tokens or fingerprint).
+        self.memory_index = memory_index and keyring is not None
 
     @property
     def encrypted(self) -> bool:
@@ -60,7 +68,7 @@ class EntrySealer:
             sealer, blinder = self._keyring.writer(namespace)
             return {
                 "doc_sealed": sealer.seal(encode_doc(doc), entry_doc_aad(namespace, entry_id)),
-                "tag_tokens": [blinder.tag_token(t) for t in doc.tags],
+                "tag_tokens": [] if self.memory_index else [blinder.tag_token(t) for t in doc.tags],
             }
         return {
             "title_plain": doc.title,
@@ -85,7 +93,7 @@ class EntrySealer:
         place a new row is sealed and indexed (add, add_many, import, migration).
         ``flags``: further EntryRow fields (verified, archived, version) for rows that
         carry them over."""
-        search_cols = self._indexer.columns(
+        search_cols = self.search_columns(
             namespace, entry_id, doc, vector, with_fingerprint=with_fingerprint
         )
         # The document carries the digest of its search columns (search/digest.py).
@@ -93,6 +101,44 @@ class EntrySealer:
         cols = self.store_columns(namespace, entry_id, doc)
         row = EntryRow(id=entry_id, namespace=namespace, entry_type=entry_type, **flags, **cols)
         return row, search_cols
+
+    def search_columns(
+        self,
+        namespace: str,
+        entry_id: uuid.UUID,
+        doc: EntryDoc,
+        vector: NDArray[np.float32] | None,
+        *,
+        with_fingerprint: bool = True,
+    ) -> SearchColumns:
+        """The search columns of a new or changed entry: the indexer's (server-side
+        index), or in memory mode only the sealed exact embedding."""
+        if self.memory_index:
+            return self.vector_columns(namespace, entry_id, vector)
+        return self._indexer.columns(
+            namespace, entry_id, doc, vector, with_fingerprint=with_fingerprint
+        )
+
+    def vector_columns(
+        self, namespace: str, entry_id: uuid.UUID, vector: NDArray[np.float32] | None
+    ) -> SearchColumns:
+        """The vector columns of an entry (reembed): in memory mode the sealed exact
+        embedding alone, else the indexer's encrypted and sealed pair."""
+        cols = SearchColumns()
+        embedder = self._indexer.embedder
+        if vector is None or embedder is None:
+            return cols
+        if not self.memory_index:
+            self._indexer.set_vector(cols, namespace, entry_id, vector)
+            return cols
+        assert self._keyring is not None
+        cols.embed_model = embedder.model_id
+        cols.embed_dim = embedder.dim
+        sealer = self._keyring.sealer(namespace, KeyPurpose.CONTENT)
+        cols.embedding_sealed = sealer.seal(
+            vector_bytes(vector), embedding_aad(namespace, entry_id)
+        )
+        return cols
 
     def reseal_with_vector(self, row: EntryRow, doc: EntryDoc, cols: SearchColumns) -> bytes | None:
         """The re-sealed document of a row whose search vector changes (reembed): its

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
@@ -328,6 +328,22 @@ def snippet(content: str, stems: set[str], width: int = SNIPPET_CHARS) -> str:
     return ("… " if start > 0 else "") + out + (" …" if end < len(content.rstrip()) else "")
 
 
+class CandidateSource(Protocol):
+    """Search candidates from an index other than PostgreSQL's (search/memory.py)."""
+
+    def candidates(
+        self,
+        namespace: str,
+        *,
+        stems: Sequence[str],
+        vector: NDArray[np.float32] | None,
+        entry_type: str | None,
+        tags: Sequence[str],
+        since: datetime | None,
+        depth: int,
+    ) -> tuple[list[tuple[uuid.UUID, float]], list[tuple[uuid.UUID, float]]]: ...
+
+
 class SearchEngine:
     """The read side. ``open_doc`` opens a sealed entry document (kb/knowledge_base.py)."""
 
@@ -352,6 +368,9 @@ class SearchEngine:
         self.oversample = OVERSAMPLE
         self.ef_search_min = EF_SEARCH_MIN
         self.parallel_arms = True  # hybrid: keyword and vector arms concurrently
+        # kb_meta search_index = memory: both arms answered by the process's own
+        # index (search/memory.py) instead of PostgreSQL's.
+        self.memory: CandidateSource | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
 
@@ -409,7 +428,7 @@ class SearchEngine:
             ns,
             et,
             tag_tokens=tuple(self.keyring.blinder(ns).tag_token(t) for t in norm_tags)
-            if self.keyring is not None
+            if self.keyring is not None and self.memory is None
             else (),
             tags_plain=() if self.keyring is not None else norm_tags,
             since=parse_since(since),
@@ -439,6 +458,19 @@ class SearchEngine:
         # of the same depth (at least MIN_FUSION_DEPTH): deeper lists cost the encrypted
         # mode k x oversample opened vectors each, and did not change the FAQ results.
         depth = window + 1 if used is not SearchMode.HYBRID else max(MIN_FUSION_DEPTH, window + 1)
+        if self.memory is not None:
+            mem_kw, mem_sem = self.memory.candidates(
+                ns,
+                stems=stems if used is not SearchMode.SEMANTIC else (),
+                vector=qvec,
+                entry_type=et,
+                tags=norm_tags,
+                since=filt.since,
+                depth=depth,
+            )
+            return self._result(
+                mem_kw, mem_sem, used, requested, limit, offset, stems, norm_tags, warnings
+            )
         kw_query = kw_filter = None
         if used is not SearchMode.SEMANTIC and stems:
             if self.keyring is not None:
@@ -519,6 +551,35 @@ class SearchEngine:
         hits = self._hits(page, set(stems), norm_tags)
         return SearchResult(
             hits=hits,
+            mode=used,
+            requested_mode=requested,
+            limit=limit,
+            offset=offset,
+            next_offset=window if more else None,
+            warnings=warnings,
+        )
+
+    def _result(
+        self,
+        kw: list[tuple[uuid.UUID, float]],
+        sem: list[tuple[uuid.UUID, float]],
+        used: SearchMode,
+        requested: SearchMode,
+        limit: int,
+        offset: int,
+        stems: Sequence[str],
+        tags: Sequence[str],
+        warnings: list[str],
+    ) -> SearchResult:
+        """Rank (fusion in hybrid mode), page, open and check the hits."""
+        window = offset + limit
+        ranked = kw if used is SearchMode.KEYWORD else sem if used is SearchMode.SEMANTIC else None
+        if ranked is None:
+            ranked = rrf([kw, sem])
+        page = ranked[offset:window]
+        more = len(ranked) > window and window < MAX_WINDOW
+        return SearchResult(
+            hits=self._hits(page, set(stems), tags),
             mode=used,
             requested_mode=requested,
             limit=limit,
@@ -705,8 +766,7 @@ def reembed(
         vectors = emb.embed([embedding_text(d.title, d.content) for d in docs])
         with kb.db.transaction("reembed") as conn:
             for r, d, v in zip(rows, docs, vectors, strict=True):
-                cols = SearchColumns()
-                kb.indexer.set_vector(cols, r.namespace, r.id, v)
+                cols = kb.sealer.vector_columns(r.namespace, r.id, v)
                 sealed = kb.sealer.reseal_with_vector(r, d, cols)
                 if kb.search_table.set_embedding(conn, r.id, r.version, cols, sealed):
                     done += 1

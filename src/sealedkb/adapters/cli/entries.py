@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -33,6 +34,13 @@ if TYPE_CHECKING:
 commands = typer.Typer()
 
 
+class SearchIndex(StrEnum):
+    """Where the search index of a new knowledge base lives (kb_meta search_index)."""
+
+    MEMORY = "memory"
+    SERVER = "server"
+
+
 @command(commands, "init")
 def init(
     encryption: Annotated[
@@ -41,12 +49,37 @@ def init(
             "--encryption", help="on (default): seal every field; off: plaintext baseline."
         ),
     ] = None,
+    search_index: Annotated[
+        SearchIndex | None,
+        typer.Option(
+            "--search-index",
+            help="memory (default): each serving process indexes in its own memory and "
+            "PostgreSQL holds no searchable column; server: PostgreSQL indexes blind "
+            "tokens and encrypted vectors. Fixed at creation.",
+        ),
+    ] = None,
+    kms_key_id: Annotated[
+        str | None,
+        typer.Option(
+            "--kms-key-id",
+            help="seal a new knowledge base under this existing KMS key (a key URI: "
+            "aws-kms:<arn|key id|alias/name>, vault:transit/<mount>/<key>, pkcs11:..., "
+            "kmip:...; default: a new local key). Same as SEALEDKB_KMS_KEY_URI.",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the knowledge base (database, keystore, KMS key). Idempotent."""
     from sealedkb.kb.knowledge_base import KnowledgeBase
 
-    kb, created = KnowledgeBase.init(settings(), encryption)
+    chosen = settings()
+    if kms_key_id is not None:
+        if not kms_key_id or len(kms_key_id) > 512:
+            raise ValidationError("--kms-key-id must be a key URI of 1-512 characters")
+        chosen = chosen.model_copy(update={"kms_key_uri": kms_key_id})
+    kb, created = KnowledgeBase.init(
+        chosen, encryption, search_index=search_index.value if search_index else None
+    )
     try:
         result: dict[str, Any] = {"created": created, **kb.status()}
     finally:

@@ -1,0 +1,534 @@
+"""The memory search index: nothing searchable in PostgreSQL (docs/SEARCH.md, "The
+memory search index").
+
+In a knowledge base initialised with ``--search-index memory`` (kb_meta
+``search_index``) the rows hold only the sealed document and the sealed exact
+embedding; no keyword tokens, encrypted vectors, tag tokens or fingerprints. Each
+serving process builds, per namespace and at first use, an index in its own memory
+from the sealed rows (documents and embeddings opened in batches):
+
+* a BM25 keyword index (k1 = 1.2, b = 0.75) over the stems of the keyword pipeline
+  (search/text.py), title words counted twice (the server index weights them A);
+* an exact vector index: a float32 matrix of the opened embeddings, scored by
+  cosine (a dot product: the embedders make unit vectors);
+* per entry its type, tags, creation time and archived flag (the filters), and the
+  SHA-256 of its normalised content (dedup), all computed from the opened rows.
+
+Nothing of it is written anywhere. Before every answer the index applies the
+changes other processes made (the kb_changes feed, store/changes.py). It is
+bounded by ``memory_index_max_entries``: past it a search fails with
+INDEX_CAPACITY naming the setting, never answering from a partial index.
+
+A row that fails to open (a forged or damaged row) is left out and counted as an
+integrity failure, as search does with a forged hit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sealedkb.crypto.keyring import KeyRing
+from sealedkb.crypto.sealed import OpenFailedError
+from sealedkb.errors import IntegrityError, SealedKBError
+from sealedkb.formats.aad import embedding_aad
+from sealedkb.formats.entry_doc import EntryDoc
+from sealedkb.monitoring.telemetry import Telemetry
+from sealedkb.search import text
+from sealedkb.search.engine import normalize_content
+from sealedkb.store.changes import ChangeFeed, IndexRow
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+__all__ = ["IndexCapacityError", "MemoryIndex", "content_fingerprint"]
+
+log = logging.getLogger("sealedkb.search.memory")
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+TITLE_WEIGHT = 2  # a title word counts as this many content words
+OPEN_BATCH = 256  # sealed values opened per batch while building
+CAPACITY_SETTING = "memory_index_max_entries"
+
+OpenDocs = Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]]
+Ranked = list[tuple[uuid.UUID, float]]
+
+
+class IndexCapacityError(SealedKBError):
+    """The memory search index would hold more entries than its setting allows."""
+
+    code = "INDEX_CAPACITY"
+    exit_code = 1
+
+
+def content_fingerprint(normalized: str) -> str:
+    """The in-memory dedup key of normalised content (never stored)."""
+    return hashlib.sha256(normalized.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryStats:
+    namespaces: int
+    entries: int
+    vectors: int
+    terms: int
+
+
+class _Space:
+    """The index of one namespace. Slots are reused after a removal."""
+
+    def __init__(self, dim: int) -> None:
+        import numpy as np
+
+        self.dim = dim
+        self.slot_of: dict[uuid.UUID, int] = {}
+        self.ids: list[uuid.UUID | None] = []
+        self.free: list[int] = []
+        self.types: list[str] = []
+        self.tags: list[frozenset[str]] = []
+        self.created: list[datetime | None] = []
+        self.archived: list[bool] = []
+        self.fp: list[str | None] = []
+        self.by_fp: dict[str, set[uuid.UUID]] = {}
+        self.tf: list[dict[str, int] | None] = []
+        self.postings: dict[str, dict[int, int]] = {}
+        self.doclen = np.zeros(0, dtype=np.float32)
+        self.total_len = 0
+        self.vecs = np.zeros((0, dim), dtype=np.float32)
+        self.has_vec = np.zeros(0, dtype=bool)
+        self.live = np.zeros(0, dtype=bool)
+        self.created_ts = np.zeros(0, dtype=np.float64)
+        self._cache: dict[str, tuple[NDArray[np.int64], NDArray[np.float32]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def _grow(self, need: int) -> None:
+        import numpy as np
+
+        cap = len(self.doclen)
+        if need <= cap:
+            return
+        new = max(need, cap * 2, 64)
+        self.doclen = np.concatenate([self.doclen, np.zeros(new - cap, dtype=np.float32)])
+        self.vecs = np.concatenate([self.vecs, np.zeros((new - cap, self.dim), dtype=np.float32)])
+        self.has_vec = np.concatenate([self.has_vec, np.zeros(new - cap, dtype=bool)])
+        self.live = np.concatenate([self.live, np.zeros(new - cap, dtype=bool)])
+        self.created_ts = np.concatenate([self.created_ts, np.zeros(new - cap)])
+
+    def remove(self, eid: uuid.UUID) -> None:
+        slot = self.slot_of.pop(eid, None)
+        if slot is None:
+            return
+        tf = self.tf[slot]
+        if tf:
+            for term in tf:
+                post = self.postings.get(term)
+                if post is not None:
+                    post.pop(slot, None)
+                    if not post:
+                        del self.postings[term]
+                self._cache.pop(term, None)
+        self.total_len -= int(self.doclen[slot])
+        fp = self.fp[slot]
+        if fp is not None:
+            holders = self.by_fp.get(fp)
+            if holders is not None:
+                holders.discard(eid)
+                if not holders:
+                    del self.by_fp[fp]
+        self.ids[slot] = None
+        self.tf[slot] = None
+        self.fp[slot] = None
+        self.tags[slot] = frozenset()
+        self.doclen[slot] = 0
+        self.has_vec[slot] = False
+        self.live[slot] = False
+        self.free.append(slot)
+
+    def put(
+        self,
+        row: IndexRow,
+        doc: EntryDoc,
+        vector: NDArray[np.float32] | None,
+        tokenizer: int,
+    ) -> None:
+        self.remove(row.id)
+        if self.free:
+            slot = self.free.pop()
+        else:
+            slot = len(self.ids)
+            self.ids.append(None)
+            self.types.append("")
+            self.tags.append(frozenset())
+            self.created.append(None)
+            self.archived.append(False)
+            self.fp.append(None)
+            self.tf.append(None)
+            self._grow(slot + 1)
+        self.slot_of[row.id] = slot
+        self.ids[slot] = row.id
+        self.types[slot] = row.entry_type
+        self.tags[slot] = frozenset(doc.tags)
+        self.created[slot] = row.created_at
+        self.created_ts[slot] = row.created_at.timestamp()
+        self.archived[slot] = row.archived
+        self.live[slot] = True
+        fp = content_fingerprint(normalize_content(doc.content))
+        self.fp[slot] = fp
+        self.by_fp.setdefault(fp, set()).add(row.id)
+        tf: dict[str, int] = {}
+        for t in text.terms(doc.title, tokenizer):
+            tf[t] = tf.get(t, 0) + TITLE_WEIGHT
+        for t in text.terms(doc.content, tokenizer):
+            tf[t] = tf.get(t, 0) + 1
+        self.tf[slot] = tf
+        length = sum(tf.values())
+        self.doclen[slot] = length
+        self.total_len += length
+        for term, n in tf.items():
+            self.postings.setdefault(term, {})[slot] = n
+            self._cache.pop(term, None)
+        if vector is not None:
+            self.vecs[slot] = vector
+            self.has_vec[slot] = True
+
+    def _posting(self, term: str) -> tuple[NDArray[np.int64], NDArray[np.float32]] | None:
+        import numpy as np
+
+        hit = self._cache.get(term)
+        if hit is not None:
+            return hit
+        post = self.postings.get(term)
+        if not post:
+            return None
+        arr = (
+            np.fromiter(post.keys(), dtype=np.int64, count=len(post)),
+            np.fromiter(post.values(), dtype=np.float32, count=len(post)),
+        )
+        self._cache[term] = arr
+        return arr
+
+    def mask(
+        self, entry_type: str | None, tags: Sequence[str], since: datetime | None
+    ) -> NDArray[np.bool_]:
+        import numpy as np
+
+        m = self.live.copy()  # slots past len(self.ids) are never live
+        n = len(self.ids)
+        if entry_type is not None:
+            m[:n] &= np.fromiter((t == entry_type for t in self.types), dtype=bool, count=n)
+        if since is not None:
+            m &= self.created_ts >= since.timestamp()
+        if tags:
+            want = frozenset(tags)
+            m[:n] &= np.fromiter((want <= t for t in self.tags), dtype=bool, count=n)
+        return m
+
+    def _top(self, scores: NDArray[np.float64], m: NDArray[np.bool_], depth: int) -> Ranked:
+        import numpy as np
+
+        idx = np.flatnonzero(m)
+        if not len(idx) or depth <= 0:
+            return []
+        sub = scores[idx]
+        if len(idx) > depth:
+            # the depth-th best score, then everything at least as good (ties kept,
+            # ordered by id below as the server index orders them)
+            kth = np.partition(-sub, depth - 1)[depth - 1]
+            keep = sub >= -kth
+            idx, sub = idx[keep], sub[keep]
+        ranked = sorted(
+            ((self.ids[int(i)], float(s)) for i, s in zip(idx, sub, strict=True)),
+            key=lambda kv: (-kv[1], str(kv[0])),
+        )
+        return [(eid, s) for eid, s in ranked[:depth] if eid is not None]
+
+    def keyword(self, stems: Sequence[str], m: NDArray[np.bool_], depth: int) -> Ranked:
+        import numpy as np
+
+        n = len(self)
+        if not n or not stems:
+            return []
+        avgdl = max(self.total_len / n, 1e-9)
+        cap = len(self.doclen)
+        scores = np.zeros(cap, dtype=np.float64)
+        matched = np.zeros(cap, dtype=bool)
+        norm = BM25_K1 * (1.0 - BM25_B + BM25_B * self.doclen / avgdl)
+        for term in dict.fromkeys(stems):
+            post = self._posting(term)
+            if post is None:
+                continue
+            slots, tfs = post
+            df = len(slots)
+            idf = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+            scores[slots] += idf * tfs * (BM25_K1 + 1.0) / (tfs + norm[slots])
+            matched[slots] = True
+        return self._top(scores, m & matched, depth)
+
+    def vector(self, q: NDArray[np.float32], m: NDArray[np.bool_], depth: int) -> Ranked:
+        import numpy as np
+
+        m = m & self.has_vec
+        if not m.any():
+            return []
+        scores = np.full(len(self.doclen), -np.inf, dtype=np.float64)
+        idx = np.flatnonzero(m)
+        scores[idx] = self.vecs[idx] @ q
+        return self._top(scores, m, depth)
+
+
+class MemoryIndex:
+    """The in-memory search index of one process, over every namespace it met."""
+
+    def __init__(
+        self,
+        feed: ChangeFeed,
+        keyring: KeyRing,
+        open_docs: OpenDocs,
+        *,
+        model_id: str | None,
+        dim: int,
+        tokenizer: int = text.TOKENIZER,
+        max_entries: int = 200_000,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        self.feed = feed
+        self.keyring = keyring
+        self.open_docs = open_docs
+        self.model_id = model_id
+        self.dim = dim
+        self.tokenizer = tokenizer
+        self.max_entries = max_entries
+        self.telemetry = telemetry or Telemetry()
+        self._spaces: dict[str, _Space] = {}
+        self._horizon: int | None = None
+        self._applied: set[int] = set()
+        self._lock = threading.RLock()
+
+    # --- keeping up --------------------------------------------------------
+
+    def _total(self) -> int:
+        return sum(len(s) for s in self._spaces.values())
+
+    def _capacity_error(self, need: int) -> IndexCapacityError:
+        return IndexCapacityError(
+            f"the memory search index would hold {need} entries, more than "
+            f"{CAPACITY_SETTING} = {self.max_entries} (SEALEDKB_MEMORY_INDEX_MAX_ENTRIES); "
+            "raise the setting or give the process more memory",
+            field=CAPACITY_SETTING,
+        )
+
+    def sync(self) -> None:
+        """Apply the changes of every process since the last call (one indexed query
+        when nothing changed)."""
+        with self._lock:
+            if self._horizon is None:
+                self._horizon = self.feed.horizon()
+                return
+            horizon, changes = self.feed.since(self._horizon)
+            fresh = [c for c in changes if c.seq not in self._applied]
+            ids = list(dict.fromkeys(c.entry_id for c in fresh if c.namespace in self._spaces))
+            step = OPEN_BATCH * 4
+            for i in range(0, len(ids), step):
+                self._apply(self.feed.rows(ids[i : i + step]), ids[i : i + step])
+            self._applied = {c.seq for c in changes if c.xid >= horizon}
+            self._horizon = horizon
+
+    def _apply(self, rows: list[IndexRow], ids: Sequence[uuid.UUID]) -> None:
+        found = {r.id for r in rows}
+        for eid in ids:
+            if eid not in found:  # the row is gone (deleted outright)
+                for each in self._spaces.values():
+                    each.remove(eid)
+        live = []
+        for r in rows:
+            space = self._spaces.get(r.namespace)
+            if space is None:
+                continue
+            if r.deleted:
+                space.remove(r.id)
+            else:
+                live.append(r)
+        self._put(live)
+
+    def _space(self, namespace: str) -> _Space:
+        """The namespace's index, built from its sealed rows on first use."""
+        known = self._spaces.get(namespace)
+        if known is not None:
+            return known
+        need = self._total() + self.feed.count_live(namespace)
+        if need > self.max_entries:
+            raise self._capacity_error(need)
+        space = _Space(self.dim)
+        self._spaces[namespace] = space
+        try:
+            for batch in self.feed.live_rows(namespace):
+                self._put(batch)
+        except BaseException:
+            del self._spaces[namespace]
+            raise
+        log.info("memory index of namespace %s built: %d entries", namespace, len(space))
+        return space
+
+    def _put(self, rows: Sequence[IndexRow]) -> None:
+        by_ns: dict[str, list[IndexRow]] = {}
+        for r in rows:
+            by_ns.setdefault(r.namespace, []).append(r)
+        for ns, items in by_ns.items():
+            space = self._spaces[ns]
+            for i in range(0, len(items), OPEN_BATCH):
+                batch = items[i : i + OPEN_BATCH]
+                docs = self._open_docs(ns, batch)
+                vecs = self._open_vectors(ns, batch)
+                for r, d, v in zip(batch, docs, vecs, strict=True):
+                    if d is None:
+                        space.remove(r.id)
+                    else:
+                        space.put(r, d, v, self.tokenizer)
+
+    def _bad(self, eid: uuid.UUID, what: str) -> None:
+        self.telemetry.integrity_failure()
+        log.warning("memory index left out entry %s: its %s failed its integrity check", eid, what)
+
+    def _open_docs(self, ns: str, rows: Sequence[IndexRow]) -> list[EntryDoc | None]:
+        out: list[EntryDoc | None] = [None] * len(rows)
+        items = [(i, (r.id, r.doc_sealed)) for i, r in enumerate(rows) if r.doc_sealed is not None]
+        for r in rows:
+            if r.doc_sealed is None:
+                self._bad(r.id, "document")  # a plaintext row in an encrypted knowledge base
+        try:
+            docs = self.open_docs(ns, [it for _, it in items])
+            for (i, _), d in zip(items, docs, strict=True):
+                out[i] = d
+            return out
+        except IntegrityError:
+            pass
+        for i, it in items:  # find the bad ones
+            try:
+                out[i] = self.open_docs(ns, [it])[0]
+            except IntegrityError:
+                self._bad(it[0], "document")
+        return out
+
+    def _open_vectors(self, ns: str, rows: Sequence[IndexRow]) -> list[NDArray[np.float32] | None]:
+        import numpy as np
+
+        out: list[NDArray[np.float32] | None] = [None] * len(rows)
+        pos = [
+            i
+            for i, r in enumerate(rows)
+            if r.embedding_sealed is not None and r.embed_model == self.model_id
+        ]
+        if not pos or self.model_id is None:
+            return out
+        blobs = [rows[i].embedding_sealed or b"" for i in pos]
+        aads = [embedding_aad(ns, rows[i].id) for i in pos]
+        plains: list[bytes | None]
+        try:
+            plains = list(self.keyring.open_many(blobs, aads))
+        except OpenFailedError:
+            plains = []
+            for b, a, i in zip(blobs, aads, pos, strict=True):
+                try:
+                    plains.append(self.keyring.open(b, a))
+                except IntegrityError:
+                    self._bad(rows[i].id, "embedding")
+                    plains.append(None)
+        for i, p in zip(pos, plains, strict=True):
+            if p is None:
+                continue
+            if len(p) != 4 * self.dim:
+                self._bad(rows[i].id, "embedding")
+                continue
+            out[i] = np.frombuffer(p, dtype="<f4").astype(np.float32)
+        return out
+
+    def _ready(self, namespace: str) -> _Space:
+        self.sync()
+        space = self._space(namespace)
+        total = self._total()
+        if total > self.max_entries:
+            raise self._capacity_error(total)
+        return space
+
+    # --- answers -----------------------------------------------------------
+
+    def candidates(
+        self,
+        namespace: str,
+        *,
+        stems: Sequence[str],
+        vector: NDArray[np.float32] | None,
+        entry_type: str | None,
+        tags: Sequence[str],
+        since: datetime | None,
+        depth: int,
+    ) -> tuple[Ranked, Ranked]:
+        """(keyword candidates by BM25, vector candidates by exact cosine), best
+        first, ``depth`` each, after the filters."""
+        with self._lock:
+            space = self._ready(namespace)
+            m = space.mask(entry_type, tags, since)
+            kw = space.keyword(stems, m, depth) if stems else []
+            sem = space.vector(vector, m, depth) if vector is not None else []
+            return kw, sem
+
+    def duplicate(self, namespace: str, normalized: str) -> uuid.UUID | None:
+        """A live entry of the namespace with this normalised content, if any."""
+        with self._lock:
+            space = self._ready(namespace)
+            holders = space.by_fp.get(content_fingerprint(normalized))
+            return min(holders) if holders else None
+
+    def tagged(
+        self,
+        namespace: str,
+        tag: str,
+        *,
+        entry_type: str | None = None,
+        include_archived: bool = True,
+    ) -> list[uuid.UUID]:
+        """Live entries of the namespace carrying ``tag``, newest first (then by id)."""
+        with self._lock:
+            space = self._ready(namespace)
+            out = []
+            for eid, slot in space.slot_of.items():
+                if tag not in space.tags[slot]:
+                    continue
+                if entry_type is not None and space.types[slot] != entry_type:
+                    continue
+                if not include_archived and space.archived[slot]:
+                    continue
+                out.append((space.created_ts[slot], eid))
+            out.sort(key=lambda te: (-te[0], te[1]))
+            return [eid for _, eid in out]
+
+    def tag_counts(self, namespace: str, top: int) -> list[tuple[str, int]]:
+        """The most used tags of a namespace (count, then name)."""
+        with self._lock:
+            space = self._ready(namespace)
+            counts: dict[str, int] = {}
+            for slot in space.slot_of.values():
+                for t in space.tags[slot]:
+                    counts[t] = counts.get(t, 0) + 1
+            return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+    def stats(self) -> MemoryStats:
+        with self._lock:
+            spaces = self._spaces.values()
+            return MemoryStats(
+                namespaces=len(self._spaces),
+                entries=sum(len(s) for s in spaces),
+                vectors=sum(int(s.has_vec.sum()) for s in spaces),
+                terms=sum(len(s.postings) for s in spaces),
+            )

@@ -1,0 +1,177 @@
+"""The change feed of kb_entries (migration 007) and the reads of the memory index.
+
+No crypto here: the memory search index (search/memory.py) reads sealed rows in
+batches and the changes other processes made, and opens them itself.
+
+A change row is written by a trigger in the same transaction as the row change.
+Its ``seq`` is drawn when the row changes, not when the transaction commits, so
+a reader that only asked for ``seq > last`` could miss a transaction that drew a
+lower seq and committed late. Instead a reader keeps a *horizon*: the oldest
+transaction id still running when it last read (``pg_snapshot_xmin``). Every
+change it has not seen yet was written by a transaction with an id at or above
+that horizon, so it asks for those (``xid >= horizon``, indexed) and skips the
+ones it already applied.
+"""
+
+from __future__ import annotations
+
+import uuid
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import TupleRow
+
+from sealedkb.store.db import Database
+from sealedkb.store.entries import _SELECT, EntryRow, _from_db
+
+__all__ = ["Change", "ChangeFeed", "IndexRow"]
+
+BATCH_ROWS = 1000  # rows per round trip while an index is built
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    seq: int
+    xid: int
+    entry_id: uuid.UUID
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    """What the memory index needs of a row: bookkeeping and the sealed values."""
+
+    id: uuid.UUID
+    namespace: str
+    entry_type: str
+    created_at: datetime
+    archived: bool
+    deleted: bool
+    doc_sealed: bytes | None
+    embedding_sealed: bytes | None
+    embed_model: str | None
+
+
+_INDEX_COLS = (
+    "id, namespace, entry_type, created_at, archived, deleted_at IS NOT NULL,"
+    " doc_sealed, embedding_sealed, embed_model"
+)
+
+
+def _index_row(r: Sequence[Any]) -> IndexRow:
+    doc = r[6]
+    emb = r[7]
+    return IndexRow(
+        id=r[0],
+        namespace=str(r[1]),
+        entry_type=str(r[2]),
+        created_at=r[3],
+        archived=bool(r[4]),
+        deleted=bool(r[5]),
+        doc_sealed=None if doc is None else bytes(doc),
+        embedding_sealed=None if emb is None else bytes(emb),
+        embed_model=None if r[8] is None else str(r[8]),
+    )
+
+
+class ChangeFeed:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def horizon(self) -> int:
+        """The oldest transaction id still running: every change not yet committed
+        now will carry an id at or above it."""
+        with self.db.transaction("change feed") as conn:
+            r = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
+        assert r is not None
+        return int(r[0])
+
+    def since(self, horizon: int) -> tuple[int, list[Change]]:
+        """(the new horizon, the changes written by transactions at or above
+        ``horizon``), oldest first. The new horizon is taken before the changes are
+        read, so a change committed in between is read again next time, never lost."""
+        with self.db.transaction("change feed") as conn:
+            r = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
+            assert r is not None
+            rows = conn.execute(
+                "SELECT seq, xid::text, entry_id, namespace FROM kb_changes"
+                " WHERE xid >= %s::xid8 ORDER BY seq",
+                (str(horizon),),
+            ).fetchall()
+        return int(r[0]), [Change(int(s), int(x), e, n) for s, x, e, n in rows]
+
+    def count_live(self, namespace: str) -> int:
+        with self.db.transaction("memory index") as conn:
+            r = conn.execute(
+                "SELECT count(*) FROM kb_entries WHERE namespace = %s AND deleted_at IS NULL",
+                (namespace,),
+            ).fetchone()
+        assert r is not None
+        return int(r[0])
+
+    def live_rows(self, namespace: str, batch: int = BATCH_ROWS) -> Iterator[list[IndexRow]]:
+        """The live rows of a namespace in batches (keyset pagination by id)."""
+        after: uuid.UUID | None = None
+        while True:
+            with self.db.transaction("memory index") as conn:
+                rows = conn.execute(
+                    f"SELECT {_INDEX_COLS} FROM kb_entries WHERE namespace = %s"
+                    " AND deleted_at IS NULL AND (%s::uuid IS NULL OR id > %s::uuid)"
+                    " ORDER BY id LIMIT %s",
+                    (namespace, after, after, batch),
+                    binary=True,
+                ).fetchall()
+            if not rows:
+                return
+            out = [_index_row(r) for r in rows]
+            after = out[-1].id
+            yield out
+            if len(rows) < batch:
+                return
+
+    def rows(self, ids: Sequence[uuid.UUID]) -> list[IndexRow]:
+        """The current state of these rows (deleted ones included, flagged)."""
+        if not ids:
+            return []
+        with self.db.transaction("memory index") as conn:
+            rows = conn.execute(
+                f"SELECT {_INDEX_COLS} FROM kb_entries WHERE id = ANY(%s)",
+                (list(ids),),
+                binary=True,
+            ).fetchall()
+        return [_index_row(r) for r in rows]
+
+    def entries(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, EntryRow]:
+        """Full live rows by id (a page of a tag-filtered list)."""
+        if not ids:
+            return {}
+        with self.db.transaction("list") as conn:
+            rows = conn.execute(
+                f"SELECT {_SELECT} FROM kb_entries WHERE id = ANY(%s) AND deleted_at IS NULL",
+                (list(ids),),
+                binary=True,
+            ).fetchall()
+        out = [_from_db(r) for r in rows]
+        return {r.id: r for r in out}
+
+    def has_memory_indexed_rows(self) -> bool:
+        """Whether any sealed row lacks every search column (a memory-mode row);
+        answered from the partial index of migration 007."""
+        with self.db.transaction("open") as conn:
+            r = conn.execute(
+                "SELECT 1 FROM kb_entries WHERE doc_sealed IS NOT NULL AND kw_tokens IS NULL"
+                " AND embedding_enc IS NULL LIMIT 1"
+            ).fetchone()
+        return r is not None
+
+
+def lock_namespace(conn: Connection[TupleRow], namespace: str) -> None:
+    """Serialise adds to one namespace for the caller's transaction: dedup is
+    answered by the memory index, so two processes must not both find no
+    duplicate and both insert."""
+    key = zlib.crc32(b"sealedkb/dedup|" + namespace.encode()) - (1 << 31)
+    conn.execute("SELECT pg_advisory_xact_lock(7, %s)", (key,))
