@@ -10,6 +10,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -171,3 +172,39 @@ def test_vault_token_without_decrypt_writes_nothing(cli: Cli, openbao: OpenBao) 
     assert "never half-written" not in result.output
     listed = json.loads(_ok(cli("list", "--json", env=env)).output)
     assert listed == []  # nothing was written
+
+
+def test_key_commands_on_remote_keys(
+    cli: Cli, service: tuple[str, dict[str, str], dict[str, Any]], tmp_path: Path
+) -> None:
+    """key rotate re-wraps the data keys in the key service; AWS key policies are
+    AWS documents; Vault refuses the state changes it does not have (exit 2, how to
+    do it in Vault) and the knowledge base keeps working."""
+    uri, env, _ = service
+    env = {**env, "SEALEDKB_EMBEDDER": "hash"}
+    _ok(cli("init", "--kms-key-id", uri, env=env))
+    entry = json.loads(_ok(cli("add", "rotate me", "--json", env=env)).output)
+    rotated = json.loads(_ok(cli("key", "rotate", "--json", env=env)).output)
+    assert rotated["versions"] == 2 and rotated["data_keys_rewrapped"] >= 2
+    status = json.loads(_ok(cli("status", "--json", env=env)).output)
+    assert status["key_rotation"]["versions"] == 2
+    if uri.startswith("aws-kms:"):
+        doc = json.loads(_ok(cli("key", "get-policy", "--json", env=env)).output)
+        assert doc["Version"] == "2012-10-17"
+        doc["Statement"][0]["Sid"] = "EditedBySealedkbTest"
+        path = tmp_path / "policy.json"
+        path.write_text(json.dumps(doc))
+        _ok(cli("key", "put-policy", str(path), env=env))
+        again = json.loads(_ok(cli("key", "get-policy", "--json", env=env)).output)
+        assert again["Statement"][0]["Sid"] == "EditedBySealedkbTest"
+        path.write_text("[1, 2]")
+        _ok(cli("key", "put-policy", str(path), env=env), 2)
+    else:
+        for args in (
+            ("key", "disable"),
+            ("key", "schedule-deletion", "--pending-window-days", "7"),
+        ):
+            result = _ok(cli(*args, env=env), 2)
+            assert "Vault" in result.output
+    got = json.loads(_ok(cli("get", entry["id"], "--json", env=env)).output)
+    assert got["content"] == "rotate me"
