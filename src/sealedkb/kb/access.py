@@ -32,6 +32,8 @@ class Action(StrEnum):
     UPDATE = "update"
     DELETE = "delete"
     IMPORT = "import"
+    VERIFY = "verify"  # set or clear an entry's verified flag
+    METRICS = "metrics"  # read the Prometheus metrics (/metrics)
 
 
 _READ = frozenset({Action.GET, Action.LIST, Action.SEARCH, Action.STATS, Action.HEALTH})
@@ -39,7 +41,7 @@ _WRITE = _READ | {Action.ADD, Action.UPDATE, Action.DELETE, Action.IMPORT}
 ROLE_ACTIONS: dict[Role, frozenset[Action]] = {
     Role.READER: _READ,
     Role.WRITER: _WRITE,
-    Role.ADMIN: _WRITE,
+    Role.ADMIN: _WRITE | {Action.VERIFY, Action.METRICS},
 }
 
 
