@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner, Result
 
 import sealedkb
@@ -41,6 +42,16 @@ def make_cli(home: Path, url: str | None, env: Mapping[str, str] | None = None) 
         # --home every time: the CLI keeps it in module state between invocations
         return runner.invoke(app, ["--home", str(home), *args], input=input, env=environ)
 
+    return cli
+
+
+@pytest.fixture(name="cli")
+def initialised_cli(cli: Cli) -> Cli:
+    """The shared ``cli`` (tests/conftest.py) after ``sealedkb init``. A test module whose
+    tests want an initialised knowledge base imports it (``from tests.cli_helpers
+    import initialised_cli``): a fixture imported into a module overrides conftest's."""
+    result = cli("init")
+    assert result.exit_code == 0, result.output
     return cli
 
 

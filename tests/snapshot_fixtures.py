@@ -8,18 +8,9 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
-from tests.cli_helpers import Cli
-from tests.integration.test_tamper_cli import expect
 
 from sealedkb.config import Settings
 from sealedkb.store.embedded import EmbeddedPostgres
-
-
-@pytest.fixture
-def cli(cli: Cli) -> Cli:
-    """The shared ``cli`` (tests/conftest.py) on an initialised knowledge base."""
-    expect(cli("init"), 0)
-    return cli
 
 
 @pytest.fixture

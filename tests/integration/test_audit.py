@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from tests.cli_helpers import Cli
+from tests.cli_helpers import initialised_cli as initialised_cli  # the module's cli ran init
 from tests.integration.test_tamper_cli import add, expect, sql
 
 from sealedkb.audit.chain import HEAD_RECORD_NAME, event_body
@@ -23,13 +24,6 @@ from sealedkb.store.db import Database
 
 SECRET = "s3cr3t-body-text"
 CHECKPOINTS = "checkpoint-" + "[0-9]" * 20 + ".json"  # not the checkpoint record
-
-
-@pytest.fixture
-def cli(cli: Cli) -> Cli:
-    """The shared ``cli`` (tests/conftest.py) on an initialised knowledge base."""
-    expect(cli("init"), 0)
-    return cli
 
 
 def head(url: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from tests.cli_helpers import Cli, make_cli
+from tests.cli_helpers import initialised_cli as initialised_cli  # the module's cli ran init
 from tests.integration.test_tamper_cli import add, expect, sql
 
 from sealedkb.config import Settings
@@ -23,13 +24,6 @@ from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.keys.local import LocalKeyProvider
 
 SECRET = "s3cr3t-body-text"
-
-
-@pytest.fixture
-def cli(cli: Cli) -> Cli:
-    """The shared ``cli`` (tests/conftest.py) on an initialised knowledge base."""
-    expect(cli("init"), 0)
-    return cli
 
 
 def describe(cli: Cli, *args: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.cli_helpers import Cli
+from tests.cli_helpers import initialised_cli as initialised_cli  # the module's cli ran init
 from tests.integration.test_tamper_cli import expect, sql
 from tests.snapshot_helpers import (
     SECRET,

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from tests.cli_helpers import Cli, make_cli
+from tests.cli_helpers import initialised_cli as initialised_cli  # the module's cli ran init
 from tests.integration.test_tamper_cli import expect
 from tests.snapshot_helpers import (
     SMALL_CHUNKS,
