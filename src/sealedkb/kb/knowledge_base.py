@@ -376,8 +376,10 @@ class KnowledgeBase:
                     created = True
                 kms_key_uri = meta.get("kms_key_uri")
                 if kms_key_uri is None and settings.kms_key_uri is not None:
-                    provider.describe_key(settings.kms_key_uri)  # it exists and we may use it
-                    kms_key_uri = meta.set_default("kms_key_uri", settings.kms_key_uri)
+                    # It exists and we may use it; kb_meta keeps the key's canonical URI
+                    # (an AWS alias given at init is stored as the key's ARN).
+                    chosen = provider.describe_key(settings.kms_key_uri).key_id
+                    kms_key_uri = meta.set_default("kms_key_uri", chosen)
                     created = True
                 elif kms_key_uri is None:
                     new_key = provider.create_key("sealedkb knowledge base key")
