@@ -125,12 +125,6 @@ class Settings(BaseSettings):
         pattern=r"^(off|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)$",
     )
     snapshot_retention_days: int = Field(default=7, ge=1, le=35)
-
-    @field_validator("snapshot_window")
-    @classmethod
-    def _window_has_length(cls, value: str) -> str:
-        if value != "off" and value[:5] == value[6:]:
-            raise ValueError("the snapshot window must not start and end at the same minute")
     # External key providers (keys/aws_kms.py, keys/vault.py; README "Key providers").
     # AWS KMS: credentials come from boto3's standard chain; the region from a key ARN,
     # else this setting or AWS_REGION; an HMAC_256 KMS key signs audit checkpoints and
@@ -148,6 +142,12 @@ class Settings(BaseSettings):
         default="transit", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
     )
     vault_mac_key: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+    @field_validator("snapshot_window")
+    @classmethod
+    def _window_has_length(cls, value: str) -> str:
+        if value != "off" and value[:5] == value[6:]:
+            raise ValueError("the snapshot window must not start and end at the same minute")
         return value
 
     @classmethod
