@@ -208,3 +208,24 @@ def test_key_commands_on_remote_keys(
             assert "Vault" in result.output
     got = json.loads(_ok(cli("get", entry["id"], "--json", env=env)).output)
     assert got["content"] == "rotate me"
+
+
+def test_audit_events_carry_the_key_service_request_id(
+    make_settings: Callable[..., Settings], service: tuple[str, dict[str, str], dict[str, Any]]
+) -> None:
+    uri, _, extra = service
+    settings = make_settings(kms_key_uri=uri, **extra)
+    kb, _ = KnowledgeBase.init(settings, EncryptionMode.ON)
+    try:
+        kb.add("who asked the key service", namespace="fresh")  # a new data key
+    finally:
+        kb.close()
+    again = KnowledgeBase.open(settings)  # a new process: its cache is empty
+    try:
+        assert again.search("key service", namespace="fresh", limit=3).hits
+        events = again.audit.events(limit=1000)
+    finally:
+        again.close()
+    for action in ("GenerateDataKey", "Decrypt"):
+        ids = [e["details"].get("kms_request_id") for e in events if e["action"] == action]
+        assert ids and all(ids), (action, ids)

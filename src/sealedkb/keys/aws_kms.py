@@ -62,6 +62,7 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
+from sealedkb.keys import request_ids
 from sealedkb.keys.policy import (
     DEFAULT_ADMIN,
     DEFAULT_SERVICE,
@@ -265,8 +266,10 @@ class AwsKmsProvider:
     def _note(self, response: Mapping[str, Any] | None) -> str | None:
         meta = (response or {}).get("ResponseMetadata") or {}
         rid = meta.get("RequestId") if isinstance(meta, Mapping) else None
+        rid = rid if isinstance(rid, str) and rid else None
         self._local.request_id = rid
-        return rid if isinstance(rid, str) else None
+        request_ids.note(rid)  # for the audit event of this call
+        return rid
 
     def _client(self, key_uri: str | None) -> KMSClient:
         return self._clients.get(region_of(key_uri) if key_uri else None)

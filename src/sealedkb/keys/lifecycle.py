@@ -42,6 +42,7 @@ from sealedkb.errors import (
     ValidationError,
 )
 from sealedkb.formats.aad import embedding_aad, entry_doc_aad
+from sealedkb.keys import request_ids
 from sealedkb.keys.local import URI_PREFIX
 from sealedkb.keys.policy import SYSTEM_PRINCIPAL, parse_policy_text
 from sealedkb.keys.provider import (
@@ -79,6 +80,17 @@ def _ctx_details(context: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+def _request_id_detail() -> dict[str, Any]:
+    rid = request_ids.last()
+    return {} if rid is None else {"kms_request_id": rid}
+
+
+def _with_request_id(kw: dict[str, Any]) -> dict[str, Any]:
+    """The event's arguments with the key service's request id of the call just
+    made (keys/request_ids.py), when it gave one."""
+    return {**kw, "details": {**kw.get("details", {}), **_request_id_detail()}}
+
+
 class AuditedKeyUse(KeyProvider):
     """The key provider as the key ring sees it: every wrap and unwrap is recorded.
 
@@ -108,24 +120,30 @@ class AuditedKeyUse(KeyProvider):
             "namespace": _ctx_namespace(context),
             "details": _ctx_details(context),
         }
+        request_ids.clear()
         try:
             material = self.inner.decrypt(key_uri, blob, context)
         except SealedKBError as exc:
-            self.audit.record_error("Decrypt", exc, **kw)
+            self.audit.record_error("Decrypt", exc, **_with_request_id(kw))
             raise
-        self.audit.record("Decrypt", **kw)
+        self.audit.record("Decrypt", **_with_request_id(kw))
         return material
 
     def generate_data_key(self, key_uri: str, context: Mapping[str, str]) -> tuple[bytes, bytes]:
+        request_ids.clear()
         try:
             return self.inner.generate_data_key(key_uri, context)
         except SealedKBError as exc:
             self.audit.record_error(
                 "GenerateDataKey",
                 exc,
-                key_uri=key_uri,
-                namespace=_ctx_namespace(context),
-                details=_ctx_details(context),
+                **_with_request_id(
+                    {
+                        "key_uri": key_uri,
+                        "namespace": _ctx_namespace(context),
+                        "details": _ctx_details(context),
+                    }
+                ),
             )
             raise
 
@@ -136,12 +154,13 @@ class AuditedKeyUse(KeyProvider):
             "namespace": _ctx_namespace(context),
             "details": _ctx_details(context),
         }
+        request_ids.clear()
         try:
             blob = self.inner.encrypt(key_uri, plaintext, context)
         except SealedKBError as exc:
-            self.audit.record_error("Encrypt", exc, **kw)
+            self.audit.record_error("Encrypt", exc, **_with_request_id(kw))
             raise
-        self.audit.record("Encrypt", **kw)
+        self.audit.record("Encrypt", **_with_request_id(kw))
         return blob
 
     def re_encrypt(self, key_uri: str, blob: bytes, context: Mapping[str, str]) -> bytes:
@@ -237,6 +256,8 @@ class AuditedDataKeys:
                     "data_key_id": str(key.id),
                     # a concurrent writer may have created this namespace's key first
                     "stored": winner.id == key.id,
+                    # the key service's id of the GenerateDataKey call just made
+                    **_request_id_detail(),
                 },
             )
         return winner
@@ -718,8 +739,6 @@ def _context(key: WrappedDataKey) -> dict[str, str]:
     return encryption_context(key.namespace, key.purpose, key.id)
 
 
-def _check_batch(batch_size: int) -> None:
-    if not 1 <= batch_size <= MAX_BATCH:
 def _policy_document(text: str) -> dict[str, Any]:
     """A key service's own policy document: a JSON object of at most 32 KB."""
     if len(text.encode("utf-8", "surrogatepass")) > 32 * 1024:
@@ -733,6 +752,8 @@ def _policy_document(text: str) -> dict[str, Any]:
     return doc
 
 
+def _check_batch(batch_size: int) -> None:
+    if not 1 <= batch_size <= MAX_BATCH:
         raise ValidationError(f"batch size must be between 1 and {MAX_BATCH}", field="batch_size")
 
 

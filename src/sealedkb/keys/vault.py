@@ -60,6 +60,7 @@ from sealedkb.errors import (
     NotFoundError,
     ValidationError,
 )
+from sealedkb.keys import request_ids
 from sealedkb.keys.policy import (
     DEFAULT_ADMIN,
     DEFAULT_SERVICE,
@@ -233,6 +234,7 @@ class VaultTransitProvider:
 
         client = self._conn.client()
         target = key_uri or f"Vault mount {self._mount}"
+        request_ids.clear()
         try:
             resp = client.adapter.request(method, f"/v1/{path}", json=dict(body or {}))
         except vault_errors.Forbidden:
@@ -276,7 +278,9 @@ class VaultTransitProvider:
                 f"{what} not done"
             ) from None
         if isinstance(resp, dict):
+            request_ids.note(resp.get("request_id"))  # for the audit event of this call
             return resp
+        request_ids.clear()
         return {}  # 204 No Content
 
     def _data(self, resp: Mapping[str, Any], *fields: str) -> dict[str, Any]:
