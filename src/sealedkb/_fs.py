@@ -2,9 +2,9 @@
 
 One copy each of:
 
-- :func:`write_private` - an atomic 0600 write: a temporary file next to the target,
-  fsynced, renamed over it, then the folder fsynced (a crash leaves the old file or
-  the new one, never half of either);
+- :func:`write_atomic` / :func:`write_private` - an atomic write (0600 for the
+  private one): a temporary file next to the target, fsynced, renamed over it, then
+  the folder fsynced (a crash leaves the old file or the new one, never half of either);
 - :func:`fsync_dir` - make a rename or unlink in a folder durable;
 - :func:`file_lock` / :func:`try_file_lock` - an exclusive ``flock`` on a lock file
   (blocking, non-blocking or with a deadline), released when the block ends;
@@ -18,11 +18,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LockBusy", "file_lock", "fsync_dir", "pid_alive", "try_file_lock", "write_private"]
+__all__ = [
+    "LockBusy",
+    "file_lock",
+    "fsync_dir",
+    "pid_alive",
+    "try_file_lock",
+    "write_atomic",
+    "write_private",
+]
 
 
 class LockBusy(Exception):
@@ -38,11 +47,24 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Atomically write ``data`` to ``path`` as a 0600 file (tmp + fsync + rename)."""
+def write_atomic(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Atomically replace ``path`` with ``data`` (tmp + fsync + rename + folder fsync).
+
+    ``mode``: the file's permission bits; None keeps those of the file being replaced
+    (a new file gets 0666 less the umask, as ``open`` would give it).
+    """
+    if mode is None:
+        try:
+            keep: int | None = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            keep = None
+    else:
+        keep = mode
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 if keep is None else keep)
     try:
+        if keep is not None:
+            os.fchmod(fd, keep)  # a leftover temporary file keeps its old mode otherwise
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -55,6 +77,11 @@ def write_private(path: Path, data: bytes) -> None:
     os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Atomically write ``data`` to ``path`` as a 0600 file (tmp + fsync + rename)."""
+    write_atomic(path, data, mode=0o600)
 
 
 def _open_lock(path: Path) -> int:

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from sealedkb._fs import LockBusy, file_lock, fsync_dir, pid_alive, try_file_lock, write_private
+from sealedkb._fs import (
+    LockBusy,
+    file_lock,
+    fsync_dir,
+    pid_alive,
+    try_file_lock,
+    write_atomic,
+    write_private,
+)
 
 
 def _mode(path: Path) -> int:
@@ -168,3 +176,31 @@ def test_pid_alive() -> None:
     assert not pid_alive(0)
     assert not pid_alive(-1)
     assert pid_alive(1)  # init: another user's process still counts (EPERM)
+
+
+def test_write_atomic_keeps_the_mode_of_the_file_it_replaces(tmp_path: Path) -> None:
+    target = tmp_path / "client.json"
+    target.write_bytes(b"{}")
+    target.chmod(0o640)
+    write_atomic(target, b'{"a": 1}')
+    assert target.read_bytes() == b'{"a": 1}'
+    assert _mode(target) == 0o640
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client.json"]
+
+
+def test_write_atomic_new_file_follows_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "new.toml", b"x = 1\n")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "new.toml") == 0o640
+
+
+def test_write_private_tightens_a_leftover_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "secret"
+    leftover = tmp_path / f".secret.{os.getpid()}.tmp"
+    leftover.write_bytes(b"stale")
+    leftover.chmod(0o644)
+    write_private(target, b"fresh")
+    assert _mode(target) == 0o600 and target.read_bytes() == b"fresh"

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from sealedkb._fs import write_atomic
 from sealedkb.adapters.cli._common import command, err, settings
 from sealedkb.errors import ValidationError
 
@@ -248,9 +249,7 @@ def write_config(client: Client, path: Path, doc: dict[str, Any]) -> Path | None
             raise ValidationError(f"{path} does not hold a JSON object", field="path")
         text = json.dumps(merge_json(existing, doc), indent=2, ensure_ascii=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"))  # keeps the file's mode
     return backup
 
 
