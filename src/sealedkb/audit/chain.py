@@ -48,7 +48,7 @@ from typing import Any, Protocol
 from psycopg import Connection
 from psycopg.rows import TupleRow
 
-from sealedkb._fs import file_lock, write_private
+from sealedkb._fs import file_lock, fsync_dir, write_private
 from sealedkb.crypto.digest import GENESIS, canonical_json, chain_hash, mac_equal
 from sealedkb.errors import AccessDeniedError, SealedKBError, ValidationError
 from sealedkb.store.audit import AuditRow, AuditTable
@@ -369,6 +369,26 @@ class AuditLog:
         except (SealedKBError, OSError) as exc:
             msg = exc.message if isinstance(exc, SealedKBError) else type(exc).__name__
             log.warning("audit checkpoint not written: %s", msg)
+
+    def archive_checkpoints(self, folder: Path) -> int:
+        """Move every checkpoint file and the checkpoint record into ``folder`` (a
+        custody change: they are signed by a MAC key this knowledge base no longer
+        uses; kept for the record, no longer verified). Returns how many moved."""
+        if not self.checkpoint_dir.exists():
+            return 0
+        with file_lock(self.checkpoint_dir / _HEAD_LOCK_NAME):
+            names = [
+                p
+                for p in self.checkpoint_dir.iterdir()
+                if _CHECKPOINT_RE.match(p.name) or p.name == HEAD_RECORD_NAME
+            ]
+            if not names:
+                return 0
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for path in names:
+                path.replace(folder / path.name)
+            fsync_dir(self.checkpoint_dir)
+        return len(names)
 
     def _prune(self) -> None:
         """Keep the newest checkpoints: the newest one covers the whole chain before

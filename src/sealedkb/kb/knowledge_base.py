@@ -46,6 +46,7 @@ from sealedkb.kb.tokens import TokenService
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
 from sealedkb.keys.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper, KeyLifecycle
+from sealedkb.keys.migrate import KeyCustody, SchemeRouter
 from sealedkb.keys.provider import KeyProvider, keystore_of
 from sealedkb.migrate.guard import GUARD, MARKER, check_open_allowed, guard_allows_keystore
 from sealedkb.model import (
@@ -274,8 +275,14 @@ class KnowledgeBase:
         self.keys: KeyLifecycle | None = None
         if mode is EncryptionMode.ON:
             assert provider is not None and kms_key_uri is not None
+            # Data keys may sit under another provider's key while custody changes
+            # (keys/migrate.py): the ring unwraps each with the provider of its key.
+            routed = SchemeRouter(
+                provider,
+                lambda uri: key_provider(settings, key_uri=uri, principal=self.principal, now=now),
+            )
             self.keyring = KeyRing(
-                AuditedKeyUse(InstrumentedKeyProvider(provider, self.telemetry), self.audit),
+                AuditedKeyUse(InstrumentedKeyProvider(routed, self.telemetry), self.audit),
                 AuditedDataKeys(self.datakeys, self.audit),
                 kms_key_uri,
                 max_age=settings.data_key_max_age,
@@ -469,6 +476,41 @@ class KnowledgeBase:
         except BaseException:
             db.close()
             raise
+
+    def custody(self) -> KeyCustody:
+        """Changing custody (``sealedkb key migrate``, keys/migrate.py): every data key
+        of this knowledge base re-wrapped under another KMS key, then the switch."""
+        if self.mode is not EncryptionMode.ON or self.provider is None or not self.kms_key_uri:
+            raise ValidationError(
+                "encryption is off in this knowledge base: there are no keys to move",
+                field="encryption",
+            )
+        settings, principal = self.settings, self.principal
+
+        def provider_of(uri: str) -> KeyProvider:
+            return key_provider(settings, key_uri=uri, principal=principal)
+
+        return KeyCustody(
+            self.db,
+            self.audit,
+            self.kms_key_uri,
+            provider_of,
+            checkpoint_dir=settings.audit_dir,
+            resign=self._resign_for_custody,
+        )
+
+    def _resign_for_custody(
+        self, old: KeyProvider, new: KeyProvider, new_uri: str
+    ) -> dict[str, str]:
+        """The kb_meta values signed under the provider, checked under the old one and
+        signed again under the new one (the custody switch writes them)."""
+        assert self.kms_key_uri is not None
+        values = self.meta.all()
+        if values.get(SEARCH_INDEX_KEY) is None:
+            return {}
+        value = verified_search_index(values, self.mode, old, self.kms_key_uri, ChangeFeed(self.db))
+        mac = new.generate_mac(_search_index_message(new_uri, value))
+        return {SEARCH_INDEX_MAC_KEY: mac.hex()}
 
     def close(self) -> None:
         """Close the pool; first sign a checkpoint if this process appended events

@@ -294,6 +294,8 @@ class KeyLifecycle:
         if key is None or key == "":
             return self.kms_key_uri
         text = key.strip()
+        if ":" in text and not text.startswith(URI_PREFIX):
+            return text  # another provider's key URI: that provider checks it
         uri = text if text.startswith(URI_PREFIX) else URI_PREFIX + text
         try:
             return URI_PREFIX + str(uuid.UUID(uri[len(URI_PREFIX) :]))

@@ -142,6 +142,47 @@ def key_rotate(
     )
 
 
+@command(key_app, "migrate")
+def key_migrate(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The new custodian: a key URI (local:key/<uuid>, pkcs11:token=..;object=.., "
+            "kmip:<uid>, ...) or a provider name (local, pkcs11, kmip, ...) for a new key.",
+        ),
+    ],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Count what would move; change nothing.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Change custody: re-wrap every data key under another KMS key (any provider),
+    online and resumable (run it again after an interruption), then switch the
+    knowledge base to it. The old provider is no longer needed afterwards."""
+    with open_kb() as kb:
+        report = kb.custody().run(to, dry_run=dry_run).to_dict()
+    if json_out:
+        print_json(report)
+        return
+    if report["dry_run"]:
+        out.print(
+            f"would re-wrap {report['to_rewrap']} of {report['data_keys']} data keys from "
+            f"{report['from_key']} to {report['to_key']}",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"re-wrapped {report['rewrapped']} data keys to {report['to_key']}"
+            + ("; switched" if report["switched"] else ""),
+            markup=False,
+            highlight=False,
+        )
+    for w in report["warnings"]:
+        warn(w)
+
+
 @command(rotation_app, "enable")
 def rotation_enable(
     key: KeyArg = None,
