@@ -180,6 +180,10 @@ class KmipServer:
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        # The server waits for open client sessions before it exits: close ours.
+        from sealedkb.keys.kmip import close_connections
+
+        close_connections()
         self.proc.send_signal(signal.SIGINT)
         try:
             self.proc.wait(timeout=15)

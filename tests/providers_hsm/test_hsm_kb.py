@@ -129,7 +129,9 @@ def test_pkcs11_key_made_by_the_hsm_officer_is_adopted_once(
             template={a.EXTRACTABLE: False, a.SENSITIVE: True, a.PRIVATE: True},
         )
     key_uri = f"pkcs11:token={softhsm.token};object={label}"
-    kb, _ = KnowledgeBase.init(make_settings(kms_key_uri=key_uri, **softhsm.settings()))
+    kb, _ = KnowledgeBase.init(
+        make_settings(kms_key_uri=key_uri, embedder="none", **softhsm.settings())
+    )
     try:
         entry = kb.add("sealed under the officer's key", title="adopted")
         assert kb.get(entry.id).title == "adopted"
@@ -148,7 +150,7 @@ def test_kmip_outage_is_key_unavailable_and_recovers(
 ) -> None:
     extra = kmip_server.settings()
     key_uri = _provider(make_settings(**extra), "kmip").create_key("outage").key_id
-    settings = make_settings(kms_key_uri=key_uri, data_key_max_age=1.0, **extra)
+    settings = make_settings(kms_key_uri=key_uri, data_key_max_age=1.0, embedder="none", **extra)
     kb, _ = KnowledgeBase.init(settings, EncryptionMode.ON)
     try:
         entry = kb.add("the key server went away", title="outage")

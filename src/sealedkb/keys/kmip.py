@@ -387,6 +387,14 @@ _services: dict[tuple[str, int, str, str, str], KmipService] = {}
 _services_lock = threading.Lock()
 
 
+def close_connections() -> None:
+    """Close every KMIP connection of this process (the next call reconnects)."""
+    with _services_lock:
+        services = list(_services.values())
+    for service in services:
+        service.close()
+
+
 def kmip_provider(
     settings: Settings,
     *,
