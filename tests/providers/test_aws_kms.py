@@ -380,3 +380,13 @@ def test_principal_roles_apply_before_any_call(stubbed: tuple[AwsKmsProvider, An
         provider.for_principal("mallory").decrypt(URI, _wrapped(), CTX)
     with pytest.raises(AccessDeniedError):
         provider.for_principal("sealedkb-service").disable_key(URI)
+
+
+def test_aws_keeps_the_schedule_itself(stubbed: tuple[AwsKmsProvider, Any]) -> None:
+    """Opening a knowledge base lists no keys: AWS rotates and deletes on its own
+    (no response is queued, so any call would fail this test)."""
+    from sealedkb.keys.provider import schedules_itself
+
+    provider, _stubber = stubbed
+    assert schedules_itself(provider)
+    assert provider.rotate_key_if_due(URI) is None and provider.destroy_key_if_due(URI) is None

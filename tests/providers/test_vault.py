@@ -182,3 +182,9 @@ def test_a_key_that_is_not_derived_is_refused(
     openbao.client().adapter.post("/v1/transit/keys/plain-key", json={"type": "aes256-gcm96"})
     with pytest.raises(ConfigError, match="derived=true"):
         vault.describe_key("vault:transit/transit/plain-key")
+
+
+def test_vault_keeps_the_schedule_itself(vault: VaultTransitProvider) -> None:
+    from sealedkb.keys.provider import schedules_itself
+
+    assert schedules_itself(vault)

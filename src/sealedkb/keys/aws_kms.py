@@ -178,21 +178,26 @@ class KmsClientSource(Protocol):
     def get(self, region: str | None) -> KMSClient: ...
 
 
+# boto3 clients are thread-safe and slow to build (they load the service model):
+# one per (region, endpoint) for the whole process.
+_client_lock = threading.Lock()
+_client_cache: dict[tuple[str | None, str | None], KMSClient] = {}
+
+
 class _Clients:
-    """boto3 KMS clients by region, shared by every principal's provider."""
+    """boto3 KMS clients by region, shared by every provider of the process."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._lock = threading.Lock()
-        self._by_region: dict[str | None, KMSClient] = {}
 
     def get(self, region: str | None) -> KMSClient:
         region = region or self._settings.aws_region
-        with self._lock:
-            client = self._by_region.get(region)
+        key = (region, self._settings.aws_endpoint_url or None)
+        with _client_lock:
+            client = _client_cache.get(key)
             if client is None:
                 client = self._make(region)
-                self._by_region[region] = client
+                _client_cache[key] = client
             return client
 
     def _make(self, region: str | None) -> KMSClient:
@@ -228,6 +233,7 @@ class AwsKmsProvider:
     """KeyProvider on AWS KMS (module doc). Acts for one sealedkb principal."""
 
     scheme = SCHEME
+    schedules_itself = True  # keys/provider.py SelfScheduling
 
     def __init__(
         self,

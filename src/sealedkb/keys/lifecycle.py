@@ -51,6 +51,7 @@ from sealedkb.keys.provider import (
     KeyMetadata,
     KeyProvider,
     KeyState,
+    schedules_itself,
 )
 from sealedkb.model import KeyPurpose, WrappedDataKey, validate_namespace
 from sealedkb.store.datakeys import DataKeyTable
@@ -534,9 +535,12 @@ class KeyLifecycle:
         period has passed, then re-wrap their data keys. Done as the key service
         (no policy applies, principal ``sealedkb:system``). Cheap when nothing is
         due: one read of each key record. Errors are logged, never raised: this
-        runs at start-up of every command and must not stop one."""
-        system = self.provider.for_principal(SYSTEM_PRINCIPAL)
+        runs at start-up of every command and must not stop one. A key service
+        that keeps the schedule itself (AWS KMS, Vault) is not asked at all."""
         done: list[dict[str, Any]] = []
+        if schedules_itself(self.provider):
+            return done
+        system = self.provider.for_principal(SYSTEM_PRINCIPAL)
         try:
             keys = system.list_keys()
         except SealedKBError as exc:

@@ -185,6 +185,20 @@ class LocalKeystore(Protocol):
         ...
 
 
+@runtime_checkable
+class SelfScheduling(Protocol):
+    """A key service that runs the key schedule itself (AWS KMS rotates and deletes
+    keys on its own; Vault's ``auto_rotate_period``): its ``rotate_key_if_due`` and
+    ``destroy_key_if_due`` never have anything to do, so the knowledge base does not
+    list its keys at every start to look for due work."""
+
+    schedules_itself: bool
+
+
+def schedules_itself(provider: KeyProvider) -> bool:
+    return isinstance(provider, SelfScheduling) and provider.schedules_itself is True
+
+
 def keystore_of(provider: KeyProvider) -> LocalKeystore | None:
     """The provider's own keystore administration, or None for a remote key service."""
     return provider if isinstance(provider, LocalKeystore) else None

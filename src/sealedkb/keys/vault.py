@@ -190,6 +190,7 @@ class VaultTransitProvider:
     """KeyProvider on Vault / OpenBao Transit (module doc)."""
 
     scheme = SCHEME
+    schedules_itself = True  # keys/provider.py SelfScheduling
 
     def __init__(
         self,
