@@ -10,31 +10,10 @@ the vectors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
+from sealedkb.embed.base import Embedder
 from sealedkb.errors import ConfigError
 
-if TYPE_CHECKING:
-    import numpy as np
-    from numpy.typing import NDArray
-
-
-@runtime_checkable
-class Embedder(Protocol):
-    """Turns texts into unit-length float32 vectors of ``dim`` dimensions.
-
-    ``embed`` returns an array of shape (len(texts), dim), rows L2-normalised,
-    in input order; it raises :class:`sealedkb.errors.EmbeddingError` on failure.
-    """
-
-    @property
-    def model_id(self) -> str: ...
-
-    @property
-    def dim(self) -> int: ...
-
-    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
+__all__ = ["EMBEDDER_NAMES", "Embedder", "load_embedder"]
 
 
 EMBEDDER_NAMES = ("minilm", "hash", "none")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sealedkb.crypto.blind import TextHasher
-from sealedkb.embed import Embedder
+from sealedkb.embed.base import Embedder
 
 if TYPE_CHECKING:
     import numpy as np
