@@ -26,6 +26,7 @@ from sealedkb.errors import (
     ValidationError,
 )
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
+from sealedkb.keys.migrate import SchemeRouter
 from sealedkb.keys.provider import KeyProvider, KeyState, keystore_of, scheme_of
 from sealedkb.keys.registry import provider_for
 from sealedkb.monitoring.telemetry import Telemetry
@@ -75,6 +76,23 @@ def _local_instrumented(tmp_path: Path) -> Backend:
         inner.key_uri,
         inner.other_key_uri,
         lambda: InstrumentedKeyProvider(inner.reopen(), telemetry),
+    )
+
+
+def _local_routed(tmp_path: Path) -> Backend:
+    """The key ring's view while custody changes (keys/migrate.py): the same provider
+    behind a router by key URI scheme."""
+    inner = _local(tmp_path)
+    settings = Settings(home=tmp_path / "home", embedder="none")
+
+    def routed() -> KeyProvider:
+        return SchemeRouter(inner.reopen(), lambda uri: provider_for(settings, uri))
+
+    return Backend(
+        SchemeRouter(inner.provider, lambda uri: provider_for(settings, uri)),
+        inner.key_uri,
+        inner.other_key_uri,
+        routed,
     )
 
 
@@ -150,6 +168,7 @@ def _vault(tmp_path: Path) -> Backend:  # a real OpenBao server
 BACKENDS: dict[str, Callable[[Path], Backend]] = {
     "local": _local,
     "local-instrumented": _local_instrumented,
+    "local-routed": _local_routed,
     "pkcs11": _pkcs11,
     "pkcs11-kwp": _pkcs11_kwp,
     "kmip": _kmip,

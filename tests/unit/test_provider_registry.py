@@ -20,6 +20,7 @@ from sealedkb.keys import registry
 from sealedkb.keys.instrumented import InstrumentedKeyProvider
 from sealedkb.keys.lifecycle import AuditedKeyUse
 from sealedkb.keys.local import LocalKeyProvider
+from sealedkb.keys.migrate import SchemeRouter
 from sealedkb.keys.provider import KeyProvider, LocalKeystore, keystore_of
 from sealedkb.monitoring.telemetry import Telemetry
 
@@ -119,7 +120,7 @@ def _protocol_members() -> set[str]:
     return names | set(KeyProvider.__annotations__)
 
 
-@pytest.mark.parametrize("wrapper", [InstrumentedKeyProvider, AuditedKeyUse])
+@pytest.mark.parametrize("wrapper", [InstrumentedKeyProvider, AuditedKeyUse, SchemeRouter])
 def test_wrappers_implement_the_protocol_explicitly(wrapper: type[KeyProvider]) -> None:
     assert "__getattr__" not in vars(wrapper)
     assert KeyProvider in wrapper.__mro__  # declared, not just structurally similar

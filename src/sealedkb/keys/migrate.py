@@ -48,7 +48,15 @@ from sealedkb.errors import (
     SealedKBError,
     ValidationError,
 )
-from sealedkb.keys.provider import KeyMetadata, KeyProvider, KeyState, keystore_of, scheme_of
+from sealedkb.keys.provider import (
+    DEFAULT_PENDING_WINDOW_DAYS,
+    DEFAULT_ROTATION_DAYS,
+    KeyMetadata,
+    KeyProvider,
+    KeyState,
+    keystore_of,
+    scheme_of,
+)
 from sealedkb.model import WrappedDataKey
 from sealedkb.store.custody import CustodyTable
 from sealedkb.store.db import Database
@@ -144,7 +152,9 @@ class SchemeRouter(KeyProvider):
     def rotate_key(self, key_uri: str) -> KeyMetadata:
         return self._for(key_uri).rotate_key(key_uri)
 
-    def enable_key_rotation(self, key_uri: str, period_days: int = 365) -> KeyMetadata:
+    def enable_key_rotation(
+        self, key_uri: str, period_days: int = DEFAULT_ROTATION_DAYS
+    ) -> KeyMetadata:
         return self._for(key_uri).enable_key_rotation(key_uri, period_days)
 
     def disable_key_rotation(self, key_uri: str) -> KeyMetadata:
@@ -156,7 +166,9 @@ class SchemeRouter(KeyProvider):
     def enable_key(self, key_uri: str) -> KeyMetadata:
         return self._for(key_uri).enable_key(key_uri)
 
-    def schedule_key_deletion(self, key_uri: str, pending_window_days: int = 30) -> KeyMetadata:
+    def schedule_key_deletion(
+        self, key_uri: str, pending_window_days: int = DEFAULT_PENDING_WINDOW_DAYS
+    ) -> KeyMetadata:
         return self._for(key_uri).schedule_key_deletion(key_uri, pending_window_days)
 
     def cancel_key_deletion(self, key_uri: str) -> KeyMetadata:
