@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from sealedkb._fs import write_atomic
 from sealedkb.adapters.cli._common import command, err, settings
 from sealedkb.errors import ValidationError
 
@@ -249,6 +248,8 @@ def write_config(client: Client, path: Path, doc: dict[str, Any]) -> Path | None
             raise ValidationError(f"{path} does not hold a JSON object", field="path")
         text = json.dumps(merge_json(existing, doc), indent=2, ensure_ascii=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
+    from sealedkb._fs import write_atomic
+
     write_atomic(path, text.encode("utf-8"))  # keeps the file's mode
     return backup
 
