@@ -6,6 +6,12 @@ attacks on the wrapped blob."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -188,3 +194,118 @@ def test_vault_keeps_the_schedule_itself(vault: VaultTransitProvider) -> None:
     from sealedkb.keys.provider import schedules_itself
 
     assert schedules_itself(vault)
+
+
+def test_address_and_token_from_the_vault_environment(
+    openbao: OpenBao, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAULT_ADDR", openbao.url)
+    monkeypatch.setenv("VAULT_TOKEN", openbao.root_token)
+    settings = Settings(home=tmp_path / "home", embedder="none")
+    provider = provider_for(settings, "vault:transit/transit/any")
+    uri = provider.create_key("env").key_id
+    assert provider.describe_key(uri).versions == 1
+
+
+def test_a_replaced_token_file_is_read_again(openbao: OpenBao, tmp_path: Path) -> None:
+    """Vault Agent's auto-auth sink replaces the token file: the next call uses the
+    new token, without a restart."""
+    client = openbao.client()
+    first = client.auth.token.create(policies=["root"], ttl="10m")["auth"]["client_token"]
+    second = client.auth.token.create(policies=["root"], ttl="10m")["auth"]["client_token"]
+    token_file = tmp_path / "token"
+    token_file.write_text(first)
+    token_file.chmod(0o600)
+    settings = Settings(
+        home=tmp_path / "home",
+        embedder="none",
+        vault_addr=openbao.url,
+        vault_token_file=token_file,
+    )
+    provider = provider_for(settings, "vault:transit/transit/any")
+    uri = provider.create_key("agent").key_id
+    client.auth.token.revoke(first)
+    with pytest.raises(AccessDeniedError):
+        provider.describe_key(uri)
+    fresh = tmp_path / "token.new"
+    fresh.write_text(second)
+    fresh.chmod(0o600)
+    fresh.replace(token_file)
+    assert provider.describe_key(uri).versions == 1
+
+
+@pytest.fixture(scope="module")
+def tls_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A second OpenBao with a TLS listener and a CA of its own (``-dev-tls``)."""
+    from tests.providers.services import bao_binary, free_port
+
+    binary = bao_binary()
+    if binary is None:
+        pytest.skip("no bao binary")
+    folder = tmp_path_factory.mktemp("bao-tls")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(binary),
+            "server",
+            "-dev-tls",
+            f"-dev-tls-cert-dir={folder}",
+            "-dev-root-token-id=root",
+            f"-dev-listen-address=127.0.0.1:{port}",
+            "-dev-no-store-token",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "HOME": str(folder)},
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not (folder / "vault-ca.pem").exists() or not _listening(port):
+            assert process.poll() is None and time.monotonic() < deadline, "no TLS OpenBao"
+            time.sleep(0.05)
+        import hvac
+
+        ca = str(folder / "vault-ca.pem")
+        admin = hvac.Client(url=f"https://127.0.0.1:{port}", token="root", verify=ca)
+        while True:
+            with contextlib.suppress(Exception):
+                admin.sys.enable_secrets_engine("transit", path="transit")
+                break
+            assert time.monotonic() < deadline, "TLS OpenBao does not serve"
+            time.sleep(0.05)
+        yield f"https://127.0.0.1:{port}", folder / "vault-ca.pem"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
+
+
+def test_tls_server_is_verified(
+    tls_openbao: tuple[str, Path], openbao: OpenBao, tmp_path: Path
+) -> None:
+    """With the server's CA the provider works; a server whose certificate no trusted
+    CA signed (what a man in the middle presents) is refused before the token is sent."""
+    url, ca = tls_openbao
+    token_file = openbao.token_file(name="tls-token")
+
+    def provider(**extra: object) -> VaultTransitProvider:
+        settings = Settings(
+            home=tmp_path / "home",
+            embedder="none",
+            vault_addr=url,
+            vault_token_file=token_file,
+            **extra,
+        )
+        p = provider_for(settings, "vault:transit/transit/any")
+        assert isinstance(p, VaultTransitProvider)
+        return p
+
+    trusted = provider(vault_ca_file=ca)
+    assert trusted.describe_key(trusted.create_key("tls").key_id).versions == 1
+    with pytest.raises(KeyUnavailableError, match="unreachable"):
+        provider().list_keys()  # system CAs only: the certificate is not trusted

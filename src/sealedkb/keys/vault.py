@@ -28,9 +28,11 @@ token may do (a refusal names the path and capability); sealedkb's role split of
 its own principals (keys/policy.py's default policy) is applied before a call.
 
 Address: ``SEALEDKB_VAULT_ADDR`` or ``VAULT_ADDR``; token: the 0600 file
-``SEALEDKB_VAULT_TOKEN_FILE`` or ``VAULT_TOKEN``; ``SEALEDKB_VAULT_CA_FILE``
-verifies a TLS server. Every call has a timeout, so an outage fails fast as
-KEY_UNAVAILABLE and the next call after Vault returns works again.
+``SEALEDKB_VAULT_TOKEN_FILE`` or ``VAULT_TOKEN`` (a replaced token file, as Vault
+Agent's auto-auth sink writes it, is read again before the next call);
+``SEALEDKB_VAULT_CA_FILE`` verifies a TLS server. Every call has a timeout, so
+an outage fails fast as KEY_UNAVAILABLE and the next call after Vault returns
+works again.
 """
 
 from __future__ import annotations
@@ -159,9 +161,25 @@ class _Connection:
         self._settings = settings
         self._lock = threading.Lock()
         self._client: hvac.Client | None = None
+        self._token_stamp: tuple[int, int] | None = None
+
+    def _stamp(self) -> tuple[int, int] | None:
+        path = self._settings.vault_token_file
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_ino)
 
     def client(self) -> hvac.Client:
         with self._lock:
+            if self._client is not None and self._stamp() != self._token_stamp:
+                # The token file was replaced (Vault Agent's auto-auth sink renews it):
+                # use the new token from the next call on.
+                self._token_stamp = self._stamp()
+                self._client.token = _read_token(self._settings)
             if self._client is None:
                 try:
                     import hvac
@@ -177,6 +195,7 @@ class _Connection:
                         field="vault_addr",
                     )
                 ca = self._settings.vault_ca_file
+                self._token_stamp = self._stamp()
                 self._client = hvac.Client(
                     url=addr,
                     token=_read_token(self._settings),
