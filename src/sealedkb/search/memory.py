@@ -281,9 +281,9 @@ class _Space:
         m = m & self.has_vec
         if not m.any():
             return []
+        n = len(self.ids)  # one pass over the contiguous matrix; masked slots are dropped
         scores = np.full(len(self.doclen), -np.inf, dtype=np.float64)
-        idx = np.flatnonzero(m)
-        scores[idx] = self.vecs[idx] @ q
+        scores[:n] = self.vecs[:n] @ np.asarray(q, dtype=np.float32)
         return self._top(scores, m, depth)
 
 
@@ -484,11 +484,14 @@ class MemoryIndex:
             return kw, sem
 
     def duplicate(self, namespace: str, normalized: str) -> uuid.UUID | None:
-        """A live entry of the namespace with this normalised content, if any."""
+        """The oldest live entry of the namespace with this normalised content, if any."""
         with self._lock:
             space = self._ready(namespace)
             holders = space.by_fp.get(content_fingerprint(normalized))
-            return min(holders) if holders else None
+            if not holders:
+                return None
+            # the oldest: the entry that later copies (forced duplicates) were made of
+            return min(holders, key=lambda e: (space.created_ts[space.slot_of[e]], e))
 
     def tagged(
         self,

@@ -94,15 +94,16 @@ class ChangeFeed:
         """(the new horizon, the changes written by transactions at or above
         ``horizon``), oldest first. The new horizon is taken before the changes are
         read, so a change committed in between is read again next time, never lost."""
+        # One statement: the horizon is that of the very snapshot the changes are read in.
         with self.db.transaction("change feed") as conn:
-            r = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
-            assert r is not None
             rows = conn.execute(
-                "SELECT seq, xid::text, entry_id, namespace FROM kb_changes"
-                " WHERE xid >= %s::xid8 ORDER BY seq",
+                "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x)"
+                " SELECT h.x, c.seq, c.xid::text, c.entry_id, c.namespace"
+                " FROM h LEFT JOIN kb_changes c ON c.xid >= %s::xid8 ORDER BY c.seq",
                 (str(horizon),),
             ).fetchall()
-        return int(r[0]), [Change(int(s), int(x), e, n) for s, x, e, n in rows]
+        changes = [Change(int(s), int(x), e, n) for _, s, x, e, n in rows if s is not None]
+        return int(rows[0][0]), changes
 
     def count_live(self, namespace: str) -> int:
         with self.db.transaction("memory index") as conn:
