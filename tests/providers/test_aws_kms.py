@@ -184,7 +184,7 @@ def test_alias_resolves_and_unknown_key(kms: AwsKmsProvider, moto_kms: MotoKms) 
 
 
 def test_botocore_config_bounds_retries_and_time(kms: AwsKmsProvider) -> None:
-    config = kms._client(URI).meta.config
+    config = kms.client(URI).meta.config
     assert config.retries == {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
     assert config.connect_timeout == CONNECT_TIMEOUT and config.read_timeout == READ_TIMEOUT
 
@@ -368,7 +368,7 @@ def test_timeout(stubbed: tuple[AwsKmsProvider, Any]) -> None:
     def timeout(**_: Any) -> None:
         raise ReadTimeoutError(endpoint_url="https://kms.eu-west-1.amazonaws.com")
 
-    provider._client(URI).meta.events.register("before-call.kms.Decrypt", timeout)
+    provider.client(URI).meta.events.register("before-call.kms.Decrypt", timeout)
     with pytest.raises(KeyUnavailableError, match="unreachable") as exc:
         provider.decrypt(URI, _wrapped(), CTX)
     assert exc.value.exit_code == 5

@@ -277,7 +277,8 @@ class AwsKmsProvider:
         request_ids.note(rid)  # for the audit event of this call
         return rid
 
-    def _client(self, key_uri: str | None) -> KMSClient:
+    def client(self, key_uri: str | None = None) -> KMSClient:
+        """The boto3 KMS client used for ``key_uri``'s region (diagnostics, tests)."""
         return self._clients.get(region_of(key_uri) if key_uri else None)
 
     def _call(
@@ -296,7 +297,7 @@ class AwsKmsProvider:
             PartialCredentialsError,
         )
 
-        client = self._client(key_uri)
+        client = self.client(key_uri)
         try:
             response = fn(client)
         except ClientError as exc:
