@@ -359,7 +359,7 @@ def test_attacker_cannot_replay_another_knowledge_bases_server_setting(
     pg_server: EmbeddedPostgres,
     template_db: str,
 ) -> None:
-    """A MAC of 'server' made for another knowledge base (another KMS key) is refused."""
+    """A MAC of 'server' made for another knowledge base (another keystore) is refused."""
     kb, _ = KnowledgeBase.init(make_settings(), EncryptionMode.ON, search_index="memory")
     kb.add("secret roadmap for the year")
     kb.close()

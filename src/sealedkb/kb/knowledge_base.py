@@ -117,8 +117,10 @@ SEARCH_INDEXES = ("memory", "server")
 _SEARCH_INDEX_LABEL = b"sealedkb/meta/v1/search_index|"
 
 
-def _search_index_message(kms_key_uri: str, value: str) -> bytes:
-    return _SEARCH_INDEX_LABEL + kms_key_uri.encode() + b"|" + value.encode()
+def _search_index_message(value: str) -> bytes:
+    # Not bound to the KMS key: a snapshot copied under another KMS key of the same
+    # provider keeps a valid setting. Another provider has another MAC key.
+    return _SEARCH_INDEX_LABEL + value.encode()
 
 
 def verified_search_index(
@@ -132,7 +134,7 @@ def verified_search_index(
 
     The setting changes what every write stores, so a database writer must not be
     able to flip it: in an encrypted knowledge base the value carries a MAC under
-    the key provider (bound to the KMS key), and a value without a valid one is
+    the key provider, and a value without a valid one is
     refused. A knowledge base from before the setting has neither: server, unless
     its rows show it was in memory mode (the setting was deleted)."""
     raw = values.get(SEARCH_INDEX_KEY)
@@ -157,7 +159,7 @@ def verified_search_index(
     if (
         raw not in SEARCH_INDEXES
         or not mac
-        or not provider.verify_mac(_search_index_message(kms_key_uri, raw), mac)
+        or not provider.verify_mac(_search_index_message(raw), mac)
     ):
         raise IntegrityError(
             "kb_meta's search_index setting failed its integrity check (it was not "
@@ -203,7 +205,7 @@ def _init_search_index(
                     field="search_index",
                 )
             return "server"
-        mac = provider.generate_mac(_search_index_message(kms_key_uri, value))
+        mac = provider.generate_mac(_search_index_message(value))
         meta.set_default(SEARCH_INDEX_MAC_KEY, mac.hex())
         meta.set_default(SEARCH_INDEX_KEY, value)
     current = verified_search_index(meta.all(), mode, provider, kms_key_uri, ChangeFeed(meta.db))
@@ -509,7 +511,7 @@ class KnowledgeBase:
         if values.get(SEARCH_INDEX_KEY) is None:
             return {}
         value = verified_search_index(values, self.mode, old, self.kms_key_uri, ChangeFeed(self.db))
-        mac = new.generate_mac(_search_index_message(new_uri, value))
+        mac = new.generate_mac(_search_index_message(value))
         return {SEARCH_INDEX_MAC_KEY: mac.hex()}
 
     def close(self) -> None:
