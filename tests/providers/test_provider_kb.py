@@ -70,6 +70,9 @@ def test_init_with_kms_key_id_then_add_search_get(
     assert got["content"] == text
     status = json.loads(_ok(cli("status", "--json", env=env)).output)
     assert status["kms_key_id"] == init["kms_key_id"]
+    # the audit trail's checkpoints are signed by the key service's MAC key
+    verified = json.loads(_ok(cli("audit", "verify", "--json", env=env)).output)
+    assert verified["ok"] and verified["checkpoints"] >= 1
     again = json.loads(_ok(cli("init", "--json", env=env)).output)  # idempotent
     assert not again["created"] and again["kms_key_id"] == init["kms_key_id"]
 
@@ -229,3 +232,40 @@ def test_audit_events_carry_the_key_service_request_id(
     for action in ("GenerateDataKey", "Decrypt"):
         ids = [e["details"].get("kms_request_id") for e in events if e["action"] == action]
         assert ids and all(ids), (action, ids)
+
+
+def test_attacker_swaps_wrapped_data_keys_between_namespaces(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    service: tuple[str, dict[str, str], dict[str, Any]],
+) -> None:
+    """A database writer swaps the wrapped content keys of two namespaces (each a
+    replay of the other's key): the key service refuses to unwrap them under the
+    wrong encryption context, so nothing opens and nothing leaks."""
+    import psycopg
+
+    from sealedkb.errors import IntegrityError
+
+    uri, _, extra = service
+    settings = make_settings(kms_key_uri=uri, **extra)
+    kb, _ = KnowledgeBase.init(settings, EncryptionMode.ON)
+    try:
+        red = kb.add("red team notes", namespace="red")
+        blue = kb.add("blue team notes", namespace="blue")
+    finally:
+        kb.close()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE kb_data_keys d SET wrapped = o.wrapped FROM kb_data_keys o"
+            " WHERE d.purpose = 'content' AND o.purpose = 'content'"
+            " AND d.namespace IN ('red', 'blue') AND o.namespace IN ('red', 'blue')"
+            " AND d.namespace <> o.namespace"
+        )
+    again = KnowledgeBase.open(settings)  # a fresh process: nothing cached
+    try:
+        for entry in (red, blue):
+            with pytest.raises(IntegrityError) as exc:
+                again.get(entry.id)
+            assert "team notes" not in exc.value.message
+    finally:
+        again.close()
