@@ -102,6 +102,12 @@ class Settings(BaseSettings):
     http_rate_per_second: float = Field(default=20.0, gt=0, le=10_000)
     http_rate_burst: int = Field(default=60, ge=1, le=100_000)
     http_max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    # host:port of a listener that serves only /metrics, without a bearer token (for a
+    # Prometheus on an internal network); the main listener's /metrics always asks
+    # for a token with the metrics scope (an admin token).
+    metrics_bind: str | None = Field(
+        default=None, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
+    )
     # Monitoring and alarms (monitoring/alarms.py, docs/ENCRYPTION-KEY-MANAGEMENT.md §22).
     # metrics_enabled=false turns off per-operation timing and key-call latency
     # histograms (the bench's "off"); counters the alarms need stay on.

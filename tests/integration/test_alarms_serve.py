@@ -64,6 +64,7 @@ def test_serve_raises_and_clears_key_disabled_with_one_webhook_each(
     kb, _ = KnowledgeBase.init(make_settings(), EncryptionMode.ON)
     entry = kb.add(SECRET)
     _, token = kb.create_token("agent", "writer", ["default"])
+    scrape = {"Authorization": f"Bearer {kb.create_token('prometheus', 'admin', ['*'])[1]}"}
     kb.close()
     with (
         receiver() as hook,
@@ -89,7 +90,7 @@ def test_serve_raises_and_clears_key_disabled_with_one_webhook_each(
         hook.wait_for(lambda: hook.of("KeyDisabled") == ["ALARM"])
         # another process sees serve's state; /metrics shows it too
         assert alarm_states(home, database_url)["KeyDisabled"] == "ALARM"
-        text = httpx.get(base + "/metrics").text
+        text = httpx.get(base + "/metrics", headers=scrape).text
         assert 'sealedkb_alarm_state{alarm="KeyDisabled",state="ALARM"} 1.0' in text
         assert 'sealedkb_key_state{state="Disabled"} 1.0' in text
         assert 'sealedkb_key_state_refusals_total{key_state="Disabled"}' in text
@@ -115,13 +116,14 @@ def test_metrics_parse_and_labels_are_bounded(
     kb, _ = KnowledgeBase.init(make_settings(), EncryptionMode.ON)
     ids = [str(kb.add(f"{SECRET} {i}", namespace=f"team-{i % 2}").id) for i in range(3)]
     _, token = kb.create_token("agent", "writer", ["*"])
+    scrape = {"Authorization": f"Bearer {kb.create_token('prometheus', 'admin', ['*'])[1]}"}
     kb.close()
     with http_server(home, database_url, SEALEDKB_ALARM_INTERVAL="1") as (base, _):
         for i in ids:
             assert not asyncio.run(call(base, token, "kb_get", {"id": i})).is_error
         r = asyncio.run(call(base, token, "kb_list", {"tag": SECRET, "namespace": "team-0"}))
         assert not r.is_error
-        text = httpx.get(base + "/metrics").text
+        text = httpx.get(base + "/metrics", headers=scrape).text
     families = {f.name: f for f in text_string_to_metric_families(text)}
     for name in (
         "sealedkb_key_provider_request_duration_seconds",

@@ -207,10 +207,12 @@ def test_metrics_endpoint(
     kb = setup_kb(make_settings)
     kb.add("counted")
     _, token = kb.create_token("agent", "reader", ["default"])
+    _, scraper = kb.create_token("prometheus", "admin", ["*"])
     kb.close()
     with http_server(home, database_url) as (base, _):
         assert not run(call(base, token, "kb_list", {})).is_error
-        text = httpx.get(base + "/metrics").text
+        assert httpx.get(base + "/metrics").status_code == 401
+        text = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {scraper}"}).text
         assert "sealedkb_database_transport_info{" in text
         if "verify-full" in database_url:  # the suite run with --db-transport=tls
             assert 'transport="tls"' in text and 'tls_protocol="TLSv1.' in text

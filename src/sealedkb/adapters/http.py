@@ -1,19 +1,24 @@
-"""The HTTP transport: MCP at ``/mcp`` (bearer tokens), ``/healthz``, ``/readyz``.
+"""The HTTP transport: MCP at ``/mcp`` (bearer tokens), ``/healthz``, ``/readyz``,
+``/metrics`` (a bearer token with the metrics scope, or its own listener).
 
 One uvicorn process. TLS when given a certificate (optionally mutual TLS with a
 client CA); a non-loopback bind without TLS is refused unless ``insecure``.
-Per-token rate limiting answers 429 before a request reaches the MCP layer.
+Rate limiting answers 429 before a request reaches the MCP layer: per verified
+token (its principal), or per client address for requests without a valid token.
+``/readyz`` answers from a cached probe, so polling it touches no key.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import contextvars
+import hmac
 import ipaddress
 import logging
 import ssl
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +28,14 @@ import anyio.to_thread
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from sealedkb.errors import SealedKBError, TransportRefusedError
+from sealedkb.adapters.mcp.server import principal_of
+from sealedkb.errors import SealedKBError, TransportRefusedError, ValidationError
+from sealedkb.kb.access import Action
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.monitoring import metrics as monitor
 
@@ -90,13 +99,26 @@ def check_bind(opts: HttpOptions) -> None:
     )
 
 
+# The verification of this request's bearer token, made once by the rate limiter and
+# reused by the MCP layer's verifier (the same task, microseconds later).
+_verified: contextvars.ContextVar[tuple[str, AccessToken | None] | None] = contextvars.ContextVar(
+    "sealedkb_verified_token", default=None
+)
+
+
 class TokenVerifier:
-    """Checks bearer tokens against kb_tokens (hash lookup)."""
+    """Checks bearer tokens against kb_tokens (keyed-hash lookup and row MAC)."""
 
     def __init__(self, kb: KnowledgeBase) -> None:
         self.kb = kb
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        done = _verified.get()
+        if done is not None and hmac.compare_digest(done[0].encode(), token.encode()):
+            return done[1]
+        return await self._verify(token)
+
+    async def _verify(self, token: str) -> AccessToken | None:
         try:
             principal = await anyio.to_thread.run_sync(self.kb.authenticate, token)
         except SealedKBError as exc:
@@ -116,40 +138,84 @@ class TokenVerifier:
             },
         )
 
+    async def verify_request(self, scope: Scope) -> AccessToken | None:
+        """The verified token of a request's ``Authorization: Bearer`` header (the
+        scheme in any case, as the SDK reads it), remembered for the rest of the
+        request; None without a header or for a token that does not verify."""
+        header = _header(scope, b"authorization")
+        if header is None or header[:7].lower() != b"bearer ":
+            return None
+        token = header[7:].decode("latin-1")
+        access = await self._verify(token)
+        _verified.set((token, access))
+        return access
 
-class RateLimit:
-    """Per-credential token bucket (keyed by a hash of the Authorization header),
-    answering 429 with Retry-After. In memory: per process, which is what serve is."""
 
-    def __init__(self, app: ASGIApp, rate: float, burst: int) -> None:
-        self.app = app
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return bytes(value)
+    return None
+
+
+class Buckets:
+    """Token buckets in a bounded table: past ``max_keys`` the least recently used
+    bucket goes, never the whole table (so spraying keys cannot reset a busy one)."""
+
+    def __init__(self, rate: float, burst: int, max_keys: int = 10_000) -> None:
         self.rate = rate
         self.burst = float(burst)
-        self._buckets: dict[bytes, tuple[float, float]] = {}
+        self.max_keys = max_keys
+        self._table: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _take(self, key: bytes) -> float:
-        """0 when allowed, else seconds until a request would be."""
-        now = time.monotonic()
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def take(self, key: str, now: float | None = None) -> float:
+        """0 when allowed (one token taken), else seconds until a request would be."""
+        now = time.monotonic() if now is None else now
         with self._lock:
-            tokens, last = self._buckets.get(key, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            tokens, last = self._table.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+            wait = 0.0
             if tokens >= 1.0:
-                self._buckets[key] = (tokens - 1.0, now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            if len(self._buckets) > 10_000:  # bound memory against header spraying
-                self._buckets.clear()
-            return (1.0 - tokens) / self.rate
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate
+            self._table[key] = (tokens, now)
+            self._table.move_to_end(key)
+            while len(self._table) > self.max_keys:
+                self._table.popitem(last=False)
+            return wait
+
+
+UNLIMITED_PATHS = frozenset({"/healthz"})  # liveness: constant, and must not starve
+
+
+class RateLimit:
+    """Token buckets per verified token (its principal's name) and, for requests
+    without a valid token, per client address; 429 with Retry-After. Separate tables,
+    so spraying addresses or bad headers cannot evict a principal's bucket. Without a
+    verifier (the metrics listener) every request is keyed by its address. In memory:
+    per process, which is what serve is."""
+
+    def __init__(
+        self, app: ASGIApp, rate: float, burst: int, verifier: TokenVerifier | None
+    ) -> None:
+        self.app = app
+        self.verifier = verifier
+        self.principals = Buckets(rate, burst)
+        self.addresses = Buckets(rate, burst)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("path", "").startswith("/mcp"):
-            auth = b""
-            for name, value in scope.get("headers", []):
-                if name == b"authorization":
-                    auth = value
-                    break
-            wait = self._take(hashlib.sha256(auth).digest())
+        if scope["type"] == "http" and scope.get("path", "") not in UNLIMITED_PATHS:
+            access = None if self.verifier is None else await self.verifier.verify_request(scope)
+            if access is not None:
+                wait = self.principals.take(access.client_id)
+            else:
+                client = scope.get("client")
+                wait = self.addresses.take(str(client[0]) if client else "")
             if wait > 0:
                 response = JSONResponse(
                     {"code": "RATE_LIMITED", "message": "too many requests; slow down"},
@@ -159,6 +225,44 @@ class RateLimit:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class ReadinessProbe:
+    """``/readyz``'s answer, probed at most once per ``max_age`` seconds: polling it
+    (or flooding it) unwraps no data key and writes no audit row per call. One probe
+    runs at a time; callers meanwhile wait for it and share its answer."""
+
+    def __init__(
+        self,
+        check: Callable[[], tuple[str, str | None]],
+        max_age: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.check = check
+        self.max_age = max_age
+        self.clock = clock
+        self.probes = 0
+        self._lock = threading.Lock()
+        self._last: tuple[float, int, dict[str, str]] | None = None
+
+    def answer(self) -> tuple[int, dict[str, str]]:
+        with self._lock:
+            if self._last is not None and self.clock() - self._last[0] < self.max_age:
+                return self._last[1], self._last[2]
+            status, body = self._probe()
+            self._last = (self.clock(), status, body)
+            return status, body
+
+    def _probe(self) -> tuple[int, dict[str, str]]:
+        self.probes += 1
+        try:
+            availability, reason = self.check()
+        except SealedKBError as exc:  # database down
+            availability, reason = "unavailable", exc.code
+        if availability == "available":
+            return 200, {"status": availability}
+        code = "KEY_UNAVAILABLE" if availability.startswith("inaccessible") else reason
+        return 503, {"status": availability, "reason": code or "UNAVAILABLE"}
 
 
 class SecurityHeaders:
@@ -188,8 +292,18 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+READY_MAX_AGE = 5.0  # seconds a /readyz answer is reused (at most the data-key cache bound)
+
+
+def metrics_response() -> Response:
+    body = monitor.render()
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 def build_app(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> ASGIApp:
     """The ASGI app: MCP behind bearer auth, health endpoints, limits and headers."""
+    verifier = TokenVerifier(kb)
+    ready = ReadinessProbe(kb.availability, min(READY_MAX_AGE, kb.settings.data_key_max_age))
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def healthz(request: Request) -> Response:
@@ -197,30 +311,51 @@ def build_app(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> ASGIAp
 
     @server.custom_route("/readyz", methods=["GET"])  # type: ignore[untyped-decorator]
     async def readyz(request: Request) -> Response:
-        def check() -> tuple[str, str | None]:
-            try:
-                return kb.availability()
-            except SealedKBError as exc:  # database down
-                return "unavailable", exc.code
-
-        availability, reason = await anyio.to_thread.run_sync(check)
-        status = 200 if availability == "available" else 503
-        body: dict[str, Any] = {"status": availability}
-        if status != 200:
-            body["reason"] = (
-                "KEY_UNAVAILABLE" if availability.startswith("inaccessible") else reason
-            )
+        status, body = await anyio.to_thread.run_sync(ready.answer)
         return JSONResponse(body, status_code=status)
 
     @server.custom_route("/metrics", methods=["GET"])  # type: ignore[untyped-decorator]
     async def metrics(request: Request) -> Response:
-        body = await anyio.to_thread.run_sync(monitor.render)
-        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+        # Verified by the rate limiter on the way in; the same answer is reused here.
+        access = await verifier.verify_request(request.scope)
+        if access is None:
+            return JSONResponse(
+                {"code": "UNAUTHENTICATED", "message": "a bearer token is required"},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="sealedkb", scope="metrics"'},
+            )
+        if not principal_of(access).allows(Action.METRICS):
+            return JSONResponse(
+                {"code": "ACCESS_DENIED", "message": "this token may not read metrics"},
+                status_code=403,
+            )
+        return await anyio.to_thread.run_sync(metrics_response)
 
     monitor.register_kb(kb)
     app = server.streamable_http_app(host=opts.host, max_request_body_size=opts.max_request_bytes)
-    limited: ASGIApp = RateLimit(app, opts.rate_per_second, opts.rate_burst)
+    limited: ASGIApp = RateLimit(app, opts.rate_per_second, opts.rate_burst, verifier)
     return SecurityHeaders(limited, tls=opts.tls_cert is not None)
+
+
+def build_metrics_app(opts: HttpOptions) -> ASGIApp:
+    """The app of the metrics listener (SEALEDKB_METRICS_BIND): /metrics only, without
+    a token, rate limited per client address."""
+
+    async def metrics(request: Request) -> Response:
+        return await anyio.to_thread.run_sync(metrics_response)
+
+    app = Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])
+    limited = RateLimit(app, opts.rate_per_second, opts.rate_burst, verifier=None)
+    return SecurityHeaders(limited, tls=opts.tls_cert is not None)
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) of SEALEDKB_METRICS_BIND."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValidationError("metrics bind must be host:port", field="metrics_bind")
+    return host, int(port)
 
 
 def auth_settings(opts: HttpOptions) -> AuthSettings:
@@ -253,17 +388,13 @@ def _graceful_server_class() -> type[Any]:
     return GracefulServer
 
 
-def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
-    """Serve until SIGTERM/SIGINT; uvicorn lets in-flight requests finish."""
+def _uvicorn_config(app: ASGIApp, host: str, port: int, opts: HttpOptions) -> Any:
     import uvicorn
 
-    check_bind(opts)
-    graceful_server = _graceful_server_class()
-    app = build_app(server, kb, opts)
-    config = uvicorn.Config(
+    return uvicorn.Config(
         app,
-        host=opts.host,
-        port=opts.port,
+        host=host,
+        port=port,
         log_level="warning",
         ssl_certfile=str(opts.tls_cert) if opts.tls_cert else None,
         ssl_keyfile=str(opts.tls_key) if opts.tls_key else None,
@@ -272,4 +403,36 @@ def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
         timeout_graceful_shutdown=30,
         server_header=False,
     )
-    graceful_server(config).run()
+
+
+def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
+    """Serve until SIGTERM/SIGINT; uvicorn lets in-flight requests finish. With
+    SEALEDKB_METRICS_BIND, a second listener serves /metrics alone (same TLS) from a
+    thread, stopped when the main one stops."""
+    import uvicorn
+
+    check_bind(opts)
+    graceful_server = _graceful_server_class()
+    app = build_app(server, kb, opts)
+    metrics_server: uvicorn.Server | None = None
+    metrics_thread: threading.Thread | None = None
+    if kb.settings.metrics_bind is not None:
+        host, port = parse_bind(kb.settings.metrics_bind)
+        if not opts.tls_cert and not is_loopback(host):
+            log.warning(
+                "serving /metrics without TLS on non-loopback address %s: metrics (no "
+                "knowledge, no secrets) cross the network in clear",
+                host,
+            )
+        # Signals are the main listener's (uvicorn installs none off the main thread).
+        metrics_server = uvicorn.Server(_uvicorn_config(build_metrics_app(opts), host, port, opts))
+        metrics_thread = threading.Thread(
+            target=metrics_server.run, name="sealedkb-metrics", daemon=True
+        )
+        metrics_thread.start()
+    try:
+        graceful_server(_uvicorn_config(app, opts.host, opts.port, opts)).run()
+    finally:
+        if metrics_server is not None and metrics_thread is not None:
+            metrics_server.should_exit = True
+            metrics_thread.join(10)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mcp.server.auth.middleware.auth_context import get_access_token
-from mcp.server.auth.provider import TokenVerifier
+from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 
@@ -29,6 +29,7 @@ __all__ = [
     "NewEntryIn",
     "build_server",
     "error_result",
+    "principal_of",
 ]
 
 INSTRUCTIONS = """\
@@ -94,8 +95,11 @@ TOOLS: tuple[tuple[Callable[..., Any], str], ...] = (
 def principal_from_request() -> Principal:
     """The caller: the bearer token's principal over HTTP, the operator over stdio."""
     token = get_access_token()
-    if token is None:
-        return OPERATOR
+    return OPERATOR if token is None else principal_of(token)
+
+
+def principal_of(token: AccessToken) -> Principal:
+    """The principal a verified bearer token stands for (http.TokenVerifier's claims)."""
     claims = token.claims or {}
     namespaces = claims.get("namespaces")
     return Principal(
