@@ -269,3 +269,18 @@ def test_attacker_swaps_wrapped_data_keys_between_namespaces(
             assert "team notes" not in exc.value.message
     finally:
         again.close()
+
+
+def test_init_again_with_another_key_is_refused(
+    cli: Cli, service: tuple[str, dict[str, str], dict[str, Any]]
+) -> None:
+    uri, env, extra = service
+    env = {**env, "SEALEDKB_EMBEDDER": "hash"}
+    first = json.loads(_ok(cli("init", "--kms-key-id", uri, "--json", env=env)).output)
+    _ok(cli("init", "--kms-key-id", uri, env=env))  # the same key (an alias too): fine
+    settings = Settings(home=Path("/nonexistent"), embedder="none", **extra)
+    other = provider_for(settings, uri).create_key("another").key_id
+    result = _ok(cli("init", "--kms-key-id", other, env=env), 2)
+    assert "key migrate" in result.output
+    status = json.loads(_ok(cli("status", "--json", env=env)).output)
+    assert status["kms_key_id"] == first["kms_key_id"]  # nothing changed

@@ -395,6 +395,15 @@ class KnowledgeBase:
                     kms_key_uri = meta.set_default("kms_key_uri", new_key.key_id)
                     new_key_uri = new_key.key_id
                     created = True
+                elif settings.kms_key_uri not in (None, kms_key_uri):
+                    assert settings.kms_key_uri is not None
+                    given = key_provider(settings, key_uri=settings.kms_key_uri, now=now)
+                    if given.describe_key(settings.kms_key_uri).key_id != kms_key_uri:
+                        raise ValidationError(
+                            f"this knowledge base is sealed under {kms_key_uri}; init does "
+                            "not move it to another KMS key ('sealedkb key migrate' does)",
+                            field="kms_key_id",
+                        )
                 provider.describe_key(kms_key_uri)
             if existing is None:  # a new knowledge base: today's word splitting
                 meta.set_default(TOKENIZER_KEY, str(text.TOKENIZER))
