@@ -5,12 +5,14 @@ bookkeeping under attack; a KMIP outage and the recovery without a restart."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli_helpers import Cli
 from tests.providers_hsm.services import KmipServer, SoftHsm
 
 from sealedkb.config import Settings
@@ -194,3 +196,99 @@ def test_kmip_other_identity_cannot_use_our_key(
             mallory.unwrap(uid, wrapped[5:], b"anything")
     finally:
         mallory.close()
+
+
+def test_destroy_after_the_window_shreds_the_key_objects(
+    make_settings: Callable[..., Settings], service_settings: tuple[str, dict[str, Any]]
+) -> None:
+    """After the pending window every key object is destroyed in the service: an
+    attacker who puts the old record back (replay) still cannot unwrap anything."""
+    from datetime import UTC, datetime, timedelta
+
+    scheme, extra = service_settings
+    clock = [datetime.now(UTC)]
+    settings = make_settings(**extra)
+    p = provider_for(settings, ANY_KEY[scheme], now=lambda: clock[0])
+    key_uri = p.create_key("shred me").key_id
+    p.rotate_key(key_uri)  # two versions, two key objects
+    ctx = {"sealedkb:namespace": "default"}
+    _, wrapped = p.generate_data_key(key_uri, ctx)
+    (record,) = _records(settings, scheme)
+    before = record.read_bytes()
+    p.schedule_key_deletion(key_uri, 7)
+    clock[0] += timedelta(days=7, seconds=1)
+    meta = p.destroy_key_if_due(key_uri)
+    assert meta is not None and meta.state is KeyState.DESTROYED
+    with pytest.raises(KeyUnavailableError) as exc:
+        p.decrypt(key_uri, wrapped, ctx)
+    assert exc.value.key_state == KeyState.DESTROYED.value
+    record.write_bytes(before)  # the attacker's replay of the Enabled record
+    with pytest.raises(KeyUnavailableError):
+        p.decrypt(key_uri, wrapped, ctx)
+
+
+def test_kmip_key_made_on_the_server_is_adopted_once(
+    make_settings: Callable[..., Settings], kmip_server: KmipServer
+) -> None:
+    from kmip.core import enums
+    from kmip.pie.client import ProxyKmipClient
+
+    client = ProxyKmipClient(
+        hostname="127.0.0.1",
+        port=kmip_server.port,
+        cert=str(kmip_server.cert),
+        key=str(kmip_server.key),
+        ca=str(kmip_server.ca),
+        ssl_version="PROTOCOL_TLSv1_2",
+        config_file=os.devnull,
+    )
+    with client:  # the KMIP administrator's own tool, same identity
+        uid = client.create(
+            enums.CryptographicAlgorithm.AES,
+            256,
+            cryptographic_usage_mask=[
+                enums.CryptographicUsageMask.ENCRYPT,
+                enums.CryptographicUsageMask.DECRYPT,
+            ],
+        )
+        client.activate(uid)
+    key_uri = f"kmip:{uid}"
+    settings = make_settings(kms_key_uri=key_uri, embedder="none", **kmip_server.settings())
+    kb, _ = KnowledgeBase.init(settings)
+    try:
+        entry = kb.add("sealed under the administrator's key", title="adopted")
+        assert kb.get(entry.id).title == "adopted"
+    finally:
+        kb.close()
+    for path in _records(settings, "kmip"):
+        path.unlink()
+    with pytest.raises(KeyUnavailableError):  # adopted once: a lost record stays lost
+        _provider(settings, "kmip").describe_key(key_uri)
+
+
+def test_key_lifecycle_through_the_cli(
+    make_cli: Callable[..., Cli], database_url: str, home: Path, softhsm: SoftHsm
+) -> None:
+    """The key commands on a knowledge base sealed under the HSM."""
+    settings = Settings(home=home, embedder="none", **softhsm.settings())
+    key_uri = _provider(settings, "pkcs11").create_key("cli").key_id
+    cli = make_cli(
+        home,
+        database_url,
+        {**softhsm.env(), "SEALEDKB_EMBEDDER": "none", "SEALEDKB_KMS_KEY_URI": key_uri},
+    )
+    assert cli("init").exit_code == 0
+    entry_id = json.loads(cli("add", "rotate me", "--title", "t", "--json").stdout)["id"]
+    rotated = cli("key", "rotate", "--json")
+    assert rotated.exit_code == 0, rotated.output
+    assert json.loads(rotated.stdout)["versions"] == 2
+    assert json.loads(rotated.stdout)["data_keys_rewrapped"] >= 2
+    described = json.loads(cli("key", "describe", key_uri, "--json").stdout)
+    assert described["provider"] == "pkcs11" and described["in_use"]
+    assert cli("key", "disable", "--json").exit_code == 0
+    refused = cli("get", entry_id)
+    assert refused.exit_code == 5 and "KEY_UNAVAILABLE" in refused.stderr
+    assert cli("key", "enable", "--json").exit_code == 0
+    assert json.loads(cli("get", entry_id, "--json").stdout)["content"] == "rotate me"
+    verify = cli("audit", "verify", "--json")
+    assert verify.exit_code == 0 and json.loads(verify.stdout)["ok"], verify.output
