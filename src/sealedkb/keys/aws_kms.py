@@ -40,6 +40,7 @@ timeouts, so an outage fails within seconds as KEY_UNAVAILABLE.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -531,13 +532,16 @@ class AwsKmsProvider:
         rotation_enabled = False
         period = DEFAULT_ROTATION_DAYS
         next_rotation: datetime | None = None
+        status: Mapping[str, Any] = {}
         if state in (KeyState.ENABLED, KeyState.DISABLED):
-            status = self._call(
-                "GetKeyRotationStatus",
-                arn,
-                lambda c: c.get_key_rotation_status(KeyId=arn),
-                management=True,
-            )
+            with contextlib.suppress(ConflictError):  # a state without rotation facts
+                status = self._call(
+                    "GetKeyRotationStatus",
+                    arn,
+                    lambda c: c.get_key_rotation_status(KeyId=arn),
+                    management=True,
+                )
+        if status:
             rotation_enabled = bool(status.get("KeyRotationEnabled"))
             period = int(status.get("RotationPeriodInDays") or DEFAULT_ROTATION_DAYS)
             next_rotation = _utc(status.get("NextRotationDate")) if rotation_enabled else None
