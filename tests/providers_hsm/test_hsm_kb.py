@@ -292,3 +292,17 @@ def test_key_lifecycle_through_the_cli(
     assert json.loads(cli("get", entry_id, "--json").stdout)["content"] == "rotate me"
     verify = cli("audit", "verify", "--json")
     assert verify.exit_code == 0 and json.loads(verify.stdout)["ok"], verify.output
+
+
+def test_records_folder_is_private(
+    make_settings: Callable[..., Settings], softhsm: SoftHsm
+) -> None:
+    """doctor's keys.permissions rule: keys/ and the records are the service's only."""
+    import stat
+
+    settings = make_settings(**softhsm.settings())
+    _provider(settings, "pkcs11").create_key("private")
+    for folder in (settings.keys_dir, settings.keys_dir / "pkcs11"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    for path in _records(settings, "pkcs11"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path

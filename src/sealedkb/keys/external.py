@@ -30,6 +30,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -170,13 +171,20 @@ class ExternalKeyProvider:
         if self.records_dir in held:
             yield
             return
-        self.records_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._ensure_dir()
         with file_lock(self.records_dir / ".lock"):
             held.add(self.records_dir)
             try:
                 yield
             finally:
                 held.discard(self.records_dir)
+
+    def _ensure_dir(self) -> None:
+        """The records folder and its parent (``keys/``), 0700 like the keystore."""
+        for folder in (self.records_dir.parent, self.records_dir):
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                os.chmod(folder, 0o700)  # mkdir's mode is masked by the umask
 
     def _record_mac(self, body: dict[str, Any]) -> bytes:
         return self.service.mac(_RECORD_MAC_LABEL + canonical_json(body))
@@ -239,7 +247,7 @@ class ExternalKeyProvider:
     def _store(self, rec: dict[str, Any]) -> None:
         body = {k: v for k, v in rec.items() if k != "mac"}
         body["mac"] = self._record_mac(body).hex()
-        self.records_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._ensure_dir()
         write_private(self._path(rec["key_id"]), canonical_json(body))
 
     def _record_paths(self) -> list[Path]:
