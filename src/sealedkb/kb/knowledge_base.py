@@ -89,6 +89,7 @@ from sealedkb.store.tokens import TokenRecord, TokenTable
 
 if TYPE_CHECKING:
     from sealedkb.ingest.importer import ImportSummary
+    from sealedkb.search.reindex import ReindexResult
 
 log = logging.getLogger("sealedkb.service")
 
@@ -1011,6 +1012,27 @@ class KnowledgeBase:
     ) -> dict[str, int]:
         """Recompute vectors made by another model (or missing); resumable."""
         return reembed(self, namespace=namespace, redo_all=redo_all, progress=progress)
+
+    def reindex(
+        self,
+        namespace: str | None = None,
+        *,
+        batch_size: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> builtins.list[ReindexResult]:
+        """New index and vector data keys for a namespace (or every namespace that has
+        a search index) and its search columns rebuilt under them; online, resumable,
+        audited (search/reindex.py)."""
+        from sealedkb.search.reindex import REINDEX_BATCH, reindex
+
+        if namespace is not None or self.keys is None:
+            names = [validate_namespace(namespace or DEFAULT_NAMESPACE)]
+        else:
+            names = self.keys.rekey.active_namespaces(KeyPurpose.INDEX, None)
+        return [
+            reindex(self, ns, batch_size=batch_size or REINDEX_BATCH, progress=progress)
+            for ns in names
+        ]
 
     # --- status ----------------------------------------------------------------
 

@@ -70,8 +70,10 @@ log = logging.getLogger("sealedkb.search")
 DB_DIM = 384  # vector(384) columns of migration 003
 
 # DCPE and ANN settings, chosen by measurement (docs/SEARCH.md).
-DCPE_BETA = 1.0
-OVERSAMPLE = 4
+DCPE_BETA = 2.5
+OVERSAMPLE = 8
+QUERY_NOISE = True  # query vectors are perturbed as stored ones are (fresh noise each)
+KEYWORD_POSITIONS = False  # keyword tokens are stored without positions (docs/SEARCH.md)
 EF_SEARCH_MIN = 40
 RRF_K = 60
 SEARCH_WORKERS = 4  # threads running hybrid searches' keyword arms
@@ -182,6 +184,9 @@ class SearchIndexer:
         self.keyring = keyring
         self.embedder = embedder
         self.tokenizer = tokenizer  # the knowledge base's keyword_tokenizer (kb_meta)
+        # Keyword tokens without positions (docs/SEARCH.md, "Leakage"): True writes the
+        # earlier form with positions and title weights (benchmarks of the leakage).
+        self.keyword_positions = KEYWORD_POSITIONS
         # namespace -> (its blinder, a word -> blind token cache over that blinder);
         # replaced when the key ring hands out another blinder (key expiry, rotation).
         self._lexers: dict[str, tuple[Blinder, text.LexemeIndexer]] = {}
@@ -223,7 +228,9 @@ class SearchIndexer:
         lexemes: set[str] = set()
         if self.keyring is not None:
             sealer, blinder = self.keyring.writer(namespace)  # the content sealer
-            cols.kw_tokens, lexemes = self._lexer(namespace, blinder).index(doc.title, doc.content)
+            cols.kw_tokens, lexemes = self._lexer(namespace, blinder).index(
+                doc.title, doc.content, positions=self.keyword_positions
+            )
             if with_fingerprint:
                 cols.fingerprint = blinder.fingerprint(norm)
         elif with_fingerprint:
@@ -366,6 +373,7 @@ class SearchEngine:
         self.open_doc = open_doc
         self.open_docs = open_docs  # a page of hits in one batch, when given
         self.oversample = OVERSAMPLE
+        self.query_noise = QUERY_NOISE
         self.ef_search_min = EF_SEARCH_MIN
         self.parallel_arms = True  # hybrid: keyword and vector arms concurrently
         # kb_meta search_index = memory: both arms answered by the process's own
@@ -517,7 +525,9 @@ class SearchEngine:
                 if self.keyring is not None:
                     assert self.embedder is not None
                     cipher = self.keyring.vector_cipher(ns, self.embedder.dim, DCPE_BETA)
-                    vec_arg = cipher.rotate(qvec)[0]
+                    # Queries are perturbed as stored vectors are (fresh noise each
+                    # time), so the database cannot link or invert repeated queries.
+                    vec_arg = (cipher.encrypt if self.query_noise else cipher.rotate)(qvec)[0]
                     fetch = depth * self.oversample
                 else:
                     vec_arg = qvec

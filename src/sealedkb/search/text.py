@@ -229,10 +229,23 @@ class LexemeIndexer:
         """tsvector text of title (positions ``nA``) and content (after a gap)."""
         return self.index(title, content)[0]
 
-    def index(self, title: str, content: str) -> tuple[str, set[str]]:
-        """The tsvector text and the set of its lexemes (what the index digest covers)."""
+    def index(self, title: str, content: str, *, positions: bool = True) -> tuple[str, set[str]]:
+        """The tsvector text and the set of its lexemes (what the index digest covers).
+
+        ``positions=False``: each lexeme once, without positions (as PostgreSQL's
+        ``strip()`` makes), except that a title lexeme keeps its weight A at the one
+        position 1, so titles still rank first: the stored index then says which words
+        a row holds and which of them are in its title, not how often, where or in which
+        order.
+        """
         tl = self._lexemes(words(title, self.tokenizer))
         cl = self._lexemes(words(content, self.tokenizer))
+        if not positions:
+            in_title = set(tl)
+            lexemes = in_title.union(cl)
+            return " ".join(
+                [lex + ":1A" if lex in in_title else lex for lex in sorted(lexemes)]
+            ), lexemes
         nt, nc = len(tl), len(cl)
         if nt + nc + 1 >= MAX_POSITION:  # positions would be clamped: the grouped path
             lexeme_of = self._lexeme_of

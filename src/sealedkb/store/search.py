@@ -123,6 +123,18 @@ class HitRow:
     vec_hash: bytes | None = None
 
 
+REINDEX_MARKER = "reindex_pending:"  # kb_meta key prefix: an unfinished reindex
+
+
+@dataclass(frozen=True, slots=True)
+class ReindexRow:
+    """A row whose search columns a reindex rebuilds."""
+
+    row: EntryRow
+    embedding_sealed: bytes | None
+    has_fingerprint: bool  # a forced duplicate has none, and keeps none
+
+
 # (id, cosine or None, sealed exact embedding or None) of a semantic candidate
 VectorCandidate = tuple[uuid.UUID | str, float | None, bytes | None]
 
@@ -300,6 +312,110 @@ class SearchTable:
             rows = conn.execute(stmt, [*params, limit], binary=True).fetchall()
         return [_from_db(r) for r in rows]
 
+    # --- reindex -----------------------------------------------------------
+
+    def needing_reindex(
+        self, namespace: str, index_key_id: uuid.UUID, after: uuid.UUID | None, limit: int
+    ) -> list[ReindexRow]:
+        """Live rows of a namespace whose search columns were not rebuilt under the
+        index data key ``index_key_id`` (migration 008), with their sealed exact
+        embeddings, in id order (keyset pagination)."""
+        stmt = (
+            f"SELECT {_SELECT}, embedding_sealed, fingerprint IS NOT NULL FROM kb_entries"
+            " WHERE namespace = %s"
+            " AND deleted_at IS NULL AND doc_sealed IS NOT NULL"
+            " AND index_key_id IS DISTINCT FROM %s"
+            + (" AND id > %s" if after is not None else "")
+            + " ORDER BY id LIMIT %s"
+        )
+        params: list[Any] = [namespace, index_key_id]
+        if after is not None:
+            params.append(after)
+        with self.db.transaction("reindex scan") as conn:
+            rows = conn.execute(stmt, [*params, limit], binary=True).fetchall()
+        n = len(_SELECT.split(", "))
+        return [
+            ReindexRow(_from_db(r[:n]), None if r[n] is None else bytes(r[n]), bool(r[n + 1]))
+            for r in rows
+        ]
+
+    def set_index(
+        self,
+        conn: Connection[TupleRow],
+        row: EntryRow,
+        index_key_id: uuid.UUID,
+        doc_sealed: bytes,
+        tag_tokens: list[str],
+        cols: SearchColumns,
+    ) -> bool:
+        """Replace a row's search columns, its sealed document (which carries their
+        digest) and tag tokens, marked as rebuilt under ``index_key_id``, unless the
+        row changed since it was read (same version and sealed document). No new
+        entry version: the entry did not change."""
+        changes: dict[str, Any] = {
+            "doc_sealed": doc_sealed,
+            "tag_tokens": tag_tokens,
+            "kw_tokens": cols.kw_tokens,
+            "fingerprint": cols.fingerprint,
+            "index_key_id": index_key_id,
+        }
+        if cols.embedding_enc is not None:
+            changes["embedding_enc"] = cols.embedding_enc
+            changes["embedding_sealed"] = cols.embedding_sealed
+        # A live entry of the same content indexed meanwhile under the new key (an add
+        # during the reindex) keeps the fingerprint: this one becomes a duplicate.
+        fp = (
+            "fingerprint = CASE WHEN EXISTS (SELECT 1 FROM kb_entries o WHERE"
+            " o.namespace = kb_entries.namespace AND o.fingerprint = %s AND o.id <> kb_entries.id"
+            " AND o.deleted_at IS NULL) THEN NULL ELSE %s END"
+        )
+        fingerprint = changes.pop("fingerprint")
+        sets = ", ".join([*(f"{k} = {_CASTS.get(k, '%s')}" for k in changes), fp])
+        cur = conn.execute(
+            f"UPDATE kb_entries SET {sets} WHERE id = %s AND version = %s"
+            " AND doc_sealed = %s AND deleted_at IS NULL",
+            [*changes.values(), fingerprint, fingerprint, row.id, row.version, row.doc_sealed],
+        )
+        return cur.rowcount == 1
+
+    def reindex_marker(self, namespace: str) -> uuid.UUID | None:
+        """The index data key an unfinished reindex of ``namespace`` rebuilds under."""
+        with self.db.transaction("reindex marker") as conn:
+            r = conn.execute(
+                "SELECT value FROM kb_meta WHERE key = %s", (REINDEX_MARKER + namespace,)
+            ).fetchone()
+        try:
+            return uuid.UUID(r[0]) if r else None
+        except ValueError:
+            return None  # not one of ours: the run starts afresh
+
+    @staticmethod
+    def set_reindex_marker(
+        conn: Connection[TupleRow], namespace: str, index_key_id: uuid.UUID | None
+    ) -> None:
+        key = REINDEX_MARKER + namespace
+        if index_key_id is None:
+            conn.execute("DELETE FROM kb_meta WHERE key = %s", (key,))
+            return
+        conn.execute(
+            "INSERT INTO kb_meta (key, value) VALUES (%s, %s)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()",
+            (key, str(index_key_id)),
+        )
+
+    def reindex_counts(self, namespace: str, index_key_id: uuid.UUID) -> dict[str, int]:
+        """Live sealed rows of a namespace: rebuilt under ``index_key_id``, and not."""
+        with self.db.transaction("status") as conn:
+            r = conn.execute(
+                "SELECT count(*) FILTER (WHERE index_key_id = %s),"
+                " count(*) FILTER (WHERE index_key_id IS DISTINCT FROM %s)"
+                " FROM kb_entries WHERE namespace = %s AND deleted_at IS NULL"
+                " AND doc_sealed IS NOT NULL",
+                (index_key_id, index_key_id, namespace),
+            ).fetchone()
+        assert r is not None
+        return {"rebuilt": r[0], "remaining": r[1]}
+
     def embedding_counts(self, model_id: str, dim: int) -> dict[str, int]:
         with self.db.transaction("status") as conn:
             r = conn.execute(
@@ -364,8 +480,9 @@ class SearchTable:
         depth: int,
         conn: Connection[TupleRow] | None = None,
     ) -> list[tuple[uuid.UUID, float]]:
-        """(id, ts_rank_cd) best first. ``keyword_query`` is a tsquery of blind tokens
-        (encrypted) or the raw query text for plainto_tsquery (plaintext); it ranks.
+        """(id, rank) best first (ts_rank encrypted, ts_rank_cd plaintext).
+        ``keyword_query`` is a tsquery of blind tokens (encrypted) or the raw query
+        text for plainto_tsquery (plaintext); it ranks.
         ``keyword_filter`` (a tsquery of some of its lexemes) selects the rows to rank:
         ranking every row that holds a very common word would cost ~10 µs a row."""
         if conn is None:
@@ -379,23 +496,28 @@ class SearchTable:
                     conn=c,
                 )
         where, params = f.where()
+        rank = "ts_rank_cd"
         if encrypted:
             q = "CAST(%s AS tsquery)"
             col = "kw_tokens"
+            # Blind tokens are stored without positions (docs/SEARCH.md, "Leakage"):
+            # ts_rank (frequency) rather than ts_rank_cd (cover density, which needs
+            # positions and ranks every stripped row 0).
+            rank = "ts_rank"
         else:
             # plainto_tsquery ANDs the words; OR them, as the blind query does.
             q = "CAST(replace(plainto_tsquery('english', %s)::text, ' & ', ' | ') AS tsquery)"
             col = "kw_plain"
         if keyword_filter:
             stmt = (
-                f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q,"
+                f"SELECT id, {rank}({col}, q) AS r FROM kb_entries, {q} AS q,"
                 " CAST(%s AS tsquery) AS f"
                 f" WHERE {col} @@ f AND {where} ORDER BY r DESC, id LIMIT %s"
             )
             args = [keyword_query, keyword_filter, *params, depth]
         else:
             stmt = (
-                f"SELECT id, ts_rank_cd({col}, q) AS r FROM kb_entries, {q} AS q"
+                f"SELECT id, {rank}({col}, q) AS r FROM kb_entries, {q} AS q"
                 f" WHERE {col} @@ q AND {where} ORDER BY r DESC, id LIMIT %s"
             )
             args = [keyword_query, *params, depth]

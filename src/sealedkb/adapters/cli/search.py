@@ -173,3 +173,29 @@ def reembed(
         print_json(result)
     else:
         sys.stdout.write(f"re-embedded {result['reembedded']} entries with {result['model']}\n")
+
+
+@command(commands, "reindex")
+def reindex(
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Only this namespace (default: every one)."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", help="Entries per transaction (1-1000).")
+    ] = 64,
+    json_out: JsonOpt = False,
+) -> None:
+    """Rotate a namespace's index and vector keys and rebuild its search index under
+    them, online. Resumable: a rerun continues an unfinished run."""
+    with open_kb() as kb:
+        results = kb.reindex(namespace=namespace, batch_size=batch_size)
+    if json_out:
+        print_json({"namespaces": [r.to_dict() for r in results]})
+        return
+    for r in results:
+        how = "new keys" if r.rotated else "continued"
+        sys.stdout.write(
+            f"{r.namespace}: reindexed {r.reindexed} entries ({how}); "
+            f"{r.remaining} remaining, {r.failed} failed\n"
+        )
