@@ -19,8 +19,9 @@ How it runs (docs/ENCRYPTION-KEY-MANAGEMENT.md):
 4. The switch: one transaction locks ``kb_data_keys`` against new inserts, checks
    that none is left under another key, points ``kb_meta.kms_key_uri`` at the target,
    writes the values the knowledge base re-signed under the new provider, and
-   records ``SwitchKmsKey``. Then the audit checkpoints signed by the old provider
-   move to ``audit/custody-<time>/`` and a new checkpoint is signed by the new one.
+   records ``SwitchKmsKey``. The audit checkpoints signed by the old provider move
+   to ``audit/custody-<time>/`` just before it, and the new provider signs a new
+   checkpoint right after.
 
 Afterwards the old provider is not needed: the knowledge base opens with the new
 one alone. Bearer tokens are MACed by the provider's MAC key, so tokens issued
@@ -372,6 +373,12 @@ class KeyCustody:
                 f"({report.problem} at seq {report.first_bad_seq}); custody not switched"
             )
         meta = self._resign(old, new, target) if self._resign is not None else {}
+        # The old provider's checkpoints are set aside before the switch commits: a
+        # crash after the commit then leaves no checkpoint the new key cannot verify
+        # (the next command signs one), only an archive.
+        stamp = self._now().strftime("%Y%m%dT%H%M%SZ")
+        archive = self.checkpoint_dir / f"custody-{stamp}"
+        archived = self.audit.archive_checkpoints(archive)
         with self.audit.transaction("custody switch") as conn:
             left = CustodyTable.switch(conn, old_uri, target, meta)
             if left < 0:
@@ -392,9 +399,6 @@ class KeyCustody:
         self.kms_key_uri = target
         log.warning("custody changed: this knowledge base is now sealed under %s", target)
         # From here on this process signs checkpoints with the new provider.
-        stamp = self._now().strftime("%Y%m%dT%H%M%SZ")
-        archive = self.checkpoint_dir / f"custody-{stamp}"
-        archived = self.audit.archive_checkpoints(archive)
         self.audit.mac_key = new
         self.audit.checkpoint()
         return True, archived, str(archive) if archived else None
