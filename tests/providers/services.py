@@ -194,6 +194,14 @@ class OpenBao:
             env={**os.environ, "HOME": str(self.folder)},
         )
         log.close()
+        try:
+            self._ready()
+        except BaseException:
+            self.stop()  # never leave a half-started server behind
+            raise
+
+    def _ready(self) -> None:
+        assert self.process is not None
         _wait_port(self.port, process=self.process)
         client = self.client()
         deadline = time.monotonic() + 15
@@ -291,9 +299,9 @@ def openbao_server() -> OpenBao:
     assert binary is not None
     folder = Path(tempfile.mkdtemp(prefix="sealedkb-openbao-"))
     server = OpenBao(binary, folder, free_port())
-    server.start()
     atexit.register(shutil.rmtree, folder, True)
-    atexit.register(server.stop)
+    atexit.register(server.stop)  # runs first (atexit is last in, first out)
+    server.start()
     _openbao = server
     return server
 

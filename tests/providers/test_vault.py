@@ -276,7 +276,11 @@ def tls_openbao(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
         yield f"https://127.0.0.1:{port}", folder / "vault-ca.pem"
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _listening(port: int) -> bool:
