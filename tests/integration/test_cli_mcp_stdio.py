@@ -46,7 +46,10 @@ def test_printed_stdio_config_starts_a_working_server(
     else:
         server = json.loads(printed)["mcpServers"]["sealedkb"]
     assert database_url not in printed
-    assert server["env"] == {"SEALEDKB_HOME": str(home.absolute()), "SEALEDKB_EMBEDDER": "hash"}
+    # This home and the settings of the calling environment, never the secret URL.
+    assert server["env"]["SEALEDKB_HOME"] == str(home.absolute())
+    assert server["env"]["SEALEDKB_EMBEDDER"] == "hash"
+    assert "SEALEDKB_DATABASE_URL" not in server["env"]
     params = StdioServerParameters(
         command=server["command"], args=server["args"], env=server["env"]
     )
