@@ -122,6 +122,15 @@ def test_local_to_hsm_and_back_killed_halfway(
     assert halfway[hsm_uri] == 5 and halfway[local_uri] == total - 5
     assert _meta_key(database_url) == local_uri  # not switched
     _read_all(settings, contents, spaces)  # every entry readable halfway
+    kb = KnowledgeBase.open(settings)  # and writable: a new namespace's data keys
+    try:
+        late = kb.add("Written while custody was changing.", title="late", namespace="late")
+        contents[str(late.id)], spaces[str(late.id)] = late.content, "late"
+    finally:
+        kb.close()
+    halfway = _by_key(database_url)
+    total = sum(halfway.values())
+    assert halfway[local_uri] == total - 5  # the new ones under the old key, for now
 
     # 2. a dry run counts what is left and changes nothing
     dry = cli("key", "migrate", "--to", hsm_uri, "--dry-run", "--json", env=softhsm.env())
