@@ -14,7 +14,7 @@ from tests.cli_helpers import Cli
 from tests.providers_hsm.services import SoftHsm
 
 from sealedkb.config import Settings, load_settings
-from sealedkb.errors import ConfigError, ValidationError
+from sealedkb.errors import ConfigError, KeyUnavailableError, ValidationError
 from sealedkb.keys import kmip, pkcs11
 from sealedkb.keys.registry import provider_for
 
@@ -154,3 +154,19 @@ def test_kmip_outage_through_the_cli(
         server.start()
     up = cli("get", entry_id, "--json")
     assert up.exit_code == 0 and json.loads(up.stdout)["content"] == "kept under KMIP"
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [
+        ({0x210A}, 0x210A),  # SoftHSM2's number for RFC 5649
+        ({0x210B}, 0x210B),  # PKCS#11 3.0's number
+        ({0x210A, 0x210B}, 0x210B),
+    ],
+)
+def test_key_wrap_accepts_both_mechanism_numbers(offered: set[int], chosen: int) -> None:
+    pytest.importorskip("pkcs11")
+    service = pkcs11.Pkcs11Service(Path("/nonexistent.so"), lambda: "", default_token=None)
+    assert int(service.kwp_mechanism(frozenset(offered))) == chosen
+    with pytest.raises(KeyUnavailableError, match="0x210B or 0x210A"):
+        service.kwp_mechanism(frozenset({0x1087}))

@@ -347,7 +347,8 @@ class Pkcs11Service:
             )
         return key, label
 
-    def _kwp_mechanism(self, mechanisms: frozenset[int]) -> Any:
+    def kwp_mechanism(self, mechanisms: frozenset[int]) -> Any:
+        """RFC 5649 key wrap as the token numbers it (``mechanisms``: what it offers)."""
         pkcs11 = _lib()
         for number in (CKM_AES_KEY_WRAP_KWP, CKM_AES_KEY_WRAP_PAD):
             if number in mechanisms:
@@ -384,7 +385,7 @@ class Pkcs11Service:
                 }
             )
             try:
-                wrapped = key.wrap_key(secret, mechanism=self._kwp_mechanism(mechanisms))
+                wrapped = key.wrap_key(secret, mechanism=self.kwp_mechanism(mechanisms))
             finally:
                 secret.destroy()
             return bytes([_KWP]) + bytes(wrapped)
@@ -411,7 +412,7 @@ class Pkcs11Service:
                         pkcs11.ObjectClass.SECRET_KEY,
                         pkcs11.KeyType.GENERIC_SECRET,
                         body[1:],
-                        mechanism=self._kwp_mechanism(mechanisms),
+                        mechanism=self.kwp_mechanism(mechanisms),
                         store=False,
                         template={a.TOKEN: False, a.EXTRACTABLE: True, a.SENSITIVE: False},
                     )
