@@ -165,3 +165,42 @@ def test_token_rekey_command(sealed_kb: KnowledgeBase, database_url: str, home: 
     out = expect(cli("token", "rekey", "--json"), 0)
     assert [r["name"] for r in json.loads(out.stdout)] == ["old"]
     assert "no token needed re-keying" in expect(cli("token", "rekey"), 0).stdout
+
+
+class _CountingMac:
+    """The key provider's MAC, counted (what a key-service call would cost)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def generate_mac(self, message: bytes) -> bytes:
+        self.calls += 1
+        return bytes(self.inner.generate_mac(message))
+
+    def verify_mac(self, message: bytes, mac: bytes) -> bool:
+        self.calls += 1
+        return bool(self.inner.verify_mac(message, mac))
+
+
+def test_a_known_token_costs_no_key_service_call(sealed_kb: KnowledgeBase) -> None:
+    from sealedkb.kb.tokens import TokenService
+    from sealedkb.store.tokens import TokenTable
+
+    kb = sealed_kb
+    _, secret = kb.create_token("w", "writer", ["default"])
+    mac = _CountingMac(kb.provider)
+    service = TokenService(TokenTable(kb.db), kb.audit, mac, kb.telemetry)
+    try:
+        assert service.authenticate(secret) is not None
+        first = mac.calls
+        for _ in range(20):
+            assert service.authenticate(secret) is not None
+        assert mac.calls == first  # cached lookup hash and verified row
+        # A forged row is checked (and refused) every time, never cached as good.
+        _sql_url = kb.target.url
+        _sql(_sql_url, "UPDATE kb_tokens SET role = 'admin' WHERE name = 'w'")
+        assert service.authenticate(secret) is None
+        assert service.authenticate(secret) is None
+    finally:
+        kb.close()

@@ -16,10 +16,14 @@ clear there anyway).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Generic, TypeVar
 
 from sealedkb.audit.chain import AuditLog, MacKey
 from sealedkb.crypto.digest import canonical_json
@@ -34,10 +38,44 @@ __all__ = ["TokenService"]
 
 log = logging.getLogger("sealedkb.tokens")
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 HASH_UNKEYED = 1
 HASH_KEYED = 2
 _LOOKUP_LABEL = b"sealedkb/token/v1/lookup|"
 _ROW_LABEL = b"sealedkb/token/v1/row|"
+
+
+CACHE_SECONDS = 60.0
+CACHE_ENTRIES = 4096
+
+
+class _BoundedCache(Generic[K, V]):
+    """Least-recently-used, at most CACHE_ENTRIES entries, each kept CACHE_SECONDS."""
+
+    def __init__(self, now: Callable[[], datetime]) -> None:
+        self._now = now
+        self._items: OrderedDict[K, tuple[datetime, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            if (self._now() - hit[0]).total_seconds() > CACHE_SECONDS:
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: K, value: V) -> None:
+        with self._lock:
+            self._items[key] = (self._now(), value)
+            self._items.move_to_end(key)
+            while len(self._items) > CACHE_ENTRIES:
+                self._items.popitem(last=False)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -60,12 +98,21 @@ class TokenService:
         self._telemetry = telemetry
         self._now = now or (lambda: datetime.now(UTC))
         self._reported: set[uuid.UUID] = set()  # forged rows already recorded once
+        # A key service's MAC is a network call (AWS KMS GenerateMac, Vault HMAC): the
+        # lookup hash of a token and a row found authentic are remembered for a bounded
+        # time and number, so a request costs no key-service call once its token is known.
+        self._lookups = _BoundedCache[bytes, bytes](self._now)
+        self._verified = _BoundedCache[bytes, bool](self._now)
 
     # --- hashes and MACs -----------------------------------------------------------
 
     def _lookup_hash(self, secret_hash: bytes) -> bytes:
         assert self._mac_key is not None
-        return self._mac_key.generate_mac(_LOOKUP_LABEL + secret_hash)
+        cached = self._lookups.get(secret_hash)
+        if cached is None:
+            cached = self._mac_key.generate_mac(_LOOKUP_LABEL + secret_hash)
+            self._lookups.put(secret_hash, cached)
+        return cached
 
     @staticmethod
     def _row_message(
@@ -117,7 +164,13 @@ class TokenService:
             rec.revoked_at,
             rec.token_hash,
         )
-        return self._mac_key.verify_mac(message, rec.mac)
+        seen = hashlib.sha256(message + b"|" + rec.mac).digest()
+        if self._verified.get(seen):
+            return True
+        ok = self._mac_key.verify_mac(message, rec.mac)
+        if ok:  # only successes: a forged row is checked (and refused) every time
+            self._verified.put(seen, True)
+        return ok
 
     # --- operations --------------------------------------------------------------
 
