@@ -270,13 +270,13 @@ def _resolves(ref: str) -> bool:
             for d in ("src", "tests", "bench", "deploy", "scripts")
             for p in (ROOT / d).rglob(ref)
         )
-    bases = (ROOT, ROOT / "src", ROOT / "src" / "sealedkb")
+    bases = (ROOT, ROOT / "src", ROOT / "src" / "sealedkb", ROOT / "bench", ROOT / "tests")
     return any((base / ref).is_file() for base in bases)
 
 
 def test_file_names_in_the_docs_exist() -> None:
     """Every ``name.py`` in backticks in docs/ and the README is a file of the tree
-    (a bare name somewhere in it; a path under the root, src/ or src/sealedkb/)."""
+    (a bare name somewhere in it; a path under the root, src/, src/sealedkb/, bench/ or tests/)."""
     missing = []
     for path in [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]:
         for m in _DOC_PY.finditer(path.read_text("utf-8")):
