@@ -30,6 +30,7 @@ import logging
 import math
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -99,7 +100,8 @@ class _Space:
         self.archived: list[bool] = []
         self.fp: list[str | None] = []
         self.by_fp: dict[str, set[uuid.UUID]] = {}
-        self.tf: list[dict[str, int] | None] = []
+        # each slot's distinct terms (its counts live in the postings)
+        self.terms: list[tuple[str, ...] | None] = []
         self.postings: dict[str, dict[int, int]] = {}
         self.doclen = np.zeros(0, dtype=np.float32)
         self.total_len = 0
@@ -129,9 +131,9 @@ class _Space:
         slot = self.slot_of.pop(eid, None)
         if slot is None:
             return
-        tf = self.tf[slot]
-        if tf:
-            for term in tf:
+        terms = self.terms[slot]
+        if terms:
+            for term in terms:
                 post = self.postings.get(term)
                 if post is not None:
                     post.pop(slot, None)
@@ -147,7 +149,7 @@ class _Space:
                 if not holders:
                     del self.by_fp[fp]
         self.ids[slot] = None
-        self.tf[slot] = None
+        self.terms[slot] = None
         self.fp[slot] = None
         self.tags[slot] = frozenset()
         self.doclen[slot] = 0
@@ -173,7 +175,7 @@ class _Space:
             self.created.append(None)
             self.archived.append(False)
             self.fp.append(None)
-            self.tf.append(None)
+            self.terms.append(None)
             self._grow(slot + 1)
         self.slot_of[row.id] = slot
         self.ids[slot] = row.id
@@ -186,18 +188,23 @@ class _Space:
         fp = content_fingerprint(normalize_content(doc.content))
         self.fp[slot] = fp
         self.by_fp.setdefault(fp, set()).add(row.id)
-        tf: dict[str, int] = {}
+        tf = Counter(text.terms(doc.content, tokenizer))  # counted in C
         for t in text.terms(doc.title, tokenizer):
-            tf[t] = tf.get(t, 0) + TITLE_WEIGHT
-        for t in text.terms(doc.content, tokenizer):
-            tf[t] = tf.get(t, 0) + 1
-        self.tf[slot] = tf
-        length = sum(tf.values())
+            tf[t] += TITLE_WEIGHT
+        self.terms[slot] = tuple(tf)
+        length = tf.total()
         self.doclen[slot] = length
         self.total_len += length
+        postings = self.postings
         for term, n in tf.items():
-            self.postings.setdefault(term, {})[slot] = n
-            self._cache.pop(term, None)
+            post = postings.get(term)
+            if post is None:
+                postings[term] = {slot: n}
+            else:
+                post[slot] = n
+        if self._cache:
+            for term in tf:
+                self._cache.pop(term, None)
         if vector is not None:
             self.vecs[slot] = vector
             self.has_vec[slot] = True
