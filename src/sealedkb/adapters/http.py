@@ -430,6 +430,12 @@ def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
             target=metrics_server.run, name="sealedkb-metrics", daemon=True
         )
         metrics_thread.start()
+        deadline = time.monotonic() + 15
+        while not metrics_server.started:  # a port in use ends the thread: say so
+            if not metrics_thread.is_alive() or time.monotonic() > deadline:
+                metrics_server.should_exit = True
+                raise TransportRefusedError(f"cannot listen for /metrics on {host}:{port}")
+            time.sleep(0.05)
     try:
         graceful_server(_uvicorn_config(app, opts.host, opts.port, opts)).run()
     finally:
