@@ -77,6 +77,8 @@ class AttackResult:
     private_rows: int
     private_occurrences: int  # word occurrences (non-stop words) in the other rows
     recovered_occurrences: int  # of those, whose stem the attacker recovered correctly
+    private_words: int  # distinct stems per private row, summed
+    recovered_words: int  # of those, recovered (the row's word set, without counts)
     order_recovered: bool  # the index holds positions the attacker can read
     ordered_bigrams: float  # share of the private rows' adjacent word pairs recovered in order
     rotation_cosine: float | None  # mean cosine of decrypted vectors to the true ones
@@ -86,6 +88,10 @@ class AttackResult:
     @property
     def recovered_fraction(self) -> float:
         return self.recovered_occurrences / max(1, self.private_occurrences)
+
+    @property
+    def recovered_word_fraction(self) -> float:
+        return self.recovered_words / max(1, self.private_words)
 
 
 def parse_tsvector(tsv: str | None) -> tuple[dict[str, tuple[int, ...]], frozenset[int]]:
@@ -260,6 +266,13 @@ def learn_by_cooccurrence(
 # --- (d) DCPE: Procrustes -------------------------------------------------------
 
 
+def decrypt_cosine(r_hat: NDArray[np.float64], c: F32, x: F32) -> float:
+    """Mean cosine of ``c R`` (ciphertexts "decrypted" with an estimated rotation) to
+    the true vectors ``x``."""
+    dec = _unit(c.astype(np.float64) @ r_hat)
+    return float(np.mean(np.sum(dec * _unit(x), axis=1)))
+
+
 def procrustes(x: F32, c: F32) -> NDArray[np.float64]:
     """The orthogonal R minimising ||x R^T - c|| (rows are vectors): R = U V^T from the
     SVD of c^T x."""
@@ -309,7 +322,7 @@ def run(
     tokens_correct = sum(truth.get(t) == s for t, s in stem_of.items())
 
     # (c) recover the other rows' words
-    occ = rec = 0
+    occ = rec = words = words_ok = 0
     bigrams = bigrams_ok = 0
     private_rows = 0
     for d in private_docs:
@@ -332,6 +345,8 @@ def run(
         for s, ps in terms.items():
             occ += len(ps)
             rec += min(len(ps), guessed.get(s, 0))
+            words += 1
+            words_ok += s in guessed
         seq = sorted((p, s) for s, ps in terms.items() for p in ps)
         for (p1, s1), (p2, s2) in pairwise(seq):
             bigrams += 1
@@ -369,6 +384,8 @@ def run(
         private_rows=private_rows,
         private_occurrences=occ,
         recovered_occurrences=rec,
+        private_words=words,
+        recovered_words=words_ok,
         order_recovered=positional and bigrams_ok > 0,
         ordered_bigrams=bigrams_ok / max(1, bigrams),
         rotation_cosine=rot_cos,
