@@ -346,7 +346,7 @@ def build_metrics_app(opts: HttpOptions) -> ASGIApp:
 
     app = Starlette(routes=[Route("/metrics", metrics, methods=["GET"])])
     limited = RateLimit(app, opts.rate_per_second, opts.rate_burst, verifier=None)
-    return SecurityHeaders(limited, tls=opts.tls_cert is not None)
+    return SecurityHeaders(limited, tls=False)
 
 
 def parse_bind(value: str) -> tuple[str, int]:
@@ -388,7 +388,8 @@ def _graceful_server_class() -> type[Any]:
     return GracefulServer
 
 
-def _uvicorn_config(app: ASGIApp, host: str, port: int, opts: HttpOptions) -> Any:
+def _uvicorn_config(app: ASGIApp, host: str, port: int, opts: HttpOptions | None) -> Any:
+    """uvicorn's config; TLS (and client certificates) as in ``opts``, none without."""
     import uvicorn
 
     return uvicorn.Config(
@@ -396,10 +397,10 @@ def _uvicorn_config(app: ASGIApp, host: str, port: int, opts: HttpOptions) -> An
         host=host,
         port=port,
         log_level="warning",
-        ssl_certfile=str(opts.tls_cert) if opts.tls_cert else None,
-        ssl_keyfile=str(opts.tls_key) if opts.tls_key else None,
-        ssl_ca_certs=str(opts.tls_client_ca) if opts.tls_client_ca else None,
-        ssl_cert_reqs=ssl.CERT_REQUIRED if opts.tls_client_ca else ssl.CERT_NONE,
+        ssl_certfile=str(opts.tls_cert) if opts and opts.tls_cert else None,
+        ssl_keyfile=str(opts.tls_key) if opts and opts.tls_key else None,
+        ssl_ca_certs=str(opts.tls_client_ca) if opts and opts.tls_client_ca else None,
+        ssl_cert_reqs=ssl.CERT_REQUIRED if opts and opts.tls_client_ca else ssl.CERT_NONE,
         timeout_graceful_shutdown=30,
         server_header=False,
     )
@@ -407,8 +408,9 @@ def _uvicorn_config(app: ASGIApp, host: str, port: int, opts: HttpOptions) -> An
 
 def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
     """Serve until SIGTERM/SIGINT; uvicorn lets in-flight requests finish. With
-    SEALEDKB_METRICS_BIND, a second listener serves /metrics alone (same TLS) from a
-    thread, stopped when the main one stops."""
+    SEALEDKB_METRICS_BIND, a second listener serves /metrics alone from a thread,
+    stopped when the main one stops: plain HTTP for a Prometheus on an internal
+    network (metrics carry no knowledge, ids or secrets; monitoring/metrics.py)."""
     import uvicorn
 
     check_bind(opts)
@@ -418,14 +420,9 @@ def run_http(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> None:
     metrics_thread: threading.Thread | None = None
     if kb.settings.metrics_bind is not None:
         host, port = parse_bind(kb.settings.metrics_bind)
-        if not opts.tls_cert and not is_loopback(host):
-            log.warning(
-                "serving /metrics without TLS on non-loopback address %s: metrics (no "
-                "knowledge, no secrets) cross the network in clear",
-                host,
-            )
         # Signals are the main listener's (uvicorn installs none off the main thread).
-        metrics_server = uvicorn.Server(_uvicorn_config(build_metrics_app(opts), host, port, opts))
+        metrics_app = build_metrics_app(opts)
+        metrics_server = uvicorn.Server(_uvicorn_config(metrics_app, host, port, None))
         metrics_thread = threading.Thread(
             target=metrics_server.run, name="sealedkb-metrics", daemon=True
         )
