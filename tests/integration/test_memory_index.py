@@ -7,6 +7,7 @@ a database writer."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,9 @@ from sealedkb.config import Settings, load_settings
 from sealedkb.errors import IntegrityError, ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode, EntryPatch, new_entry
+from sealedkb.search import memory
 from sealedkb.search.memory import IndexCapacityError
+from sealedkb.store.changes import ChangeFeed
 from sealedkb.store.embedded import EmbeddedPostgres
 
 # kb_entries columns that may hold a value in memory mode: bookkeeping and sealed bytes.
@@ -419,3 +422,28 @@ def test_cli_init_option_and_http_server_sees_cli_writes(
         assert asyncio.run(search(base, "victor")) == ["second"]
     r = cli("search", "whiskey", "--mode", "keyword", env={"SEALEDKB_EMBEDDER": "hash"})
     assert r.exit_code == 0 and "second" in r.output, r.output
+
+
+def test_the_change_feed_is_pruned_and_a_stale_index_rebuilt(
+    mem_kb: KnowledgeBase,
+    mem_settings: Settings,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    e = mem_kb.add("xray yankee")
+    sql(database_url, "UPDATE kb_changes SET changed_at = now() - interval '8 days'")
+    recent = mem_kb.add("zulu alpha")
+    assert ChangeFeed(mem_kb.db).prune(memory.FEED_KEEP_SECONDS) >= 1
+    left = sql(database_url, "SELECT entry_id FROM kb_changes")
+    assert left == [(recent.id,)]
+    reader = KnowledgeBase.open(mem_settings)
+    try:
+        assert [h.id for h in reader.search("yankee", mode="keyword").hits] == [e.id]
+        mem_kb.update(e.id, EntryPatch(content="bravo charlie"))
+        sql(database_url, "DELETE FROM kb_changes")  # pruned while the reader slept
+        later = time.monotonic() + memory.REBUILD_AFTER_SECONDS + 1
+        monkeypatch.setattr(memory.time, "monotonic", lambda: later)
+        (hit,) = reader.search("charlie", mode="keyword").hits
+        assert hit.id == e.id and "charlie" in hit.snippet
+    finally:
+        reader.close()

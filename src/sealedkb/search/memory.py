@@ -29,6 +29,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -59,6 +60,12 @@ BM25_B = 0.75
 TITLE_WEIGHT = 2  # a title word counts as this many content words
 OPEN_BATCH = 256  # sealed values opened per batch while building
 CAPACITY_SETTING = "memory_index_max_entries"
+# The change feed keeps a week of changes; a process that has not read it for half
+# of that rebuilds its index instead of trusting what is left. Pruning runs at
+# most hourly, from whichever process reads the feed.
+FEED_KEEP_SECONDS = 7 * 86400
+REBUILD_AFTER_SECONDS = FEED_KEEP_SECONDS / 2
+PRUNE_EVERY_SECONDS = 3600
 
 OpenDocs = Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]]
 Ranked = list[tuple[uuid.UUID, float]]
@@ -321,6 +328,8 @@ class MemoryIndex:
         self._horizon: int | None = None
         self._applied: set[int] = set()
         self._lock = threading.RLock()
+        self._synced_at = 0.0  # time.monotonic() of the last read of the feed
+        self._pruned_at = 0.0
 
     # --- keeping up --------------------------------------------------------
 
@@ -339,6 +348,16 @@ class MemoryIndex:
         """Apply the changes of every process since the last call (one indexed query
         when nothing changed)."""
         with self._lock:
+            now = time.monotonic()
+            if self._horizon is not None and now - self._synced_at > REBUILD_AFTER_SECONDS:
+                # changes older than the feed keeps may be gone: start afresh
+                self._spaces.clear()
+                self._horizon = None
+                self._applied = set()
+            if now - self._pruned_at > PRUNE_EVERY_SECONDS:
+                self._pruned_at = now
+                self.feed.prune(FEED_KEEP_SECONDS)
+            self._synced_at = now
             if self._horizon is None:
                 self._horizon = self.feed.horizon()
                 return

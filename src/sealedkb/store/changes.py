@@ -105,6 +105,18 @@ class ChangeFeed:
         changes = [Change(int(s), int(x), e, n) for _, s, x, e, n in rows if s is not None]
         return int(rows[0][0]), changes
 
+    def prune(self, keep_seconds: float) -> int:
+        """Delete the changes older than ``keep_seconds`` (in seq order, so the scan
+        stops at the first recent one); returns how many went."""
+        with self.db.transaction("change feed") as conn:
+            cur = conn.execute(
+                "DELETE FROM kb_changes WHERE seq < coalesce((SELECT seq FROM kb_changes"
+                " WHERE changed_at >= now() - make_interval(secs => %s) ORDER BY seq LIMIT 1),"
+                " (SELECT max(seq) + 1 FROM kb_changes))",
+                (keep_seconds,),
+            )
+            return cur.rowcount
+
     def count_live(self, namespace: str) -> int:
         with self.db.transaction("memory index") as conn:
             r = conn.execute(
