@@ -11,6 +11,7 @@ search still finds the entries.
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from leakage.attack import KnownDoc, read_rows, run
 
 from sealedkb.config import Settings
+from sealedkb.errors import ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode
 
@@ -165,3 +167,48 @@ def test_reindex_changes_every_token_and_search_still_finds_entries(
     assert server_kb.telemetry.integrity_failures == failures
     got = server_kb.get(truth[0].id)
     assert got.content == truth[0].content
+
+
+def test_reindex_through_the_cli(
+    make_cli: Callable[..., Any], home: Path, database_url: str
+) -> None:
+    cli = make_cli(home, database_url, env={"SEALEDKB_EMBEDDER": "hash"})
+    assert cli("init", "--search-index", "server").exit_code == 0
+    for i in range(3):
+        r = cli("add", "--title", f"Lighthouse {i}", "--namespace", NS, f"keeper log {i} fog")
+        assert r.exit_code == 0, r.output
+    r = cli("reindex", "--namespace", NS, "--json")
+    assert r.exit_code == 0, r.output
+    (one,) = json.loads(r.stdout)["namespaces"]
+    assert one["rotated"] and one["reindexed"] == 3 and one["remaining"] == 0
+    r = cli("search", "lighthouse keeper", "--namespace", NS, "--json")
+    assert r.exit_code == 0 and len(json.loads(r.stdout)["hits"]) == 3
+    r = cli("reindex", "--namespace", NS)
+    assert r.exit_code == 0 and "reindexed 3 entries (new keys); 0 remaining" in r.stdout
+
+    with psycopg.connect(database_url) as conn:
+        keys_before = conn.execute("SELECT count(*) FROM kb_data_keys").fetchone()
+    # bad input: a clear error with its code, and nothing rotated or rebuilt
+    r = cli("reindex", "--namespace", NS, "--batch-size", "0")
+    assert r.exit_code == 2 and "VALIDATION_ERROR" in r.stderr
+    r = cli("reindex", "--namespace", "nowhere")
+    assert r.exit_code == 3 and "NOT_FOUND" in r.stderr
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM kb_data_keys").fetchone() == keys_before
+
+
+def test_reindex_refuses_a_plaintext_knowledge_base(plain_kb: KnowledgeBase) -> None:
+    with pytest.raises(ValidationError) as exc:
+        plain_kb.reindex()
+    assert exc.value.field == "encryption"
+
+
+def test_reindex_refuses_a_memory_index(make_settings: Callable[..., Settings]) -> None:
+    kb, _ = KnowledgeBase.init(make_settings(), EncryptionMode.ON, search_index="memory")
+    try:
+        kb.add("nothing searchable is stored", title="Memory", namespace=NS)
+        with pytest.raises(ValidationError) as exc:
+            kb.reindex(NS)
+        assert exc.value.field == "search_index"
+    finally:
+        kb.close()

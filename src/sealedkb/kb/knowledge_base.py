@@ -1030,7 +1030,12 @@ class KnowledgeBase:
         else:
             names = self.keys.rekey.active_namespaces(KeyPurpose.INDEX, None)
         return [
-            reindex(self, ns, batch_size=batch_size or REINDEX_BATCH, progress=progress)
+            reindex(
+                self,
+                ns,
+                batch_size=REINDEX_BATCH if batch_size is None else batch_size,
+                progress=progress,
+            )
             for ns in names
         ]
 
@@ -1121,4 +1126,5 @@ class KnowledgeBase:
             "key_rotation": info["key_rotation"],
             "data_keys_on_newest_key_version": info["data_keys_on_newest_key_version"],
             "entries_by_data_key": info["entries_by_data_key"],
+            "embeddings_on_retired_keys": info["embeddings_on_retired_keys"],
         }

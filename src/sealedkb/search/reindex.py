@@ -25,7 +25,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from sealedkb.crypto.keyring import encryption_context
-from sealedkb.errors import EmbeddingError, IntegrityError, SealedKBError, ValidationError
+from sealedkb.errors import (
+    EmbeddingError,
+    IntegrityError,
+    NotFoundError,
+    SealedKBError,
+    ValidationError,
+)
 from sealedkb.formats.aad import embedding_aad
 from sealedkb.model import KeyPurpose, WrappedDataKey, validate_namespace
 from sealedkb.search.engine import DB_DIM, vector_from_bytes
@@ -151,7 +157,7 @@ def reindex(
     marker = kb.search_table.reindex_marker(ns)
     active_index = _active_id(kb, ns, KeyPurpose.INDEX)
     if active_index is None:
-        raise ValidationError(f"namespace {ns} has no search index yet", field="namespace")
+        raise NotFoundError(f"namespace {ns} has no search index yet", field="namespace")
     if marker is not None and marker == active_index:
         index_id, rotated = marker, False
         vector_id = _active_id(kb, ns, KeyPurpose.VECTOR) or uuid.UUID(int=0)
