@@ -24,6 +24,7 @@ from sealedkb.config import Settings
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.embed import load_embedder
 from sealedkb.errors import (
+    AccessDeniedError,
     ConflictError,
     IntegrityError,
     KeyUnavailableError,
@@ -41,6 +42,16 @@ from sealedkb.kb.status import (
     KnowledgeBaseStatus,
     NamespaceStats,
     Stats,
+)
+from sealedkb.kb.oauth import (
+    ConsentRequest,
+    ConsentResult,
+    OAuthAccess,
+    OAuthClient,
+    OAuthCode,
+    OAuthRefresh,
+    OAuthService,
+    OAuthTokens,
 )
 from sealedkb.kb.tokens import TokenService
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
@@ -84,6 +95,7 @@ from sealedkb.store.changes import ChangeFeed, lock_namespace
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
+from sealedkb.store.oauth import OAuthTable
 from sealedkb.store.search import SearchColumns, SearchTable
 from sealedkb.store.tokens import TokenRecord, TokenTable
 
@@ -273,6 +285,15 @@ class KnowledgeBase:
             self.audit,
             provider if mode is EncryptionMode.ON else None,
             self.telemetry,
+            now=now,
+        )
+        self._oauth = OAuthService(
+            OAuthTable(db),
+            self.audit,
+            provider if mode is EncryptionMode.ON else None,
+            self.telemetry,
+            access_seconds=settings.oauth_access_seconds,
+            refresh_days=settings.oauth_refresh_days,
             now=now,
         )
         self.keys: KeyLifecycle | None = None
@@ -957,6 +978,92 @@ class KnowledgeBase:
         """The principal a bearer token stands for, or None (unknown, revoked, expired,
         or a row that fails its integrity check)."""
         return self._tokens.authenticate(secret)
+
+    # --- OAuth 2.1 for hosted MCP clients (kb/oauth.py; adapters/oauth/) ------------------
+
+    def oauth_register_client(
+        self, client_id: str, secret: str | None, metadata: dict[str, Any]
+    ) -> None:
+        self._oauth.register_client(client_id, secret, metadata)
+
+    def oauth_client(self, client_id: str) -> OAuthClient | None:
+        return self._oauth.get_client(client_id)
+
+    def oauth_check_client_secret(self, client_id: str, secret: str | None) -> bool:
+        return self._oauth.check_client_secret(client_id, secret)
+
+    def oauth_begin(
+        self,
+        client_id: str,
+        *,
+        redirect_uri: str,
+        redirect_uri_explicit: bool,
+        state: str | None,
+        scopes: Sequence[str],
+        code_challenge: str,
+        resource: str,
+    ) -> str:
+        """A pending consent request; returns the secret its consent page opens with."""
+        return self._oauth.begin(
+            client_id,
+            redirect_uri=redirect_uri,
+            redirect_uri_explicit=redirect_uri_explicit,
+            state=state,
+            scopes=scopes,
+            code_challenge=code_challenge,
+            resource=resource,
+        )
+
+    def oauth_pending(self, request: str) -> ConsentRequest | None:
+        return self._oauth.pending(request)
+
+    def oauth_consent(
+        self, request: str, bearer: str, role: str, namespaces: Sequence[str]
+    ) -> ConsentResult:
+        """The holder of bearer token ``bearer`` grants ``role`` on ``namespaces`` (no
+        wider than that token) to the client of consent request ``request``."""
+        principal = self._tokens.authenticate(bearer)
+        if principal is None:
+            raise AccessDeniedError("sign in with a valid bearer token", field="token")
+        return self._oauth.consent(request, principal, role, namespaces)
+
+    def oauth_deny(self, request: str) -> ConsentRequest | None:
+        return self._oauth.deny(request)
+
+    def oauth_load_code(self, client_id: str, code: str) -> OAuthCode | None:
+        return self._oauth.load_code(client_id, code)
+
+    def oauth_exchange_code(self, client_id: str, code: str) -> OAuthTokens:
+        return self._oauth.exchange_code(client_id, code)
+
+    def oauth_load_refresh(self, client_id: str, token: str) -> OAuthRefresh | None:
+        return self._oauth.load_refresh(client_id, token)
+
+    def oauth_exchange_refresh(self, client_id: str, token: str) -> OAuthTokens:
+        return self._oauth.exchange_refresh(client_id, token)
+
+    def oauth_authenticate(self, token: str) -> OAuthAccess | None:
+        """The access an OAuth access token grants (None: unknown, expired, revoked,
+        used up or a row that fails its integrity check)."""
+        return self._oauth.authenticate(token)
+
+    def oauth_revoke(self, client_id: str, token: str) -> bool:
+        return self._oauth.revoke(client_id, token)
+
+    def oauth_grant(
+        self,
+        client_id: str,
+        bearer: str,
+        role: str,
+        namespaces: Sequence[str],
+        resource: str,
+    ) -> OAuthTokens:
+        """Tokens for a registered client granted by the holder of ``bearer``, without
+        the browser round trip (audited like a consent)."""
+        principal = self._tokens.authenticate(bearer)
+        if principal is None:
+            raise AccessDeniedError("sign in with a valid bearer token", field="token")
+        return self._oauth.grant(client_id, principal, role, namespaces, resource)
 
     # --- search, import (search/engine.py, ingest/importer.py) --------------------------------
 

@@ -40,6 +40,7 @@ class KnowledgeBaseStatus(TypedDict):
     key_rotation: dict[str, Any] | None
     data_keys_on_newest_key_version: NotRequired[Any]
     entries_by_data_key: dict[str, int] | None
+    embeddings_on_retired_keys: NotRequired[int]
     audit: dict[str, Any]
     warnings: list[str]
 
@@ -50,6 +51,7 @@ class KeyStatus(TypedDict):
     key_rotation: dict[str, Any] | None
     data_keys_on_newest_key_version: NotRequired[Any]
     entries_by_data_key: dict[str, int] | None
+    embeddings_on_retired_keys: NotRequired[int]
 
 
 class NamespaceStats(TypedDict):

@@ -737,7 +737,11 @@ class KeyLifecycle:
             out["key_rotation"] = None
             out["data_keys_on_newest_key_version"] = None
         out["data_keys_by_state"] = self.rekey.data_key_counts()
-        out["entries_by_data_key"] = self.rekey.counts()
+        by_key = self.rekey.counts()
+        # Rows count as on a retired key when either sealed column is; the exact
+        # embeddings alone are reported beside it.
+        out["embeddings_on_retired_keys"] = by_key.pop("embeddings_on_retired_keys")
+        out["entries_by_data_key"] = by_key
         return out
 
 

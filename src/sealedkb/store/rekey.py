@@ -42,6 +42,9 @@ def _dk(r: Sequence[Any]) -> WrappedDataKey:
     )
 
 
+KEEP = object()  # reseal: leave the exact embedding as it is
+
+
 @dataclass(frozen=True, slots=True)
 class StaleRow:
     id: uuid.UUID
@@ -142,16 +145,20 @@ class RekeyTable:
 
     @staticmethod
     def reseal(
-        conn: Connection[TupleRow], row: StaleRow, new_doc: bytes, new_embedding: bytes | None
+        conn: Connection[TupleRow],
+        row: StaleRow,
+        new_doc: bytes,
+        new_embedding: bytes | object | None = KEEP,
     ) -> bool:
-        """Write the re-sealed document and exact embedding unless the row changed since
-        it was read. ``version`` and ``updated_at`` stay as they are: the entry did not
-        change."""
+        """Write the re-sealed document (and exact embedding, unless ``KEEP``) unless the
+        row changed since it was read. ``version`` and ``updated_at`` stay as they are:
+        the entry did not change."""
+        embedding = row.embedding_sealed if new_embedding is KEEP else new_embedding
         cur = conn.execute(
             "UPDATE kb_entries SET doc_sealed = %s, embedding_sealed = %s"
             " WHERE id = %s AND version = %s AND doc_sealed = %s"
             " AND embedding_sealed IS NOT DISTINCT FROM %s",
-            (new_doc, new_embedding, row.id, row.version, row.doc_sealed, row.embedding_sealed),
+            (new_doc, embedding, row.id, row.version, row.doc_sealed, row.embedding_sealed),
         )
         return cur.rowcount == 1
 
