@@ -42,8 +42,10 @@ def settings_from_context(app: cdk.App) -> DeploymentSettings:
     )
 
 
-def build(app: cdk.App) -> SealedkbStack:
-    """The stack, its cdk-nag suppressions (each with its reason) and the checks."""
+def build(app: cdk.App, *, nag: bool = True, suppress: bool = True) -> SealedkbStack:
+    """The stack, its cdk-nag acknowledgements (each with its reason) and the checks:
+    synthesis fails on any finding not acknowledged. ``nag``/``suppress`` off are for
+    tests/deploy only (a mutated stack; the checks without the acknowledgements)."""
     stack = SealedkbStack(
         app,
         "Sealedkb",
@@ -53,8 +55,10 @@ def build(app: cdk.App) -> SealedkbStack:
             region=os.environ.get("CDK_DEFAULT_REGION", "eu-west-1"),
         ),
     )
-    apply_suppressions(stack)
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
+    if suppress:
+        apply_suppressions(stack)
+    if nag:
+        cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app, verbose=True))
     return stack
 
 

@@ -857,10 +857,10 @@ class SealedkbStack(Stack):
                 source=["aws.rds"],
                 detail_type=["RDS DB Instance Event"],
                 detail={
-                    "SourceIdentifier": [self.database.instance_identifier],
+                    "SourceIdentifier": [DB_INSTANCE_ID],
                     "Message": [
-                        events.Match.wildcard("*inaccessible-encryption-credentials*"),
-                        events.Match.wildcard("*inaccessible encryption credentials*"),
+                        {"wildcard": "*inaccessible-encryption-credentials*"},
+                        {"wildcard": "*inaccessible encryption credentials*"},
                     ],
                 },
             ),
