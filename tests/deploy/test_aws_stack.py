@@ -502,7 +502,7 @@ def test_alarms_on_sealedkb_encryption_health_metrics(
 
 
 def test_notification_topic_is_encrypted_and_tls_only(synthesized: Synth) -> None:
-    topic_id, topic = synthesized.one("AWS::SNS::Topic")
+    _topic_id, topic = synthesized.one("AWS::SNS::Topic")
     assert topic["Properties"]["KmsMasterKeyId"] == arn_of(key_id(synthesized, "OpsKey"))
     (policy,) = synthesized.resources("AWS::SNS::TopicPolicy").values()
     assert any(
