@@ -139,4 +139,5 @@ def test_spraying_bad_headers_does_not_reset_a_limited_token(
         assert post_mcp(client, base, good) == 429
         sprayed = {post_mcp(client, base, f"Bearer skb_spray-{i}") for i in range(20_000)}
         assert sprayed <= {401, 429}
-        assert post_mcp(client, base, good) == 429  # still limited
+        # Still limited, also after the request that finds the table overfull.
+        assert [post_mcp(client, base, good) for _ in range(3)] == [429, 429, 429]
