@@ -26,17 +26,25 @@ from typing import Any
 
 import anyio.to_thread
 from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.routes import build_resource_metadata_url
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
+from pydantic import AnyHttpUrl
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from sealedkb.adapters.mcp.server import principal_of
+from sealedkb.adapters.oauth import authorization_server_routes, protected_resource_handler
+from sealedkb.adapters.oauth.oidc import OidcVerifier
+from sealedkb.adapters.oauth.provider import same_resource
+from sealedkb.adapters.ui import build_ui
+from sealedkb.config import Settings
 from sealedkb.errors import SealedKBError, TransportRefusedError, ValidationError
-from sealedkb.kb.access import Action
+from sealedkb.kb.access import Action, Role
 from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.oauth import ACCESS_PREFIX
 from sealedkb.monitoring import metrics as monitor
 
 log = logging.getLogger("sealedkb.http")
@@ -107,10 +115,16 @@ _verified: contextvars.ContextVar[tuple[str, AccessToken | None] | None] = conte
 
 
 class TokenVerifier:
-    """Checks bearer tokens against kb_tokens (keyed-hash lookup and row MAC)."""
+    """Checks bearer tokens: static ones against kb_tokens (keyed-hash lookup and row
+    MAC); with OAuth, access tokens of the built-in authorization server (kb/oauth.py:
+    the same, and issued for this resource) or JWTs of an external OpenID Connect
+    issuer (adapters/oauth/oidc.py)."""
 
-    def __init__(self, kb: KnowledgeBase) -> None:
+    def __init__(self, kb: KnowledgeBase, opts: HttpOptions | None = None) -> None:
         self.kb = kb
+        self.mode = kb.settings.oauth
+        self.resource = resource_url(opts or HttpOptions(), kb.settings)
+        self.oidc = OidcVerifier(kb.settings, self.resource) if self.mode == "oidc" else None
 
     async def verify_token(self, token: str) -> AccessToken | None:
         done = _verified.get()
@@ -119,6 +133,10 @@ class TokenVerifier:
         return await self._verify(token)
 
     async def _verify(self, token: str) -> AccessToken | None:
+        if token.startswith(ACCESS_PREFIX):
+            return await self._verify_oauth(token) if self.mode == "builtin" else None
+        if self.oidc is not None and token.count(".") == 2:
+            return await anyio.to_thread.run_sync(self.oidc.verify, token)
         try:
             principal = await anyio.to_thread.run_sync(self.kb.authenticate, token)
         except SealedKBError as exc:
@@ -130,6 +148,32 @@ class TokenVerifier:
             token=token,
             client_id=principal.name,
             scopes=[principal.role.value],
+            claims={
+                "role": principal.role.value,
+                "namespaces": None
+                if principal.namespaces is None
+                else sorted(principal.namespaces),
+            },
+        )
+
+    async def _verify_oauth(self, token: str) -> AccessToken | None:
+        try:
+            access = await anyio.to_thread.run_sync(self.kb.oauth_authenticate, token)
+        except SealedKBError as exc:
+            log.warning("oauth token check failed: %s", exc.code)
+            return None
+        if access is None:
+            return None
+        if not same_resource(access.resource, self.resource):  # another audience
+            log.warning("oauth token for another resource refused")
+            return None
+        principal = access.principal
+        return AccessToken(
+            token=token,
+            client_id=principal.name,
+            scopes=list(access.scopes),
+            expires_at=access.expires_at,
+            resource=access.resource,
             claims={
                 "role": principal.role.value,
                 "namespaces": None
@@ -188,6 +232,41 @@ class Buckets:
             while len(self._table) > self.max_keys:
                 self._table.popitem(last=False)
             return wait
+
+
+ROLE_SCOPES = frozenset(r.value for r in Role)
+
+
+class ScopeCheck:
+    """403 insufficient_scope (RFC 6750 §3.1) for a valid token that carries no role
+    scope (an external issuer's token its claims map to no role), before MCP."""
+
+    def __init__(self, app: ASGIApp, resource_metadata: str) -> None:
+        self.app = app
+        self.resource_metadata = resource_metadata
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        done = _verified.get()
+        if (
+            scope["type"] == "http"
+            and str(scope.get("path", "")).startswith("/mcp")
+            and done is not None
+            and done[1] is not None
+            and not ROLE_SCOPES.intersection(done[1].scopes)
+        ):
+            challenge = (
+                'Bearer error="insufficient_scope", error_description="no role granted", '
+                f'scope="{" ".join(r.value for r in Role)}", '
+                f'resource_metadata="{self.resource_metadata}"'
+            )
+            response = JSONResponse(
+                {"error": "insufficient_scope", "error_description": "no role granted"},
+                status_code=403,
+                headers={"WWW-Authenticate": challenge},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 UNLIMITED_PATHS = frozenset({"/healthz"})  # liveness: constant, and must not starve
@@ -302,7 +381,7 @@ def metrics_response() -> Response:
 
 def build_app(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> ASGIApp:
     """The ASGI app: MCP behind bearer auth, health endpoints, limits and headers."""
-    verifier = TokenVerifier(kb)
+    verifier = TokenVerifier(kb, opts)
     ready = ReadinessProbe(kb.availability, min(READY_MAX_AGE, kb.settings.data_key_max_age))
 
     @server.custom_route("/healthz", methods=["GET"])  # type: ignore[untyped-decorator]
@@ -324,16 +403,31 @@ def build_app(server: MCPServer, kb: KnowledgeBase, opts: HttpOptions) -> ASGIAp
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="sealedkb", scope="metrics"'},
             )
-        if not principal_of(access).allows(Action.METRICS):
+        if not ROLE_SCOPES.intersection(access.scopes) or not principal_of(access).allows(
+            Action.METRICS
+        ):
             return JSONResponse(
                 {"code": "ACCESS_DENIED", "message": "this token may not read metrics"},
                 status_code=403,
             )
         return await anyio.to_thread.run_sync(metrics_response)
 
+    resource = resource_url(opts, kb.settings)
+    if server.settings.auth is not None and kb.settings.oauth != "off":
+        # OAuth 2.1 (adapters/oauth/): RFC 9728 metadata at the root path too, and with
+        # the built-in authorization server its endpoints and consent page.
+        issuer = server.settings.auth.issuer_url
+        server.custom_route("/.well-known/oauth-protected-resource", methods=["GET", "OPTIONS"])(
+            protected_resource_handler(AnyHttpUrl(resource), issuer, sorted(ROLE_SCOPES))
+        )
+        if kb.settings.oauth == "builtin":
+            for route in authorization_server_routes(kb, issuer, resource):
+                server.custom_route(route.path, methods=sorted(route.methods or ()))(route.endpoint)
     monitor.register_kb(kb)
     app = server.streamable_http_app(host=opts.host, max_request_body_size=opts.max_request_bytes)
-    limited: ASGIApp = RateLimit(app, opts.rate_per_second, opts.rate_burst, verifier)
+    app.mount("/ui", build_ui(kb, tls=opts.tls_cert is not None))  # the web console
+    scoped = ScopeCheck(app, str(build_resource_metadata_url(AnyHttpUrl(resource))))
+    limited: ASGIApp = RateLimit(scoped, opts.rate_per_second, opts.rate_burst, verifier)
     return SecurityHeaders(limited, tls=opts.tls_cert is not None)
 
 
@@ -358,13 +452,23 @@ def parse_bind(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def auth_settings(opts: HttpOptions) -> AuthSettings:
-    base = opts.url.removesuffix("/mcp")
-    # Tokens are opaque and issued by this server for this server only; the verifier
-    # checks them itself, so there is no audience claim to compare.
+def resource_url(opts: HttpOptions, settings: Settings | None = None) -> str:
+    """This server's resource identifier (RFC 8707/9728): SEALEDKB_PUBLIC_URL + /mcp
+    behind a proxy, else the bind's URL."""
+    public = settings.public_url if settings is not None else None
+    return public.rstrip("/") + "/mcp" if public else opts.url
+
+
+def auth_settings(opts: HttpOptions, settings: Settings | None = None) -> AuthSettings:
+    resource = resource_url(opts, settings)
+    issuer = resource.removesuffix("/mcp")
+    if settings is not None and settings.oauth == "oidc" and settings.oidc_issuer:
+        issuer = settings.oidc_issuer
+    # The verifier checks each token's audience itself (static bearer tokens have none;
+    # OAuth tokens must name this resource), so the SDK does not compare it.
     return AuthSettings(
-        issuer_url=base,  # type: ignore[arg-type]
-        resource_server_url=opts.url,  # type: ignore[arg-type]
+        issuer_url=issuer,  # type: ignore[arg-type]
+        resource_server_url=resource,  # type: ignore[arg-type]
         validate_token_resource=False,
     )
 
