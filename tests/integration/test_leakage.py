@@ -28,6 +28,7 @@ from sealedkb.config import Settings
 from sealedkb.errors import ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode
+from sealedkb.search.engine import MAX_QUERY_CHARS, embedding_text
 
 NS = "leaky"
 _VOCABULARY = """
@@ -129,6 +130,24 @@ def test_reindex_changes_every_token_and_search_still_finds_entries(
 
     with pytest.raises(Stop):  # killed after one batch
         server_kb.reindex(NS, batch_size=8, progress=stop_after_first_batch)
+    with psycopg.connect(database_url) as conn:
+        pending = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT id FROM kb_entries WHERE namespace = %s AND index_key_id IS NULL", (NS,)
+            )
+        }
+    assert len(pending) == len(truth) - 8
+    # online: while the reindex is unfinished, rows not yet rebuilt are still found
+    # (search queries under the retired keys too), by every arm
+    waiting = [d for d in truth if d.id in pending][:4]
+    for d in waiting:
+        for mode in ("keyword", "hybrid"):
+            hits = server_kb.search(f"{d.title} {d.content[:60]}", mode=mode, namespace=NS).hits
+            assert d.id in [str(h.id) for h in hits], (mode, d.title)
+        query = embedding_text(d.title, d.content)[:MAX_QUERY_CHARS]
+        hits = server_kb.search(query, mode="semantic", namespace=NS, limit=3).hits
+        assert d.id in [str(h.id) for h in hits], d.title
     (res,) = server_kb.reindex(NS, batch_size=8)  # the rerun continues
     assert not res.rotated
     assert res.reindexed == len(truth) - 8 and res.remaining == 0 and res.failed == 0

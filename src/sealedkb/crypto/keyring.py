@@ -212,6 +212,39 @@ class KeyRing:
                 self._ciphers_by_ns[(namespace, dim, beta)] = (cipher, cached.expires)
         return cipher
 
+    def _named_record(
+        self, namespace: str, purpose: KeyPurpose, key_id: uuid.UUID
+    ) -> WrappedDataKey:
+        rec = self.store.get_data_key(key_id)
+        if rec is None or rec.namespace != namespace or rec.purpose is not purpose:
+            raise IntegrityError("a data key row does not match its namespace and purpose")
+        return rec
+
+    def blinder_of(self, namespace: str, key_id: uuid.UUID) -> Blinder:
+        """The blinder of one named index data key of ``namespace`` (a retired one,
+        while ``sealedkb reindex`` moves the namespace off it)."""
+        key = self._cached(self._named_record(namespace, KeyPurpose.INDEX, key_id))
+        with self._lock:
+            blinder = self._blinders.get(key.key_id)
+            if blinder is None:
+                blinder = self._blinders[key.key_id] = Blinder(key.material)
+            return blinder
+
+    def vector_cipher_of(
+        self, namespace: str, key_id: uuid.UUID, dim: int, beta: float
+    ) -> VectorCipher:
+        """DCPE under one named vector data key of ``namespace`` (as :meth:`blinder_of`)."""
+        key = self._cached(self._named_record(namespace, KeyPurpose.VECTOR, key_id))
+        cache_key = (key.key_id, dim, beta)
+        cipher = self._vector_ciphers.get(cache_key)
+        if cipher is None:
+            from sealedkb.crypto.vectors import VectorCipher
+
+            cipher = VectorCipher(key.material, dim, beta)
+            with self._lock:
+                self._vector_ciphers[cache_key] = cipher
+        return cipher
+
     def writer(self, namespace: str) -> tuple[FieldSealer, Blinder]:
         """The content sealer and tag blinder of a namespace, cached together until the
         first of their data keys expires (the write path calls this once per entry)."""

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
@@ -83,6 +84,7 @@ MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 50  # hits per page
 MAX_WINDOW = 200  # offset + limit: the hard cap on how deep a search pages
 MIN_FUSION_DEPTH = 10
+RETIRED_KEYS_MAX_AGE = 2.0  # seconds a search trusts its view of a running reindex
 MAX_CACHED_NAMESPACES = 16  # word -> token caches kept by the indexer (<= 65,536 words each)
 EMBED_TEXT_CHARS = 4000  # the model sees 256 tokens (~1,000 chars); cut early
 
@@ -381,6 +383,8 @@ class SearchEngine:
         self.memory: CandidateSource | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._executor_lock = threading.Lock()
+        # namespace -> (monotonic expiry, the keys an unfinished reindex moves off)
+        self._retired: dict[str, tuple[float, tuple[uuid.UUID, uuid.UUID] | None]] = {}
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -390,6 +394,20 @@ class SearchEngine:
                         max_workers=SEARCH_WORKERS, thread_name_prefix="sealedkb-search"
                     )
         return self._executor
+
+    def _retired_keys(self, ns: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """The index and vector keys an unfinished ``reindex`` of ``ns`` moves rows off
+        (search/reindex.py), re-read every RETIRED_KEYS_MAX_AGE seconds: while it runs,
+        queries are also made under them, so rows not yet rebuilt are still found."""
+        now = time.monotonic()
+        hit = self._retired.get(ns)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        keys = self.table.reindex_retired_keys(ns)
+        if len(self._retired) >= MAX_CACHED_NAMESPACES:
+            self._retired.clear()
+        self._retired[ns] = (now + RETIRED_KEYS_MAX_AGE, keys)
+        return keys
 
     def close(self) -> None:
         """Stop the worker threads of hybrid search (running searches finish first)."""
@@ -480,10 +498,14 @@ class SearchEngine:
                 mem_kw, mem_sem, used, requested, limit, offset, stems, norm_tags, warnings
             )
         kw_query = kw_filter = None
+        retired = self._retired_keys(ns) if self.keyring is not None else None
         if used is not SearchMode.SEMANTIC and stems:
             if self.keyring is not None:
                 tok = self.keyring.blinder(ns).word_token
                 lexemes = [tok(s) for s in stems]
+                if retired is not None:  # rows a running reindex has not rebuilt yet
+                    old_tok = self.keyring.blinder_of(ns, retired[0]).word_token
+                    lexemes += [old_tok(s) for s in stems]
                 kw_query = " | ".join(lexemes)
                 freqs = self.table.term_frequencies("kw_tokens")
             else:
@@ -520,6 +542,7 @@ class SearchEngine:
         )
         try:
             vec_arg: NDArray[np.float32] | None = None
+            old_arg: NDArray[np.float32] | None = None
             fetch = depth
             if qvec is not None:
                 if self.keyring is not None:
@@ -529,6 +552,11 @@ class SearchEngine:
                     # time), so the database cannot link or invert repeated queries.
                     vec_arg = (cipher.encrypt if self.query_noise else cipher.rotate)(qvec)[0]
                     fetch = depth * self.oversample
+                    if retired is not None:
+                        old = self.keyring.vector_cipher_of(
+                            ns, retired[1], self.embedder.dim, DCPE_BETA
+                        )
+                        old_arg = (old.encrypt if self.query_noise else old.rotate)(qvec)[0]
                 else:
                     vec_arg = qvec
             sem: list[tuple[uuid.UUID, float]] = []
@@ -541,6 +569,20 @@ class SearchEngine:
                     depth=fetch,
                     ef_search=max(self.ef_search_min, fetch),
                 )
+                if old_arg is not None:
+                    seen = {c[0] for c in vec}
+                    vec += [
+                        c
+                        for c in self.table.vector_candidates(
+                            filt,
+                            encrypted=encrypted,
+                            vector=old_arg,
+                            model_id=model_id,
+                            depth=fetch,
+                            ef_search=max(self.ef_search_min, fetch),
+                        )
+                        if c[0] not in seen
+                    ]
                 sem = self._rerank(ns, qvec, vec, depth)
         except BaseException:
             if kw_job is not None:

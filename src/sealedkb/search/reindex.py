@@ -13,8 +13,10 @@ read (same version and sealed document); a row changed meanwhile was indexed by 
 own update. Rebuilt rows carry the new index key's id (migration 008): killed at any
 point, a rerun continues with the rows still to do, under the same keys.
 
-While a reindex runs, rows not yet rebuilt are not found by search (their tokens and
-vectors are under the retired keys); gets, lists and writes are unaffected.
+While a reindex is unfinished (its marker in kb_meta names the active index key),
+search also queries under the retired index and vector keys (SearchEngine, re-read
+every 2 s), so rows not yet rebuilt are still found; only a tag filter matches the
+active key's tag tokens alone. Gets, lists and writes are unaffected.
 """
 
 from __future__ import annotations

@@ -389,6 +389,23 @@ class SearchTable:
         except ValueError:
             return None  # not one of ours: the run starts afresh
 
+    def reindex_retired_keys(self, namespace: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+        """While a reindex of ``namespace`` is unfinished: the index and vector data
+        keys it moves the rows off (the ones retired last), which search also queries
+        so rows not yet rebuilt are found. None when no reindex is pending."""
+        with self.db.transaction("reindex marker") as conn:
+            r = conn.execute(
+                "SELECT (SELECT id FROM kb_data_keys WHERE namespace = %s AND purpose = 'index'"
+                "   AND NOT active AND retired_at IS NOT NULL ORDER BY retired_at DESC LIMIT 1),"
+                " (SELECT id FROM kb_data_keys WHERE namespace = %s AND purpose = 'vector'"
+                "   AND NOT active AND retired_at IS NOT NULL ORDER BY retired_at DESC LIMIT 1)"
+                " FROM kb_meta WHERE key = %s",
+                (namespace, namespace, REINDEX_MARKER + namespace),
+            ).fetchone()
+        if r is None or r[0] is None or r[1] is None:
+            return None
+        return r[0], r[1]
+
     @staticmethod
     def set_reindex_marker(
         conn: Connection[TupleRow], namespace: str, index_key_id: uuid.UUID | None
