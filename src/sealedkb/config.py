@@ -108,6 +108,23 @@ class Settings(BaseSettings):
     metrics_bind: str | None = Field(
         default=None, pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$"
     )
+    # OAuth 2.1 for hosted MCP clients (adapters/oauth/, README "OAuth"): "builtin" (this
+    # server is its own authorization server), "oidc" (access tokens of an external
+    # OpenID Connect issuer), "off". Static bearer tokens work in every mode.
+    oauth: str = Field(default="builtin", pattern=r"^(builtin|oidc|off)$")
+    # The origin clients reach this server at (behind a proxy); default: the bind.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s/?#]+$")
+    oauth_access_seconds: int = Field(default=900, ge=60, le=3600)
+    oauth_refresh_days: int = Field(default=30, ge=1, le=365)
+    oidc_issuer: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    oidc_audience: str | None = Field(default=None, min_length=1, max_length=512)
+    oidc_jwks_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    oidc_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    oidc_role_claim: str = Field(default="sealedkb_role", min_length=1, max_length=100)
+    oidc_namespaces_claim: str = Field(default="sealedkb_namespaces", min_length=1, max_length=100)
+    # claim value (e.g. a group) -> reader, writer or admin; empty: the value is the role
+    oidc_roles: dict[str, str] = Field(default_factory=dict)
+    oidc_default_namespaces: list[str] = Field(default_factory=lambda: ["default"])
     # Monitoring and alarms (monitoring/alarms.py, docs/ENCRYPTION-KEY-MANAGEMENT.md §22).
     # metrics_enabled=false turns off per-operation timing and key-call latency
     # histograms (the bench's "off"); counters the alarms need stay on.

@@ -35,14 +35,6 @@ from sealedkb.errors import (
 )
 from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.kb.access import Principal
-from sealedkb.kb.sealer import EntrySealer
-from sealedkb.kb.status import (
-    DatabaseStatus,
-    KeyStatus,
-    KnowledgeBaseStatus,
-    NamespaceStats,
-    Stats,
-)
 from sealedkb.kb.oauth import (
     ConsentRequest,
     ConsentResult,
@@ -52,6 +44,14 @@ from sealedkb.kb.oauth import (
     OAuthRefresh,
     OAuthService,
     OAuthTokens,
+)
+from sealedkb.kb.sealer import EntrySealer
+from sealedkb.kb.status import (
+    DatabaseStatus,
+    KeyStatus,
+    KnowledgeBaseStatus,
+    NamespaceStats,
+    Stats,
 )
 from sealedkb.kb.tokens import TokenService
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database

@@ -86,7 +86,9 @@ def serve(
             server = build_server(kb)
             server.run("stdio")
         else:
-            server = build_server(kb, auth=auth_settings(opts), token_verifier=TokenVerifier(kb))
+            server = build_server(
+                kb, auth=auth_settings(opts, kb.settings), token_verifier=TokenVerifier(kb, opts)
+            )
             if not kb.list_tokens():
                 err.print(
                     "no tokens yet: create one with "
