@@ -13,6 +13,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -30,7 +31,7 @@ from mcp.shared.auth import (
     OAuthClientMetadata,
     OAuthToken,
 )
-from tests.mcp_helpers import http_client, http_server
+from tests.mcp_helpers import error_of, http_client, http_server
 
 from sealedkb.config import Settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
@@ -256,3 +257,337 @@ def test_sdk_oauth_client_registers_consents_and_searches(
     actions = audit_actions(database_url)
     for action in ("RegisterOAuthClient", "GrantOAuth", "IssueOAuthToken"):
         assert action in actions
+
+
+def test_refresh_token_works_once_and_reuse_revokes_the_family(
+    seeded: tuple[str, str], home: Path, database_url: str
+) -> None:
+    writer, _ = seeded
+    with http_server(home, database_url) as (base, _):
+        client = register(base)
+        first = asyncio.run(raw_grant(base, client, writer))
+        assert first["token_type"] == "Bearer" and first["scope"] == "writer"
+        assert raw_mcp(base, first["access_token"]).status_code == 200
+
+        def refresh(token: str) -> httpx.Response:
+            return httpx.post(
+                base + "/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": token,
+                    "client_id": client["client_id"],
+                    "client_secret": client["client_secret"],
+                },
+                timeout=10,
+            )
+
+        second = refresh(first["refresh_token"])
+        assert second.status_code == 200, second.text
+        rotated = second.json()
+        assert rotated["refresh_token"] != first["refresh_token"]
+        assert raw_mcp(base, rotated["access_token"]).status_code == 200
+        # The old refresh token again: refused, and the whole family is revoked, so
+        # the tokens its thief (or the rightful client) got from it stop working.
+        again = refresh(first["refresh_token"])
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+        assert raw_mcp(base, rotated["access_token"]).status_code == 401
+        assert refresh(rotated["refresh_token"]).status_code == 400
+        # Another client cannot use someone else's refresh token either.
+        other = register(base)
+        grant = asyncio.run(raw_grant(base, other, writer))
+        stolen = httpx.post(
+            base + "/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": grant["refresh_token"],
+                "client_id": client["client_id"],
+                "client_secret": client["client_secret"],
+            },
+            timeout=10,
+        )
+        assert stolen.status_code == 400
+    actions = audit_actions(database_url)
+    assert "RefreshOAuthToken" in actions and "OAuthRefreshReuse" in actions
+
+
+def test_expired_revoked_wrong_audience_and_wrong_scope_tokens_are_refused(
+    seeded: tuple[str, str], make_settings: Callable[..., Settings], home: Path, database_url: str
+) -> None:
+    writer, reader = seeded
+    with http_server(home, database_url) as (base, _):
+        client = register(base)
+        # Expired: a token issued an hour ago (clock of the issuing process), row intact.
+        past = datetime.now(UTC) - timedelta(hours=1)
+        old_kb = KnowledgeBase.open(make_settings(), now=lambda: past)
+        try:
+            expired = old_kb.oauth_grant(
+                client["client_id"], writer, "writer", ["default"], base + "/mcp"
+            )
+        finally:
+            old_kb.close()
+        r = raw_mcp(base, expired.access_token)
+        assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+        kb = KnowledgeBase.open(make_settings())
+        try:  # wrong audience: issued for another resource server
+            elsewhere = kb.oauth_grant(
+                client["client_id"], writer, "writer", ["default"], "http://127.0.0.1:1/mcp"
+            )
+            fresh = kb.oauth_grant(
+                client["client_id"], writer, "writer", ["default"], base + "/mcp"
+            )
+        finally:
+            kb.close()
+        assert raw_mcp(base, elsewhere.access_token).status_code == 401
+        assert raw_mcp(base, fresh.access_token).status_code == 200
+        # Revoked (RFC 7009): the access token and its refresh token stop working.
+        rv = httpx.post(
+            base + "/revoke",
+            data={
+                "token": fresh.access_token,
+                "client_id": client["client_id"],
+                "client_secret": client["client_secret"],
+            },
+            timeout=10,
+        )
+        assert rv.status_code == 200
+        assert raw_mcp(base, fresh.access_token).status_code == 401
+        refreshed = httpx.post(
+            base + "/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": fresh.refresh_token,
+                "client_id": client["client_id"],
+                "client_secret": client["client_secret"],
+            },
+            timeout=10,
+        )
+        assert refreshed.status_code == 400
+        # Wrong scope: a scope the server does not define is refused at /authorize; a
+        # reader grant cannot write; a refresh cannot widen the scope.
+        verifier, challenge = pkce()
+        bad = httpx.get(
+            base + "/authorize",
+            params={
+                "response_type": "code",
+                "client_id": client["client_id"],
+                "redirect_uri": REDIRECT,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "state": "s",
+                "scope": "superuser",
+            },
+            timeout=10,
+        )
+        assert bad.status_code == 302
+        assert parse_qs(urlparse(bad.headers["location"]).query)["error"] == ["invalid_scope"]
+        plain = httpx.get(
+            base + "/authorize",
+            params={
+                "response_type": "code",
+                "client_id": client["client_id"],
+                "redirect_uri": REDIRECT,
+                "code_challenge": verifier,
+                "code_challenge_method": "plain",
+            },
+            timeout=10,
+        )
+        assert "error=invalid_request" in plain.headers["location"]  # S256 only
+        read_grant = asyncio.run(raw_grant(base, client, reader, role="reader"))
+        assert read_grant["scope"] == "reader"
+
+        async def write_with(token: str) -> Any:
+            async with http_client(base, token) as c:
+                return await c.call_tool("kb_add", {"content": "not allowed"})
+
+        assert error_of(asyncio.run(write_with(read_grant["access_token"])))["code"] == (
+            "ACCESS_DENIED"
+        )
+        widened = httpx.post(
+            base + "/token",
+            data={
+                "grant_type": "refresh_token",
+                "refresh_token": read_grant["refresh_token"],
+                "client_id": client["client_id"],
+                "client_secret": client["client_secret"],
+                "scope": "admin",
+            },
+            timeout=10,
+        )
+        assert widened.status_code == 400 and widened.json()["error"] == "invalid_scope"
+        # PKCE: the code without its verifier is refused.
+        _, challenge = pkce()
+        query = httpx.QueryParams(
+            {
+                "response_type": "code",
+                "client_id": client["client_id"],
+                "redirect_uri": REDIRECT,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "state": "x",
+                "scope": "writer",
+            }
+        )
+        code, _ = _code_of(asyncio.run(consent(base, f"{base}/authorize?{query}", writer)))
+        wrong = httpx.post(
+            base + "/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": REDIRECT,
+                "client_id": client["client_id"],
+                "client_secret": client["client_secret"],
+                "code_verifier": pkce()[0],
+            },
+            timeout=10,
+        )
+        assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+
+
+def test_consent_grants_no_wider_than_the_token_and_refuses_cross_site_posts(
+    seeded: tuple[str, str], home: Path, database_url: str
+) -> None:
+    writer, reader = seeded
+    with http_server(home, database_url) as (base, _):
+        client = register(base)
+        _, challenge = pkce()
+
+        def authorize_url() -> str:
+            query = httpx.QueryParams(
+                {
+                    "response_type": "code",
+                    "client_id": client["client_id"],
+                    "redirect_uri": REDIRECT,
+                    "code_challenge": challenge,
+                    "code_challenge_method": "S256",
+                    "scope": "reader writer admin",
+                }
+            )
+            return f"{base}/authorize?{query}"
+
+        # A reader token cannot grant writer; a default-only token cannot grant others.
+        assert asyncio.run(consent(base, authorize_url(), reader, "writer")).status_code == 403
+        other_ns = asyncio.run(consent(base, authorize_url(), writer, "writer", "team-b"))
+        assert other_ns.status_code == 403
+        every = asyncio.run(consent(base, authorize_url(), writer, "writer", "*"))
+        assert every.status_code == 403
+        bad_token = asyncio.run(consent(base, authorize_url(), "skb_forged", "reader"))
+        assert bad_token.status_code == 403 and "skb_forged" not in bad_token.text
+        # Cross-site: another Origin, or a post without the page's CSRF cookie.
+        evil = asyncio.run(consent(base, authorize_url(), writer, origin="https://evil.example"))
+        assert evil.status_code == 403
+
+        async def no_cookie() -> httpx.Response:
+            async with httpx.AsyncClient() as browser:
+                r = await browser.get(authorize_url())
+                page = await browser.get(r.headers["location"])
+            async with httpx.AsyncClient() as attacker:  # a fresh jar: no cookie
+                return await attacker.post(
+                    base + "/oauth/consent",
+                    data={
+                        "request": _field(page.text, "request"),
+                        "csrf": _field(page.text, "csrf"),
+                        "token": writer,
+                        "role": "writer",
+                        "namespaces": "default",
+                        "action": "allow",
+                    },
+                )
+
+        assert asyncio.run(no_cookie()).status_code == 403
+        # Registration refuses a plain-http redirect to a non-loopback host.
+        refused = httpx.post(
+            base + "/register",
+            json={"redirect_uris": ["http://evil.example/cb"]},
+            timeout=10,
+        )
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "invalid_redirect_uri"
+        # A used consent request cannot be replayed.
+        ok = asyncio.run(consent(base, authorize_url(), writer, "reader"))
+        assert ok.status_code == 302
+
+
+def test_attacker_forged_or_widened_oauth_rows_are_refused(
+    seeded: tuple[str, str], make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    """A database writer edits OAuth rows: widens a reader grant to admin on every
+    namespace, prolongs an expired token, un-uses a used refresh token, points a
+    client at another secret, or inserts a row of their own. Every one is refused."""
+    writer, reader = seeded
+    kb = KnowledgeBase.open(make_settings())
+    try:
+        kb.oauth_register_client(
+            "c1", "client-secret", {"redirect_uris": [REDIRECT], "client_name": "c"}
+        )
+        grant = kb.oauth_grant("c1", reader, "reader", ["default"], "http://x/mcp")
+        assert kb.oauth_authenticate(grant.access_token) is not None
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE kb_oauth_grants SET role = 'admin', namespaces = '{*}'"
+                " WHERE kind = 'access'"
+            )
+        assert kb.oauth_authenticate(grant.access_token) is None
+        # Back to the honest values: the MAC matches again (no lasting damage).
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE kb_oauth_grants SET role = 'reader', namespaces = '{default}'"
+                " WHERE kind = 'access'"
+            )
+        access = kb.oauth_authenticate(grant.access_token)
+        assert access is not None and access.principal.namespaces == frozenset({"default"})
+        # Prolonging: a later expiry breaks the MAC.
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE kb_oauth_grants SET expires_at = expires_at + interval '30 days'"
+                " WHERE kind = 'access'"
+            )
+        assert kb.oauth_authenticate(grant.access_token) is None
+        # Un-using a rotated refresh token.
+        rotated = kb.oauth_exchange_refresh("c1", grant.refresh_token)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE kb_oauth_grants SET used_at = NULL WHERE kind = 'refresh'"
+                " AND used_at IS NOT NULL"
+            )
+        assert kb.oauth_load_refresh("c1", grant.refresh_token) is None
+        assert kb.oauth_authenticate(rotated.access_token) is not None
+        # A row of the attacker's own, with a MAC copied from an honest row.
+        mine = "skba_" + secrets.token_urlsafe(32)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO kb_oauth_grants (id, kind, token_hash, client_id, family_id,"
+                " subject, role, namespaces, resource, details, expires_at, hash_scheme, mac)"
+                " SELECT gen_random_uuid(), 'access', %s, client_id, family_id, subject,"
+                " 'admin', '{*}', resource, details, now() + interval '1 hour', 2, mac"
+                " FROM kb_oauth_grants WHERE kind = 'access' LIMIT 1",
+                (hashlib.sha256(mine.encode()).digest(),),
+            )
+        assert kb.oauth_authenticate(mine) is None
+        # A client whose secret hash is swapped for one the attacker knows.
+        kb.oauth_register_client(
+            "c2", "attacker-secret", {"redirect_uris": [REDIRECT], "client_name": "a"}
+        )
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(
+                "UPDATE kb_oauth_clients SET secret_hash ="
+                " (SELECT secret_hash FROM kb_oauth_clients WHERE client_id = 'c2')"
+                " WHERE client_id = 'c1'"
+            )
+        assert not kb.oauth_check_client_secret("c1", "attacker-secret")
+        assert not kb.oauth_check_client_secret("c1", "client-secret")
+        assert kb.oauth_client("c1") is None
+        # Nothing the database holds is a usable secret.
+        with psycopg.connect(database_url) as conn:
+            dump = repr(conn.execute("SELECT * FROM kb_oauth_grants").fetchall())
+            dump += repr(conn.execute("SELECT * FROM kb_oauth_clients").fetchall())
+        for secret in (grant.access_token, grant.refresh_token, rotated.access_token):
+            assert secret not in dump and secret.encode() not in dump.encode()
+        assert "client-secret" not in dump and writer not in dump
+    finally:
+        kb.close()
+    with psycopg.connect(database_url) as conn:
+        denied = conn.execute(
+            "SELECT count(*) FROM kb_audit WHERE action = 'AuthenticateOAuth'"
+            " AND error_code = 'INTEGRITY_ERROR'"
+        ).fetchone()
+    assert denied is not None and denied[0] >= 3
