@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -447,3 +448,20 @@ def test_the_change_feed_is_pruned_and_a_stale_index_rebuilt(
         assert hit.id == e.id and "charlie" in hit.snippet
     finally:
         reader.close()
+
+
+def test_concurrent_adds_of_one_content_store_one_entry(
+    mem_kb: KnowledgeBase, mem_settings: Settings
+) -> None:
+    """Two processes (two knowledge base objects, four threads each way) add the same
+    content at once: the per-namespace lock lets exactly one of them store it."""
+    other = KnowledgeBase.open(mem_settings)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            ids = list(
+                pool.map(lambda i: (mem_kb if i % 2 else other).add("one shared text").id, range(8))
+            )
+        assert len(set(ids)) == 1
+        assert len(mem_kb.list(limit=100)) == 1
+    finally:
+        other.close()

@@ -639,9 +639,13 @@ class KnowledgeBase:
         that entry instead of being stored, unless ``force``."""
         assert self.memory_index is not None
         out: list[Entry | None] = [None] * len(items)
+        spaces = sorted({row.namespace for row, _, _ in items})
+        if not force:
+            for ns in spaces:  # build and catch up first, outside the lock
+                self.memory_index.prepare(ns)
         with self.db.transaction("add") as conn:
             if not force:
-                for ns in sorted({row.namespace for row, _, _ in items}):
+                for ns in spaces:
                     lock_namespace(conn, ns)
             seen: dict[tuple[str, str], int] = {}
             dups: dict[int, uuid.UUID | int] = {}
@@ -653,7 +657,7 @@ class KnowledgeBase:
                 if earlier is not None:
                     dups[i] = earlier
                     continue
-                found = self.memory_index.duplicate(row.namespace, norm)
+                found = self.memory_index.duplicate(row.namespace, norm, conn)
                 if found is not None:
                     dups[i] = found
                 else:

@@ -50,6 +50,8 @@ from sealedkb.store.changes import ChangeFeed, IndexRow
 if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
+    from psycopg import Connection
+    from psycopg.rows import TupleRow
 
 __all__ = ["IndexCapacityError", "MemoryIndex", "content_fingerprint"]
 
@@ -344,9 +346,9 @@ class MemoryIndex:
             field=CAPACITY_SETTING,
         )
 
-    def sync(self) -> None:
+    def sync(self, conn: Connection[TupleRow] | None = None) -> None:
         """Apply the changes of every process since the last call (one indexed query
-        when nothing changed)."""
+        when nothing changed); ``conn``: on the caller's transaction."""
         with self._lock:
             now = time.monotonic()
             if self._horizon is not None and now - self._synced_at > REBUILD_AFTER_SECONDS:
@@ -354,19 +356,19 @@ class MemoryIndex:
                 self._spaces.clear()
                 self._horizon = None
                 self._applied = set()
-            if now - self._pruned_at > PRUNE_EVERY_SECONDS:
+            if conn is None and now - self._pruned_at > PRUNE_EVERY_SECONDS:
                 self._pruned_at = now
                 self.feed.prune(FEED_KEEP_SECONDS)
             self._synced_at = now
             if self._horizon is None:
-                self._horizon = self.feed.horizon()
+                self._horizon = self.feed.horizon(conn)
                 return
-            horizon, changes = self.feed.since(self._horizon)
+            horizon, changes = self.feed.since(self._horizon, conn)
             fresh = [c for c in changes if c.seq not in self._applied]
             ids = list(dict.fromkeys(c.entry_id for c in fresh if c.namespace in self._spaces))
             step = OPEN_BATCH * 4
             for i in range(0, len(ids), step):
-                self._apply(self.feed.rows(ids[i : i + step]), ids[i : i + step])
+                self._apply(self.feed.rows(ids[i : i + step], conn), ids[i : i + step])
             self._applied = {c.seq for c in changes if c.xid >= horizon}
             self._horizon = horizon
 
@@ -387,18 +389,18 @@ class MemoryIndex:
                 live.append(r)
         self._put(live)
 
-    def _space(self, namespace: str) -> _Space:
+    def _space(self, namespace: str, conn: Connection[TupleRow] | None = None) -> _Space:
         """The namespace's index, built from its sealed rows on first use."""
         known = self._spaces.get(namespace)
         if known is not None:
             return known
-        need = self._total() + self.feed.count_live(namespace)
+        need = self._total() + self.feed.count_live(namespace, conn)
         if need > self.max_entries:
             raise self._capacity_error(need)
         space = _Space(self.dim)
         self._spaces[namespace] = space
         try:
-            for batch in self.feed.live_rows(namespace):
+            for batch in self.feed.live_rows(namespace, conn=conn):
                 self._put(batch)
         except BaseException:
             del self._spaces[namespace]
@@ -479,9 +481,9 @@ class MemoryIndex:
             out[i] = np.frombuffer(p, dtype="<f4").astype(np.float32)
         return out
 
-    def _ready(self, namespace: str) -> _Space:
-        self.sync()
-        space = self._space(namespace)
+    def _ready(self, namespace: str, conn: Connection[TupleRow] | None = None) -> _Space:
+        self.sync(conn)
+        space = self._space(namespace, conn)
         total = self._total()
         if total > self.max_entries:
             raise self._capacity_error(total)
@@ -509,10 +511,20 @@ class MemoryIndex:
             sem = space.vector(vector, m, depth) if vector is not None else []
             return kw, sem
 
-    def duplicate(self, namespace: str, normalized: str) -> uuid.UUID | None:
-        """The oldest live entry of the namespace with this normalised content, if any."""
+    def prepare(self, namespace: str) -> None:
+        """Build the namespace's index and catch up (before taking a lock, so that
+        :meth:`duplicate` under it has only the latest changes to read)."""
         with self._lock:
-            space = self._ready(namespace)
+            self._ready(namespace)
+
+    def duplicate(
+        self, namespace: str, normalized: str, conn: Connection[TupleRow] | None = None
+    ) -> uuid.UUID | None:
+        """The oldest live entry of the namespace with this normalised content, if any;
+        ``conn``: catch up on the caller's transaction (the one holding the add lock,
+        so a pool of busy connections cannot stall it)."""
+        with self._lock:
+            space = self._ready(namespace, conn)
             holders = space.by_fp.get(content_fingerprint(normalized))
             if not holders:
                 return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -82,21 +83,33 @@ class ChangeFeed:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def horizon(self) -> int:
+    @contextmanager
+    def _tx(self, conn: Connection[TupleRow] | None, action: str) -> Iterator[Connection[TupleRow]]:
+        """The caller's connection (its transaction, e.g. one holding a lock), or a
+        transaction of its own."""
+        if conn is not None:
+            yield conn
+            return
+        with self.db.transaction(action) as own:
+            yield own
+
+    def horizon(self, conn: Connection[TupleRow] | None = None) -> int:
         """The oldest transaction id still running: every change not yet committed
         now will carry an id at or above it."""
-        with self.db.transaction("change feed") as conn:
-            r = conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
+        with self._tx(conn, "change feed") as c:
+            r = c.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").fetchone()
         assert r is not None
         return int(r[0])
 
-    def since(self, horizon: int) -> tuple[int, list[Change]]:
+    def since(
+        self, horizon: int, conn: Connection[TupleRow] | None = None
+    ) -> tuple[int, list[Change]]:
         """(the new horizon, the changes written by transactions at or above
         ``horizon``), oldest first. The new horizon is taken before the changes are
         read, so a change committed in between is read again next time, never lost."""
         # One statement: the horizon is that of the very snapshot the changes are read in.
-        with self.db.transaction("change feed") as conn:
-            rows = conn.execute(
+        with self._tx(conn, "change feed") as c:
+            rows = c.execute(
                 "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS x)"
                 " SELECT h.x, c.seq, c.xid::text, c.entry_id, c.namespace"
                 " FROM h LEFT JOIN kb_changes c ON c.xid >= %s::xid8 ORDER BY c.seq",
@@ -117,21 +130,23 @@ class ChangeFeed:
             )
             return cur.rowcount
 
-    def count_live(self, namespace: str) -> int:
-        with self.db.transaction("memory index") as conn:
-            r = conn.execute(
+    def count_live(self, namespace: str, conn: Connection[TupleRow] | None = None) -> int:
+        with self._tx(conn, "memory index") as c:
+            r = c.execute(
                 "SELECT count(*) FROM kb_entries WHERE namespace = %s AND deleted_at IS NULL",
                 (namespace,),
             ).fetchone()
         assert r is not None
         return int(r[0])
 
-    def live_rows(self, namespace: str, batch: int = BATCH_ROWS) -> Iterator[list[IndexRow]]:
+    def live_rows(
+        self, namespace: str, batch: int = BATCH_ROWS, conn: Connection[TupleRow] | None = None
+    ) -> Iterator[list[IndexRow]]:
         """The live rows of a namespace in batches (keyset pagination by id)."""
         after: uuid.UUID | None = None
         while True:
-            with self.db.transaction("memory index") as conn:
-                rows = conn.execute(
+            with self._tx(conn, "memory index") as c:
+                rows = c.execute(
                     f"SELECT {_INDEX_COLS} FROM kb_entries WHERE namespace = %s"
                     " AND deleted_at IS NULL AND (%s::uuid IS NULL OR id > %s::uuid)"
                     " ORDER BY id LIMIT %s",
@@ -146,12 +161,14 @@ class ChangeFeed:
             if len(rows) < batch:
                 return
 
-    def rows(self, ids: Sequence[uuid.UUID]) -> list[IndexRow]:
+    def rows(
+        self, ids: Sequence[uuid.UUID], conn: Connection[TupleRow] | None = None
+    ) -> list[IndexRow]:
         """The current state of these rows (deleted ones included, flagged)."""
         if not ids:
             return []
-        with self.db.transaction("memory index") as conn:
-            rows = conn.execute(
+        with self._tx(conn, "memory index") as c:
+            rows = c.execute(
                 f"SELECT {_INDEX_COLS} FROM kb_entries WHERE id = ANY(%s)",
                 (list(ids),),
                 binary=True,
