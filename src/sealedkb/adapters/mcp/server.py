@@ -17,6 +17,7 @@ from mcp.server.mcpserver import MCPServer
 
 from sealedkb import __version__
 from sealedkb.adapters.mcp import tools
+from sealedkb.adapters.mcp.resources import register_resources
 from sealedkb.adapters.mcp.schemas import MAX_ADD_MANY, NewEntryIn
 from sealedkb.adapters.mcp.tools import Limits, ToolContext, error_result
 from sealedkb.kb.access import OPERATOR, Principal, Role
@@ -142,4 +143,5 @@ def build_server(
     )
     for fn, description in TOOLS:
         server.add_tool(fn, description=description)
+    register_resources(server, kb, principal)  # entries as kb://NAMESPACE/ID
     return server
