@@ -20,6 +20,7 @@ from sealedkb.adapters.cli import (
     db,
     doctor,
     entries,
+    export,
     keys,
     mcp_config,
     migrate,
@@ -67,6 +68,7 @@ for commands in (
     keys.commands,
     bulk.commands,
     search.commands,
+    export.commands,
     serve.commands,
 ):
     app.add_typer(commands)

@@ -94,34 +94,28 @@ def import_(
     entry_type: Annotated[str, typer.Option("--type", help="Entry type of the chunks.")] = "doc",
     namespace: NamespaceOpt = "default",
     tag: TagOpt = None,
+    peer: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            help="Move in from another server: mcp-memory-service (its SQLite database), "
+            "basic-memory (its project folder) or jsonl (a sealedkb export).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Import Markdown, text and HTML files as chunked entries (re-import replaces)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    """Import Markdown, text and HTML files as chunked entries (re-import replaces),
+    or with --from another server's knowledge (a re-run adds nothing)."""
+    from sealedkb.adapters.cli._progress import fit, progress_bar
 
-    with (
-        open_kb() as kb,
-        Progress(
-            TextColumn("importing"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.description}", markup=False),  # file names are not markup
-            console=err,
-            transient=True,
-            disable=json_out,
-        ) as bar,
-    ):
+    if peer is not None:
+        _import_peer(peer, paths, namespace=namespace, tags=tag or [], json_out=json_out)
+        return
+    with open_kb() as kb, progress_bar("importing", json_out=json_out) as bar:
         task = bar.add_task("", total=None)
 
         def progress(path: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=path[-60:])
+            bar.update(task, completed=done, total=total, description=fit(path))
 
         summary = kb.import_paths(
             [str(p) for p in paths],
@@ -134,6 +128,50 @@ def import_(
         print_json(summary.to_dict())
     else:
         _print_summary(summary)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _import_peer(
+    peer: str, paths: list[Path], *, namespace: str, tags: list[str], json_out: bool
+) -> None:
+    from sealedkb.adapters.cli._progress import progress_bar
+    from sealedkb.errors import ValidationError
+    from sealedkb.ingest.peers import FORMATS, import_items, read_peer
+
+    if peer not in FORMATS:
+        raise ValidationError(
+            f"unknown --from; expected one of: {', '.join(FORMATS)}", field="from"
+        )
+    if len(paths) != 1:
+        raise ValidationError(f"--from {peer} reads one path", field="path")
+    read = read_peer(peer, paths[0])
+    with open_kb() as kb, progress_bar("importing", json_out=json_out) as bar:
+        task = bar.add_task("", total=None)
+        summary = import_items(
+            kb,
+            read,
+            namespace=namespace,
+            tags=tags,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if json_out:
+        print_json(summary.to_dict())
+    else:
+        out.print(
+            f"{summary.items} items from {summary.format}: {summary.added} added, "
+            f"{len(summary.skipped)} skipped, {len(summary.failed)} failed",
+            markup=False,
+            highlight=False,
+        )
+        for label, items, style in (
+            ("failed", summary.failed, "red"),
+            ("skipped", summary.skipped, "yellow"),
+        ):
+            for p in items:
+                line = Text(f"{label}: ", style=style)
+                line.append(Text(f"{p.label}: {p.reason} [{p.code}]"))
+                err.print(line, highlight=False)
     if summary.failed:
         raise typer.Exit(1)
 

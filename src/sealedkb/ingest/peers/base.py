@@ -184,7 +184,8 @@ def import_items(
     validate_namespace(namespace)
     if not 1 <= batch <= MAX_ADD_BATCH:
         raise ValidationError(f"a batch holds 1 to {MAX_ADD_BATCH} entries", field="batch")
-    summary = PeerImportSummary(read.format, items=len(read.items) + len(read.failed))
+    total = len(read.items) + len(read.failed) + len(read.skipped)
+    summary = PeerImportSummary(read.format, items=total)
     summary.failed.extend(read.failed)
     summary.skipped.extend(read.skipped)
     known: dict[str, set[str]] = {}
