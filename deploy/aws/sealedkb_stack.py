@@ -562,6 +562,17 @@ class SealedkbStack(Stack):
             self.task.add_volume(name=volume)
         endpoint = self.database.db_instance_endpoint_address
         port = self.database.db_instance_endpoint_port
+        # What every sealedkb container of the stack is configured with.
+        sealedkb_env = {
+            "SEALEDKB_DATABASE_URL": (
+                f"postgresql://{DB_USER}@{endpoint}:{port}/{DB_NAME}?sslmode=verify-full"
+            ),
+            "SEALEDKB_DATABASE_SSLROOTCERT": RDS_CA_BUNDLE,
+            "SEALEDKB_KMS_KEY_URI": f"aws-kms:{self.envelope_key.key_arn}",
+            "SEALEDKB_AWS_MAC_KEY_ID": self.mac_key.key_arn,
+            "SEALEDKB_AWS_REGION": region,
+        }
+        password = ecs.Secret.from_secrets_manager(self.database.secret, "password")
         app = self.task.add_container(
             "sealedkb",
             image=ecs.ContainerImage.from_registry(settings.image),
@@ -584,13 +595,7 @@ class SealedkbStack(Stack):
                 "/tmp/tls/key.pem",
             ],
             environment={
-                "SEALEDKB_DATABASE_URL": (
-                    f"postgresql://{DB_USER}@{endpoint}:{port}/{DB_NAME}?sslmode=verify-full"
-                ),
-                "SEALEDKB_DATABASE_SSLROOTCERT": RDS_CA_BUNDLE,
-                "SEALEDKB_KMS_KEY_URI": f"aws-kms:{self.envelope_key.key_arn}",
-                "SEALEDKB_AWS_MAC_KEY_ID": self.mac_key.key_arn,
-                "SEALEDKB_AWS_REGION": region,
+                **sealedkb_env,
                 "SEALEDKB_METRICS_BIND": f"127.0.0.1:{METRICS_PORT}",
                 "SEALEDKB_SNAPSHOT_WINDOW": "off",
                 "SEALEDKB_TLS_SELF_SIGNED_DIR": "/tmp/tls",
@@ -598,9 +603,7 @@ class SealedkbStack(Stack):
                 "SEALEDKB_HEALTH_CA": "/tmp/tls/cert.pem",
                 "SEALEDKB_LOG_LEVEL": "INFO",
             },
-            secrets={
-                "PGPASSWORD": ecs.Secret.from_secrets_manager(self.database.secret, "password"),
-            },
+            secrets={"PGPASSWORD": password},
             port_mappings=[ecs.PortMapping(container_port=APP_PORT)],
             health_check=ecs.HealthCheck(
                 command=["CMD", "python", "/usr/local/lib/sealedkb-healthcheck.py"],
@@ -686,7 +689,83 @@ class SealedkbStack(Stack):
             deregistration_delay=Duration.seconds(30),
         )
 
+        self._add_snapshot_schedule(sealedkb_env, password, app_logs)
         self._add_alarms(trail_logs, alarm_action)
+
+    # --- snapshots -----------------------------------------------------------------
+
+    def _add_snapshot_schedule(
+        self, sealedkb_env: dict[str, str], password: ecs.Secret, log_group: logs.LogGroup
+    ) -> None:
+        """Daily at 03:00 UTC, a one-off task takes a sealedkb snapshot and copies it,
+        with the audit checkpoints, to the Object Lock bucket (the service's replicas
+        take none: SEALEDKB_SNAPSHOT_WINDOW=off)."""
+        task = ecs.FargateTaskDefinition(
+            self,
+            "SnapshotTask",
+            cpu=512,
+            memory_limit_mib=2048,
+            task_role=self.task_role,
+            execution_role=self.execution_role,
+        )
+        for volume in ("home", "tmp"):
+            task.add_volume(name=volume)
+        mounts = (
+            ecs.MountPoint(
+                container_path="/var/lib/sealedkb", source_volume="home", read_only=False
+            ),
+            ecs.MountPoint(container_path="/tmp", source_volume="tmp", read_only=False),
+        )
+        snapshot = task.add_container(
+            "snapshot",
+            image=ecs.ContainerImage.from_registry(self.settings.image),
+            essential=False,
+            user="10001:10001",
+            readonly_root_filesystem=True,
+            command=["snapshot", "create", "--name", "scheduled"],
+            environment={**sealedkb_env, "SEALEDKB_LOG_LEVEL": "INFO"},
+            secrets={"PGPASSWORD": password},
+            logging=ecs.LogDrivers.aws_logs(stream_prefix="snapshot", log_group=log_group),
+        )
+        snapshot.add_mount_points(*mounts)
+        bucket = self.snapshots.bucket_name
+        ship = task.add_container(
+            "ship",
+            image=ecs.ContainerImage.from_registry(AWS_CLI_IMAGE),
+            essential=True,
+            user="10001:10001",
+            readonly_root_filesystem=True,
+            entry_point=["/bin/sh", "-c"],
+            command=[
+                f"aws s3 cp --recursive --no-progress /var/lib/sealedkb/snapshots "
+                f"s3://{bucket}/snapshots/ && "
+                f"aws s3 cp --recursive --no-progress /var/lib/sealedkb/audit "
+                f"s3://{bucket}/checkpoints/"
+            ],
+            environment={"HOME": "/tmp", "AWS_REGION": Stack.of(self).region},
+            logging=ecs.LogDrivers.aws_logs(stream_prefix="ship", log_group=log_group),
+        )
+        ship.add_mount_points(*mounts)
+        ship.add_container_dependencies(
+            ecs.ContainerDependency(
+                container=snapshot, condition=ecs.ContainerDependencyCondition.SUCCESS
+            )
+        )
+        events.Rule(
+            self,
+            "SnapshotSchedule",
+            description="sealedkb: the daily snapshot to the Object Lock bucket",
+            schedule=events.Schedule.cron(minute="0", hour="3"),
+            targets=[
+                targets.EcsTask(
+                    cluster=self.cluster,
+                    task_definition=task,
+                    subnet_selection=ec2.SubnetSelection(subnet_group_name="app"),
+                    security_groups=[self.app_security_group],
+                    platform_version=ecs.FargatePlatformVersion.LATEST,
+                )
+            ],
+        )
 
     # --- metrics -------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def as_list(value: Any) -> list[Any]:
 
 
 def app_container(synth: Synth) -> dict[str, Any]:
-    _, task = synth.one("AWS::ECS::TaskDefinition")
+    _, task = synth.one("AWS::ECS::TaskDefinition", "Task")
     (container,) = [
         c for c in task["Properties"]["ContainerDefinitions"] if c["Name"] == "sealedkb"
     ]
@@ -469,7 +469,7 @@ def test_alarm_on_kms_call_volume_over_200_percent_of_baseline(synthesized: Synt
 def test_rds_inaccessible_encryption_credentials_event_raises_an_alarm(
     synthesized: Synth,
 ) -> None:
-    rule_id, rule = synthesized.one("AWS::Events::Rule")
+    rule_id, rule = synthesized.one("AWS::Events::Rule", "RdsKeyInaccessible")
     pattern = rule["Properties"]["EventPattern"]
     assert pattern["source"] == ["aws.rds"]
     assert pattern["detail"]["SourceIdentifier"] == ["sealedkb-db"]
@@ -496,7 +496,7 @@ def test_alarms_on_sealedkb_encryption_health_metrics(
     assert alarm["Namespace"] == "sealedkb"
     assert alarm["ComparisonOperator"] == operator and alarm["Threshold"] == threshold
     assert _notifies(synthesized, alarm)
-    _, task = synthesized.one("AWS::ECS::TaskDefinition")
+    _, task = synthesized.one("AWS::ECS::TaskDefinition", "Task")
     agent = json.dumps(task["Properties"]["ContainerDefinitions"])
     assert metric in agent  # the metrics agent ships it
 
@@ -643,3 +643,29 @@ def test_bad_context_is_refused_with_a_clear_message() -> None:
     )
     assert result.returncode != 0
     assert "certificateArn is required" in result.stderr
+
+
+def test_a_daily_task_ships_snapshots_and_checkpoints_to_the_bucket(synthesized: Synth) -> None:
+    rules = [
+        r["Properties"]
+        for r in synthesized.resources("AWS::Events::Rule").values()
+        if "ScheduleExpression" in r["Properties"]
+    ]
+    (rule,) = rules
+    assert rule["ScheduleExpression"] == "cron(0 3 * * ? *)"
+    task_id, task = synthesized.one("AWS::ECS::TaskDefinition", "SnapshotTask")
+    assert rule["Targets"][0]["EcsParameters"]["TaskDefinitionArn"] == ref(task_id)
+    containers = {c["Name"]: c for c in task["Properties"]["ContainerDefinitions"]}
+    assert containers["snapshot"]["Command"][:2] == ["snapshot", "create"]
+    ship = containers["ship"]
+    assert ship["DependsOn"] == [{"Condition": "SUCCESS", "ContainerName": "snapshot"}]
+    text = json.dumps(ship["Command"])
+    assert "/snapshots/" in text and "/checkpoints/" in text
+    for container in containers.values():
+        assert container["User"] == "10001:10001"
+        assert container["ReadonlyRootFilesystem"] is True
+    assert task["Properties"]["TaskRoleArn"] == arn_of(
+        synthesized.one("AWS::IAM::Role", "TaskRole")[0]
+    )
+    # The service's replicas take no snapshots of their own.
+    assert env_of(app_container(synthesized))["SEALEDKB_SNAPSHOT_WINDOW"] == "off"

@@ -50,7 +50,7 @@ def test_dockerfile_is_multi_stage_and_runs_as_a_non_root_user() -> None:
 
 def test_dockerfile_writes_only_to_the_volume_and_tmp_and_checks_healthz() -> None:
     stage = final_stage()
-    assert 'VOLUME ["/var/lib/sealedkb"]' in stage
+    assert 'VOLUME ["/var/lib/sealedkb", "/tmp"]' in stage
     env = " ".join(line for line in stage if line.startswith("ENV "))
     assert "SEALEDKB_HOME=/var/lib/sealedkb" in env and "TMPDIR=/tmp" in env
     assert "PYTHONDONTWRITEBYTECODE=1" in env  # nothing written next to the code
