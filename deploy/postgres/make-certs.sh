@@ -2,8 +2,12 @@
 # Makes the secrets deploy/compose.yaml reads, in the folder given (default
 # deploy/secrets): a private CA, a server certificate for the database ("db") and
 # one for sealedkb ("localhost", "sealedkb"), the database password and the local
-# key provider's passphrase. Files are 0600 (the keys 0640 for PostgreSQL's group
-# rule); an existing file is kept, so a rerun changes nothing.
+# key provider's passphrase. The folder is 0700 (no other host user can reach
+# it); the files the containers read are 0644, because compose (outside swarm)
+# mounts secrets with the host's owner and mode and the containers run as their
+# own users (sealedkb 10001; PostgreSQL gets its own 0600 copy of its key at
+# start, compose.yaml). The CA key never leaves this folder (0600). An existing
+# file is kept, so a rerun changes nothing.
 set -eu
 out="${1:-deploy/secrets}"
 mkdir -p "$out"
@@ -29,6 +33,7 @@ issue db-server db "DNS:db"
 issue sealedkb-server sealedkb "DNS:sealedkb,DNS:localhost"
 [ -f db-password ] || openssl rand -base64 32 | tr -d '\n' > db-password
 [ -f sealedkb-passphrase ] || openssl rand -base64 48 | tr -d '\n' > sealedkb-passphrase
-chmod 0644 ca.pem db-server.pem sealedkb-server.pem
-chmod 0640 db-server.key sealedkb-server.key
+chmod 0600 ca.key
+chmod 0644 ca.pem db-server.pem sealedkb-server.pem db-server.key sealedkb-server.key \
+    db-password sealedkb-passphrase
 echo "secrets in $out; keep ca.key offline"

@@ -193,6 +193,8 @@ def test_compose_database_is_pgvector_tls_only_on_an_internal_network(
     assert db["image"].startswith("pgvector/pgvector:")
     command = " ".join(db["command"])
     assert "ssl=on" in command and "ssl_min_protocol_version=TLSv1.3" in command
+    assert "ssl_key_file=/var/lib/postgresql/server.key" in command
+    assert "install -m 0600 -o postgres" in " ".join(db["entrypoint"])
     assert "ports" not in db
     assert db["networks"] == {"backend": None} or list(db["networks"]) == ["backend"]
     assert compose["networks"]["backend"]["internal"] is True
@@ -274,7 +276,7 @@ def test_make_certs_gives_a_db_certificate_that_verifies_for_db(tmp_path: Path) 
         check=False,
     )
     assert wrong.returncode != 0  # verify-full would refuse an impostor's name
-    assert oct(os.stat(out / "db-password").st_mode & 0o777) == "0o600"
+    assert oct(os.stat(out).st_mode & 0o777) == "0o700"  # no other host user gets in
     assert oct(os.stat(out / "ca.key").st_mode & 0o777) == "0o600"
 
 
