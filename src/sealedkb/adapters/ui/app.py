@@ -184,8 +184,12 @@ class Console:
             expected = f"{request.url.scheme}://{request.url.netloc}"
             if origin != expected:
                 raise CsrfError("the form came from another site")
+        # A declared length, so nothing is parsed (or spooled to a temporary file)
+        # before the bound is checked.
         length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > MAX_FORM_BYTES:
+        if length is None or not length.isdigit():
+            raise ValidationError("a form must declare its Content-Length", field="content")
+        if int(length) > MAX_FORM_BYTES:
             raise ValidationError(
                 f"the form is larger than {MAX_FORM_BYTES} bytes", field="content"
             )
