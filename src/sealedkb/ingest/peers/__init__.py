@@ -22,8 +22,8 @@ from sealedkb.ingest.peers.base import (
     PeerItem,
     PeerRead,
     import_items,
-    read_peer,
 )
+from sealedkb.ingest.peers.reading import read_peer
 
 __all__ = [
     "FORMATS",
