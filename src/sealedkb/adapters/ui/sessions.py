@@ -8,7 +8,7 @@ every request (a revoked or expired token ends the session at once).
 
 Each session has its own CSRF token, compared in constant time on every POST.
 Sessions expire after ``idle`` seconds without a request and ``lifetime`` seconds
-after sign-in; the table is bounded (least recently used sessions go first).
+after sign-in; the tables are bounded (least recently used sessions go first).
 """
 
 from __future__ import annotations
@@ -58,21 +58,25 @@ class SessionStore:
         self.lifetime = lifetime
         self.max_sessions = max_sessions
         self.clock = clock
-        self._table: OrderedDict[str, Session] = OrderedDict()
+        # Signed-in and anonymous (sign-in form) sessions in separate tables, so
+        # fetching the sign-in page over and over cannot evict anyone's session.
+        self._signed: OrderedDict[str, Session] = OrderedDict()
+        self._anonymous: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._table)
+        return len(self._signed) + len(self._anonymous)
 
     def new(self, token: str | None = None) -> tuple[str, Session]:
         """A fresh session id (for the cookie) and its session."""
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
         session = Session(csrf=secrets.token_urlsafe(32), created=now, seen=now, token=token)
+        table = self._signed if token is not None else self._anonymous
         with self._lock:
-            self._table[_key(session_id)] = session
-            while len(self._table) > self.max_sessions:
-                self._table.popitem(last=False)
+            table[_key(session_id)] = session
+            while len(table) > self.max_sessions:
+                table.popitem(last=False)
         return session_id, session
 
     def get(self, session_id: str | None) -> Session | None:
@@ -81,17 +85,21 @@ class SessionStore:
         key = _key(session_id)
         now = self.clock()
         with self._lock:
-            session = self._table.get(key)
-            if session is None:
-                return None
-            if now - session.seen > self.idle or now - session.created > self.lifetime:
-                del self._table[key]
-                return None
-            session.seen = now
-            self._table.move_to_end(key)
-            return session
+            for table in (self._signed, self._anonymous):
+                session = table.get(key)
+                if session is None:
+                    continue
+                if now - session.seen > self.idle or now - session.created > self.lifetime:
+                    del table[key]
+                    return None
+                session.seen = now
+                table.move_to_end(key)
+                return session
+            return None
 
     def drop(self, session_id: str | None) -> None:
         if session_id:
+            key = _key(session_id)
             with self._lock:
-                self._table.pop(_key(session_id), None)
+                self._signed.pop(key, None)
+                self._anonymous.pop(key, None)
