@@ -30,6 +30,7 @@ Every security property is asserted by tests/deploy/test_aws_stack.py; the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 
 from aws_cdk import (
@@ -43,6 +44,7 @@ from aws_cdk import aws_cloudtrail as cloudtrail
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_events as events
@@ -107,6 +109,12 @@ class DeploymentSettings:
 
 UNSAFE_SWITCHES = frozenset(
     {"storage-unencrypted", "no-force-ssl", "no-key-rotation", "no-log-validation"}
+)
+
+
+ECR_IMAGE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/"
+    r"(?P<name>[a-z0-9][a-z0-9._/-]*):(?P<tag>[A-Za-z0-9_.-]{1,128})$"
 )
 
 
@@ -562,6 +570,7 @@ class SealedkbStack(Stack):
             self.task.add_volume(name=volume)
         endpoint = self.database.db_instance_endpoint_address
         port = self.database.db_instance_endpoint_port
+        self.image = self._image(settings.image)
         # What every sealedkb container of the stack is configured with.
         sealedkb_env = {
             "SEALEDKB_DATABASE_URL": (
@@ -575,7 +584,7 @@ class SealedkbStack(Stack):
         password = ecs.Secret.from_secrets_manager(self.database.secret, "password")
         app = self.task.add_container(
             "sealedkb",
-            image=ecs.ContainerImage.from_registry(settings.image),
+            image=self.image,
             essential=True,
             user="10001:10001",
             readonly_root_filesystem=True,
@@ -692,6 +701,24 @@ class SealedkbStack(Stack):
         self._add_snapshot_schedule(sealedkb_env, password, app_logs)
         self._add_alarms(trail_logs, alarm_action)
 
+    def _image(self, uri: str) -> ecs.ContainerImage:
+        """An ECR image is pulled with the execution role (granted here, that
+        repository only); any other reference as a public registry image."""
+        found = ECR_IMAGE.match(uri)
+        if found is None:
+            return ecs.ContainerImage.from_registry(uri)
+        name = found["name"]
+        repository = ecr.Repository.from_repository_attributes(
+            self,
+            "ImageRepository",
+            repository_arn=(
+                f"arn:{Stack.of(self).partition}:ecr:{found['region']}:{found['account']}:"
+                f"repository/{name}"
+            ),
+            repository_name=name,
+        )
+        return ecs.ContainerImage.from_ecr_repository(repository, found["tag"])
+
     # --- snapshots -----------------------------------------------------------------
 
     def _add_snapshot_schedule(
@@ -718,7 +745,7 @@ class SealedkbStack(Stack):
         )
         snapshot = task.add_container(
             "snapshot",
-            image=ecs.ContainerImage.from_registry(self.settings.image),
+            image=self.image,
             essential=False,
             user="10001:10001",
             readonly_root_filesystem=True,

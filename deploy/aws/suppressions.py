@@ -37,6 +37,12 @@ ACKNOWLEDGED: tuple[tuple[str, str, str], ...] = (
         "made by ECS, so the resource names the cluster's tasks, no more.",
     ),
     (
+        "ExecutionRole/DefaultPolicy",
+        "AwsSolutions-IAM5[Resource::*]",
+        "ecr:GetAuthorizationToken has no resource-level permissions (AWS's ECR "
+        "documentation); the pull actions themselves name the one repository.",
+    ),
+    (
         "Database",
         "AwsSolutions-RDS11",
         "A non-default port hides nothing from an attacker inside the VPC; the "

@@ -669,3 +669,17 @@ def test_a_daily_task_ships_snapshots_and_checkpoints_to_the_bucket(synthesized:
     )
     # The service's replicas take no snapshots of their own.
     assert env_of(app_container(synthesized))["SEALEDKB_SNAPSHOT_WINDOW"] == "off"
+
+
+def test_the_execution_role_pulls_only_the_image_repository(synthesized: Synth) -> None:
+    role = synthesized.one("AWS::IAM::Role", "ExecutionRole")[0]
+    wildcard: list[Any] = []
+    for policy in synthesized.resources("AWS::IAM::Policy").values():
+        if ref(role) not in policy["Properties"].get("Roles", []):
+            continue
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            if statement["Resource"] == "*":
+                wildcard.append(statement["Action"])
+            if "ecr:BatchGetImage" in as_list(statement["Action"]):
+                assert json.dumps(statement["Resource"]).endswith(':repository/sealedkb"]]}')
+    assert wildcard == ["ecr:GetAuthorizationToken"]
