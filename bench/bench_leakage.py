@@ -140,6 +140,7 @@ def main() -> int:
             kb.embedder = kb.indexer.embedder = kb.engine.embedder = lookup
             # before: the index as written before the hardening
             kb.indexer.keyword_positions = True
+            hardened_beta = engine.DCPE_BETA
             engine.DCPE_BETA = 1.0
             t0 = time.perf_counter()
             for sec in args.sections.split(","):
@@ -161,7 +162,7 @@ def main() -> int:
             lines += attack_all("before", rows_before, truth, fractions, args.seed)
             # hardened: reindex with today's settings
             kb.indexer.keyword_positions = engine.KEYWORD_POSITIONS
-            engine.DCPE_BETA = 2.5
+            engine.DCPE_BETA = hardened_beta
             t0 = time.perf_counter()
             res = kb.reindex(NAMESPACE)[0]
             reindex_s = time.perf_counter() - t0

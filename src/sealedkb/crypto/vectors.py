@@ -9,9 +9,10 @@ key-derived rotation in front)::
 
 with ``s = 1``: embeddings are unit vectors and pgvector ranks by cosine, so the
 scale would cancel anyway; what protects the vector is the secret rotation and
-the noise. The rotation preserves inner products exactly (R is orthogonal), so a
-query is rotated but not perturbed (``R.q``), and cosine(c, R.q) differs from
-cosine(x, q) by at most about beta/4. The search over-fetches ``k x oversample``
+the noise. The rotation preserves inner products exactly (R is orthogonal), so
+cosine(c, R.q) differs from cosine(x, q) by at most about beta/4; search encrypts
+queries too (``encrypt``: fresh noise each, so repeated queries are not linkable),
+which doubles that bound. The search over-fetches ``k x oversample``
 candidates on the ciphertexts and re-ranks them by exact cosine on the sealed
 exact embeddings, which gives back exact order.
 
@@ -99,7 +100,7 @@ class VectorCipher:
         self._pool = np.empty((0, dim), dtype=np.float32)
 
     def rotate(self, x: NDArray[np.float32]) -> NDArray[np.float32]:
-        """R.x for each row of ``x`` (queries are rotated, never perturbed)."""
+        """R.x for each row of ``x`` (no noise: search perturbs queries with ``encrypt``)."""
         return np.asarray(np.atleast_2d(x).astype(np.float32, copy=False) @ self._rt)
 
     def encrypt(self, x: NDArray[np.float32]) -> NDArray[np.float32]:

@@ -4,20 +4,25 @@ Where plaintext meets crypto for search, next to kb/knowledge_base.py:
 
 * write side (:class:`SearchIndexer`): title and content go through the keyword
   pipeline (:mod:`sealedkb.search.text`); each stem becomes a keyed blind token and the
-  tokens a tsvector with positions (title weight A). The embedding of title +
+  tokens a tsvector without positions (each token once; a title token weight A at
+  position 1), so the database cannot read word order or counts (docs/SEARCH.md,
+  "Leakage"). The embedding of title +
   content is encrypted with DCPE for the HNSW index and sealed exactly beside it.
   A keyed fingerprint of the normalised content deduplicates. In plaintext mode
   the same features run on plaintext (to_tsvector, plain vectors, sha256).
 * read side (:class:`SearchEngine`): the query's stems become tokens (OR-ed
-  tsquery, ranked with ts_rank_cd); the query vector is rotated (never
-  perturbed) and the HNSW index over-fetches ``k x oversample`` candidates, which
+  tsquery, ranked with ts_rank); the query vector is encrypted like a stored one
+  (rotated and perturbed, fresh noise each time) and the HNSW index over-fetches
+  ``k x oversample`` candidates, which
   are re-ranked by exact cosine after opening their sealed embeddings. Hybrid
   mode fuses both lists with reciprocal rank fusion (k = 60) and falls back to
   keyword-only when the embedder fails.
 
 β, oversample and ef_search were chosen by measurement (docs/SEARCH.md,
-bench/bench_vectors.py): with β = 1.0 and oversample 4, recall@10 against exact
-plaintext search was >= 0.99 on real MiniLM vectors and on 100k synthetic ones.
+bench/leakage/dcpe.py, bench/leakage/recall_e2e.py): with β = 2.5, oversample 8 and
+perturbed queries, recall@10 against exact plaintext search was >= 0.99 on real
+MiniLM vectors (0.998 end to end with the HNSW index). While a ``sealedkb reindex``
+is unfinished, queries are also made under the retired keys (search/reindex.py).
 """
 
 from __future__ import annotations
