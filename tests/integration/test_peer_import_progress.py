@@ -11,7 +11,7 @@ import sys
 import pytest
 from rich.console import Console
 
-from sealedkb.adapters.cli._progress import fit, progress_bar, quiet
+from sealedkb.adapters.cli._common import fit, progress_bar, quiet
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -45,6 +45,7 @@ def test_one_module_per_command_group() -> None:
         "db",
         "doctor",
         "entries",
+        "export",
         "keys",
         "mcp_config",
         "migrate",

@@ -27,6 +27,8 @@ from rich.text import Text
 from sealedkb.errors import SealedKBError
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
+
     from sealedkb.config import Settings
     from sealedkb.kb.knowledge_base import KnowledgeBase
 
@@ -36,9 +38,12 @@ __all__ = [
     "command",
     "err",
     "fail",
+    "fit",
     "open_kb",
     "out",
     "print_json",
+    "progress_bar",
+    "quiet",
     "report_error",
     "settings",
     "state",
@@ -130,3 +135,48 @@ def open_kb() -> Iterator[KnowledgeBase]:
 
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+# --- the progress bar of long commands (import, export) -----------------------------
+
+BAR_WIDTH = 20
+# label (<= 9) + bar + "NNNNNN/NNNNNN" + "H:MM:SS" + the spaces between the columns
+BAR_FIXED_WIDTH = 9 + BAR_WIDTH + 13 + 7 + 5
+
+
+def quiet(json_out: bool) -> bool:
+    """No progress bar: JSON wanted, or stdout is not a terminal."""
+    return json_out or not sys.stdout.isatty()
+
+
+def progress_bar(label: str, *, json_out: bool, console: Console | None = None) -> Progress:
+    """``label [bar] done/total elapsed description`` on stderr: one line that fits
+    an 80-column terminal, the description last and cut to fit (see :func:`fit`), so
+    the timer never leaves the line; disabled when :func:`quiet` (or, with an
+    explicit ``console``, with ``--json``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+    from rich.table import Column
+
+    return Bar(
+        TextColumn(label[:9], markup=False),
+        BarColumn(bar_width=BAR_WIDTH),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn(
+            "{task.description}",
+            markup=False,  # file names are not markup
+            table_column=Column(no_wrap=True, overflow="ellipsis"),
+        ),
+        console=console or err,
+        transient=True,
+        disable=json_out if console is not None else quiet(json_out),
+    )
+
+
+def fit(description: str, console: Console | None = None) -> str:
+    """``description`` cut from the left, with an ellipsis, to the room the bar leaves."""
+    room = max(0, (console or err).width - BAR_FIXED_WIDTH)
+    if len(description) <= room:
+        return description
+    return "…" + description[-(room - 1) :] if room > 1 else ""

@@ -36,7 +36,7 @@ def export(
     json_out: JsonOpt = False,
 ) -> None:
     """Export every live entry as PLAINTEXT (JSON Lines or Markdown notes). Audited."""
-    from sealedkb.adapters.cli._progress import progress_bar
+    from sealedkb.adapters.cli._common import progress_bar
     from sealedkb.ingest.export import EXPORT_FORMATS, export_entries
 
     if fmt not in EXPORT_FORMATS:

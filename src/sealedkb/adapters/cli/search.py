@@ -106,7 +106,7 @@ def import_(
 ) -> None:
     """Import Markdown, text and HTML files as chunked entries (re-import replaces),
     or with --from another server's knowledge (a re-run adds nothing)."""
-    from sealedkb.adapters.cli._progress import fit, progress_bar
+    from sealedkb.adapters.cli._common import fit, progress_bar
 
     if peer is not None:
         _import_peer(peer, paths, namespace=namespace, tags=tag or [], json_out=json_out)
@@ -135,7 +135,7 @@ def import_(
 def _import_peer(
     peer: str, paths: list[Path], *, namespace: str, tags: list[str], json_out: bool
 ) -> None:
-    from sealedkb.adapters.cli._progress import progress_bar
+    from sealedkb.adapters.cli._common import progress_bar
     from sealedkb.errors import ValidationError
     from sealedkb.ingest.peers import FORMATS, import_items, read_peer
 
