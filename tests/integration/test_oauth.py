@@ -34,6 +34,7 @@ from mcp.shared.auth import (
 from tests.mcp_helpers import error_of, http_client, http_server
 
 from sealedkb.config import Settings
+from sealedkb.errors import NotFoundError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode
 
@@ -591,3 +592,51 @@ def test_attacker_forged_or_widened_oauth_rows_are_refused(
             " AND error_code = 'INTEGRITY_ERROR'"
         ).fetchone()
     assert denied is not None and denied[0] >= 3
+
+
+def test_plaintext_knowledge_base_grants_with_unkeyed_hashes(
+    plain_kb: KnowledgeBase, database_url: str
+) -> None:
+    """No key to MAC with: rows hold unkeyed SHA-256 hashes (hash scheme 1), and the
+    grant still works once, rotates and revokes."""
+    _, bearer = plain_kb.create_token("pat", "writer", ["*"])
+    plain_kb.oauth_register_client("p1", None, {"redirect_uris": [REDIRECT]})
+    assert plain_kb.oauth_check_client_secret("p1", None)
+    assert not plain_kb.oauth_check_client_secret("p1", "guess")
+    grant = plain_kb.oauth_grant("p1", bearer, "writer", ["*"], "http://x/mcp")
+    access = plain_kb.oauth_authenticate(grant.access_token)
+    assert access is not None and access.principal.namespaces is None
+    rotated = plain_kb.oauth_exchange_refresh("p1", grant.refresh_token)
+    assert plain_kb.oauth_load_refresh("p1", grant.refresh_token) is None  # reuse
+    assert plain_kb.oauth_authenticate(rotated.access_token) is None  # family revoked
+    with psycopg.connect(database_url) as conn:
+        schemes = {r[0] for r in conn.execute("SELECT hash_scheme FROM kb_oauth_grants")}
+    assert schemes == {1}
+
+
+def test_a_replayed_authorization_code_revokes_what_it_was_exchanged_for(
+    seeded: tuple[str, str], make_settings: Callable[..., Settings], database_url: str
+) -> None:
+    writer, _ = seeded
+    kb = KnowledgeBase.open(make_settings())
+    try:
+        kb.oauth_register_client("c1", None, {"redirect_uris": [REDIRECT]})
+        request = kb.oauth_begin(
+            "c1",
+            redirect_uri=REDIRECT,
+            redirect_uri_explicit=True,
+            state="s",
+            scopes=["writer"],
+            code_challenge="c",
+            resource="http://x/mcp",
+        )
+        result = kb.oauth_consent(request, writer, "writer", ["default"])
+        with pytest.raises(NotFoundError, match="unknown, used or expired"):
+            kb.oauth_consent(request, writer, "writer", ["default"])  # a request works once
+        tokens = kb.oauth_exchange_code("c1", result.code)
+        assert kb.oauth_authenticate(tokens.access_token) is not None
+        assert kb.oauth_load_code("c1", result.code) is None  # replayed
+        assert kb.oauth_authenticate(tokens.access_token) is None
+    finally:
+        kb.close()
+    assert "OAuthCodeReuse" in audit_actions(database_url)

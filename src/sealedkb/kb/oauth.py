@@ -197,6 +197,7 @@ class OAuthService:
         self._lookups = _Lru(self._now)
         self._verified = _Lru(self._now)
         self._reported: set[str] = set()
+        self._purged_at: datetime | None = None
 
     # --- hashes and MACs -----------------------------------------------------------
 
@@ -401,7 +402,16 @@ class OAuthService:
         )
         with self._audit.db.transaction("oauth request") as conn:
             self._table.insert_grant(conn, rec)
+        self._purge_now_and_then()
         return secret
+
+    def _purge_now_and_then(self) -> None:
+        """Rows expired a day ago grant nothing: deleted at most once an hour."""
+        now = self._now()
+        if self._purged_at is not None and now - self._purged_at < timedelta(hours=1):
+            return
+        self._purged_at = now
+        self.purge_expired()
 
     def pending(self, request: str) -> ConsentRequest | None:
         rec = self._find("request", request)
