@@ -20,7 +20,8 @@ import pytest
 from tests.mcp_helpers import http_client, http_server
 
 from sealedkb.config import Settings, load_settings
-from sealedkb.errors import IntegrityError, ValidationError
+from sealedkb.errors import IntegrityError, KeyUnavailableError, ValidationError
+from sealedkb.kb import knowledge_base as kbmod
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode, EntryPatch, new_entry
 from sealedkb.search import memory
@@ -465,3 +466,37 @@ def test_concurrent_adds_of_one_content_store_one_entry(
         assert len(mem_kb.list(limit=100)) == 1
     finally:
         other.close()
+
+
+def test_a_setting_unchecked_at_open_is_checked_before_the_first_write(
+    mem_kb: KnowledgeBase,
+    mem_settings: Settings,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the key provider unavailable at open (status must still work), the
+    knowledge base opens on the stored setting unchecked; a flipped one is refused
+    at the first write, before anything is sealed or stored."""
+    mem_kb.add("secret roadmap for the year")
+    sql(database_url, "UPDATE kb_meta SET value = 'server' WHERE key = 'search_index'")
+    real = kbmod.verified_search_index
+    calls = {"n": 0}
+
+    def flaky(*args: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise KeyUnavailableError("the key service is down")
+        return real(*args)
+
+    monkeypatch.setattr(kbmod, "verified_search_index", flaky)
+    opened = KnowledgeBase.open(mem_settings)
+    try:
+        assert opened.search_index == "server" and calls["n"] == 1
+        with pytest.raises(IntegrityError):
+            opened.add("a new secret plan")
+        with pytest.raises(IntegrityError):
+            opened.add_many([new_entry("another secret plan")])
+    finally:
+        opened.close()
+    _no_server_columns(database_url)
+    assert len(mem_kb.list(limit=10)) == 1

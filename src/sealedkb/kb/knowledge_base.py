@@ -193,6 +193,23 @@ def _refuse_plaintext_with_keystore(settings: Settings, guard: str | None) -> No
         )
 
 
+def _search_index_at_open(
+    values: dict[str, str],
+    mode: EncryptionMode,
+    provider: KeyProvider | None,
+    kms_key_uri: str | None,
+    feed: ChangeFeed,
+) -> tuple[str, bool]:
+    """The search index setting when opening, and whether it is still unchecked: with
+    the keys unavailable (a wrong root key, a key service down) the knowledge base
+    still opens for status and the like, and the first write checks the setting."""
+    try:
+        return verified_search_index(values, mode, provider, kms_key_uri, feed), False
+    except KeyUnavailableError:
+        raw = values.get(SEARCH_INDEX_KEY)
+        return (raw if raw in SEARCH_INDEXES else "server"), True
+
+
 def _init_search_index(
     meta: MetaTable,
     settings: Settings,
@@ -318,8 +335,9 @@ class KnowledgeBase:
         values = self.meta.all() if tokenizer is None or search_index is None else {}
         if tokenizer is None:
             tokenizer = keyword_tokenizer(values)
+        unchecked = False
         if search_index is None:
-            search_index = verified_search_index(
+            search_index, unchecked = _search_index_at_open(
                 values, mode, provider, kms_key_uri, ChangeFeed(db)
             )
         self.search_index = search_index
@@ -327,6 +345,10 @@ class KnowledgeBase:
         self.sealer = EntrySealer(
             self.keyring, self.indexer, self.telemetry, memory_index=search_index == "memory"
         )
+        if unchecked:
+            # The key provider could not check the setting at open (keys unavailable):
+            # the first write checks it, before anything is sealed.
+            self.sealer.write_guard = self._check_search_index
         self.engine = SearchEngine(
             self.search_table,
             self.keyring,
@@ -490,7 +512,6 @@ class KnowledgeBase:
                 if mode is EncryptionMode.ON
                 else None
             )
-            index = verified_search_index(values, mode, provider, kms_key_uri, ChangeFeed(db))
             kb = cls(
                 settings,
                 target,
@@ -501,7 +522,6 @@ class KnowledgeBase:
                 principal=principal,
                 now=now,
                 tokenizer=keyword_tokenizer(values),
-                search_index=index,
             )
             if kb.keys is not None:
                 kb.keys.run_due()
@@ -531,6 +551,13 @@ class KnowledgeBase:
             checkpoint_dir=settings.audit_dir,
             resign=self._resign_for_custody,
         )
+
+    def _check_search_index(self) -> None:
+        checked = verified_search_index(
+            self.meta.all(), self.mode, self.provider, self.kms_key_uri, ChangeFeed(self.db)
+        )
+        if checked != self.search_index:
+            raise IntegrityError("kb_meta's search_index setting changed while open; reopen")
 
     def _resign_for_custody(
         self, old: KeyProvider, new: KeyProvider, new_uri: str

@@ -15,7 +15,7 @@ injected into the knowledge base, the importer, the migrator and the search engi
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sealedkb.crypto.keyring import KeyRing
@@ -55,6 +55,14 @@ class EntrySealer:
         # kb_meta search_index = memory (search/memory.py): rows get no searchable
         # column (no keyword tokens, encrypted vector, tag tokens or fingerprint).
         self.memory_index = memory_index and keyring is not None
+        # Run (once, successfully) before the first row is sealed: the knowledge base's
+        # check of a setting it could not check when it opened.
+        self.write_guard: Callable[[], None] | None = None
+
+    def _guarded(self) -> None:
+        if self.write_guard is not None:
+            self.write_guard()
+            self.write_guard = None
 
     @property
     def encrypted(self) -> bool:
@@ -64,6 +72,7 @@ class EntrySealer:
 
     def store_columns(self, namespace: str, entry_id: uuid.UUID, doc: EntryDoc) -> dict[str, Any]:
         """The kb_entries columns that hold ``doc``: sealed + tag tokens, or plaintext."""
+        self._guarded()
         if self._keyring is not None:
             sealer, blinder = self._keyring.writer(namespace)
             return {
@@ -113,6 +122,7 @@ class EntrySealer:
     ) -> SearchColumns:
         """The search columns of a new or changed entry: the indexer's (server-side
         index), or in memory mode only the sealed exact embedding."""
+        self._guarded()
         if self.memory_index:
             return self.vector_columns(namespace, entry_id, vector)
         return self._indexer.columns(
@@ -124,6 +134,7 @@ class EntrySealer:
     ) -> SearchColumns:
         """The vector columns of an entry (reembed): in memory mode the sealed exact
         embedding alone, else the indexer's encrypted and sealed pair."""
+        self._guarded()
         cols = SearchColumns()
         embedder = self._indexer.embedder
         if vector is None or embedder is None:
