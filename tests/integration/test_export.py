@@ -138,3 +138,53 @@ def test_exported_jsonl_imports_back_with_every_field(cli: Cli, tmp_path: Path) 
         assert record["created_at"] in {y["created_at"] for y in lines}
     got = json.loads(expect(cli("import", "--from", "jsonl", str(moved), "--json"), 0).stdout)
     assert got["added"] == 0  # a second import adds nothing
+
+
+def test_both_formats_round_trip_every_field_in_both_modes(
+    any_kb: KnowledgeBase, tmp_path: Path
+) -> None:
+    from sealedkb.ingest.peers import import_items, read_peer
+    from sealedkb.model import EntryPatch
+
+    kb = any_kb
+    kb.add(
+        CONTENT,
+        title="Failover",
+        tags=["ops", "db"],
+        entry_type="runbook",
+        verified=True,
+        source="wiki://ops/failover",
+        metadata={"owner": "sre", "n": 3},
+    )
+    old = kb.add("An archived decision about TLS.", title="Old TLS", entry_type="decision")
+    kb.update(old.id, EntryPatch(archived=True))
+
+    def record(action: str, ns: str | None, details: dict[str, Any]) -> None:
+        kb.audit.record(action, namespace=ns, details=details)
+
+    def fields(namespace: str) -> list[tuple[Any, ...]]:
+        got = kb.list(namespace=namespace, limit=100)
+        return sorted(
+            (
+                e.title,
+                e.content,
+                e.entry_type.value,
+                e.tags,
+                e.source,
+                e.verified,
+                e.archived,
+                {k: v for k, v in e.metadata.items() if k != "imported"},
+            )
+            for e in got
+        )
+
+    export_entries(kb, tmp_path / "j", fmt="jsonl", protected=[], record=record)
+    export_entries(kb, tmp_path / "m", fmt="markdown", protected=[], record=record)
+    lines = (tmp_path / "j" / "entries.jsonl").read_text().splitlines()
+    moved = tmp_path / "moved.jsonl"
+    moved.write_text("".join(json.dumps({**json.loads(x), "namespace": "j"}) + "\n" for x in lines))
+    assert import_items(kb, read_peer("jsonl", moved)).added == 2
+    md = import_items(kb, read_peer("basic-memory", tmp_path / "m" / "default"), namespace="m")
+    assert (md.added, md.failed) == (2, [])
+    assert fields("j") == fields("default")
+    assert fields("m") == fields("default")

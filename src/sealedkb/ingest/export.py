@@ -102,9 +102,8 @@ def note_text(e: Entry) -> str:
         "created": e.created_at.isoformat(),
         "modified": e.updated_at.isoformat(),
         "sealedkb_id": str(e.id),
+        "source": e.source,  # written even when empty: no memory:// address made up
     }
-    if e.source:
-        front["source"] = e.source
     if e.verified:
         front["verified"] = True
     if e.archived:

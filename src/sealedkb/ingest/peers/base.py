@@ -4,7 +4,8 @@ entry goes through ``model.new_entry`` and ``add_many``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,6 +14,7 @@ from sealedkb.model import (
     DEFAULT_NAMESPACE,
     MAX_ADD_BATCH,
     Entry,
+    EntryPatch,
     EntryType,
     NewEntry,
     new_entry,
@@ -29,6 +31,15 @@ class EntrySink(Protocol):
     """What an import needs of the knowledge base (``KnowledgeBase`` is one)."""
 
     def add_many(self, entries: Sequence[NewEntry], *, force: bool = False) -> list[Entry]: ...
+
+    def update(
+        self,
+        entry_id: str | uuid.UUID,
+        patch: EntryPatch,
+        *,
+        expected_version: int | None = None,
+        namespaces: Collection[str] | None = None,
+    ) -> Entry: ...
 
     def list(
         self,
@@ -58,6 +69,7 @@ class PeerItem:
     metadata: dict[str, Any] = field(default_factory=dict)
     namespace: str | None = None
     verified: bool = False
+    archived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +162,16 @@ def existing_keys(sink: EntrySink, namespace: str) -> set[str]:
         offset += LIST_PAGE
 
 
+def _archive(sink: EntrySink, entry: Entry, item: PeerItem, summary: PeerImportSummary) -> None:
+    """Archive an added entry that was archived at its source (a second, small
+    transaction: if it fails the entry stays, live, and the item says so)."""
+    try:
+        sink.update(entry.id, EntryPatch(archived=True), expected_version=entry.version)
+    except SealedKBError as exc:
+        reason = f"added, but not archived as at its source: {exc.message}"
+        summary.failed.append(ItemProblem(item.label, reason, exc.code))
+
+
 def import_items(
     sink: EntrySink,
     read: PeerRead,
@@ -210,6 +232,8 @@ def import_items(
             for (item, _), entry in zip(chunk, added, strict=True):
                 if _key_of(entry) == item.key:
                     summary.added += 1
+                    if item.archived and not entry.archived:
+                        _archive(sink, entry, item, summary)
                 else:
                     reason = "identical content already in the namespace"
                     summary.skipped.append(ItemProblem(item.label, reason, "DUPLICATE"))

@@ -183,9 +183,10 @@ def note(path: Path, rel: str) -> PeerItem:
         title=str(title) if title is not None else Path(rel).stem,
         entry_type=mapped_type(front.get("type")),
         tags=_tags(front.get("tags")),
-        source=source or f"memory://{link}",
+        source=source if "source" in front else f"memory://{link}",
         metadata=metadata,
         verified=front.get("verified") is True,
+        archived=front.get("archived") is True,
     )
 
 

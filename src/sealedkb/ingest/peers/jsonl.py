@@ -86,6 +86,7 @@ def _line(obj: Any, label: str) -> PeerItem:
         metadata=metadata,
         namespace=obj.get("namespace"),
         verified=obj.get("verified") is True,
+        archived=obj.get("archived") is True,
     )
 
 
