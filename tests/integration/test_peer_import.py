@@ -134,6 +134,10 @@ def test_not_an_sqlite_file_is_a_validation_error_naming_it(
     bad.write_text("this is not a database\n")
     with pytest.raises(ValidationError, match=r"memories\.db: not an SQLite database"):
         read_peer("mcp-memory-service", bad)
+    forged = tmp_path / "forged.db"  # the right magic bytes, then garbage
+    forged.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4096)
+    with pytest.raises(ValidationError, match=r"forged\.db: not an SQLite database"):
+        read_peer("mcp-memory-service", forged)
     assert entries(kb) == []
 
 

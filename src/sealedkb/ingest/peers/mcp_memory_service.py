@@ -86,6 +86,12 @@ def read(path: Path) -> PeerRead:
     try:
         try:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(memories)")}
+        except sqlite3.OperationalError:
+            raise ValidationError(
+                f"{name}: cannot read the SQLite database (locked, or its -wal/-shm files "
+                "unreadable: stop mcp-memory-service first)",
+                field="path",
+            ) from None
         except sqlite3.DatabaseError:
             raise ValidationError(f"{name}: not an SQLite database", field="path") from None
         if not columns:
