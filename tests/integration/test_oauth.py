@@ -614,7 +614,7 @@ def test_plaintext_knowledge_base_grants_with_unkeyed_hashes(
     assert schemes == {1}
 
 
-def test_a_replayed_authorization_code_revokes_what_it_was_exchanged_for(
+def test_a_replayed_code_revokes_its_tokens_and_a_grant_ends_with_its_bearer_token(
     seeded: tuple[str, str], make_settings: Callable[..., Settings], database_url: str
 ) -> None:
     writer, _ = seeded
@@ -637,6 +637,14 @@ def test_a_replayed_authorization_code_revokes_what_it_was_exchanged_for(
         assert kb.oauth_authenticate(tokens.access_token) is not None
         assert kb.oauth_load_code("c1", result.code) is None  # replayed
         assert kb.oauth_authenticate(tokens.access_token) is None
+        # A grant lives no longer than the bearer token it was made with: once alice's
+        # token is revoked, the next refresh fails and ends the grant.
+        live = kb.oauth_grant("c1", writer, "writer", ["default"], "http://x/mcp")
+        kb.revoke_token("alice")
+        with pytest.raises(NotFoundError, match="revoked or expired"):
+            kb.oauth_exchange_refresh("c1", live.refresh_token)
+        assert kb.oauth_authenticate(live.access_token) is None
     finally:
         kb.close()
-    assert "OAuthCodeReuse" in audit_actions(database_url)
+    actions = audit_actions(database_url)
+    assert "OAuthCodeReuse" in actions and "OAuthGrantEnded" in actions

@@ -311,6 +311,7 @@ class KnowledgeBase:
             self.telemetry,
             access_seconds=settings.oauth_access_seconds,
             refresh_days=settings.oauth_refresh_days,
+            subject_active=self._tokens.active,
             now=now,
         )
         self.keys: KeyLifecycle | None = None

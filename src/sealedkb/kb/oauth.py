@@ -185,6 +185,7 @@ class OAuthService:
         *,
         access_seconds: int = 900,
         refresh_days: int = 30,
+        subject_active: Callable[[str], bool] | None = None,
         now: Callable[[], datetime] | None = None,
     ) -> None:
         self._table = table
@@ -198,6 +199,10 @@ class OAuthService:
         self._verified = _Lru(self._now)
         self._reported: set[str] = set()
         self._purged_at: datetime | None = None
+        # A grant lives no longer than the bearer token its user signed in with: checked
+        # at each refresh, so a revoked or expired token ends its grants within one
+        # access-token lifetime.
+        self._subject_active = subject_active
 
     # --- hashes and MACs -----------------------------------------------------------
 
@@ -593,6 +598,7 @@ class OAuthService:
         """Rotate: the refresh token is used up, a new access and refresh token issued."""
         at = self._now()
         reused: GrantRecord | None = None
+        orphan: GrantRecord | None = None
         with self._audit.transaction("oauth refresh") as conn:
             rec = self._table.find_grant_in(conn, "refresh", self._lookup(token)[0])
             if rec is None or not self._grant_ok(rec) or rec.client_id != client_id:
@@ -601,6 +607,8 @@ class OAuthService:
                 reused = rec
             elif not self._live(rec):
                 raise NotFoundError("refresh token is revoked or expired")
+            elif self._subject_gone(rec):
+                orphan = rec
             else:
                 used = _replace(rec, used_at=at)
                 self._table.set_used(conn, rec.id, at, self._mac(self._grant_message(used)))
@@ -617,7 +625,17 @@ class OAuthService:
         if reused is not None:  # lost a race with another use of the same token
             self._revoke_family(reused.family_id, "OAuthRefreshReuse", reused.client_id)
             raise NotFoundError("refresh token was already used")
+        if orphan is not None:
+            self._revoke_family(orphan.family_id, "OAuthGrantEnded", orphan.client_id)
+            raise NotFoundError("the bearer token this grant was made with is revoked or expired")
         return tokens
+
+    def _subject_gone(self, rec: GrantRecord) -> bool:
+        return (
+            self._subject_active is not None
+            and rec.subject is not None
+            and not self._subject_active(rec.subject)
+        )
 
     def authenticate(self, token: str) -> OAuthAccess | None:
         """The access a live, authentic access token grants, or None."""

@@ -222,6 +222,17 @@ class TokenService:
     def list_all(self, include_revoked: bool = False) -> list[TokenRecord]:
         return self._table.list_all(include_revoked)
 
+    def active(self, name: str) -> bool:
+        """Whether an authentic token of this name is neither revoked nor expired (an
+        OAuth grant made by signing in with it lives no longer than it; kb/oauth.py)."""
+        now = self._now()
+        return any(
+            rec.name == name
+            and (rec.expires_at is None or rec.expires_at > now)
+            and (self._mac_key is None or self._authentic(rec))
+            for rec in self._table.list_all(include_revoked=False)
+        )
+
     def revoke(self, name: str) -> None:
         at = self._now()
         with self._audit.transaction("token revoke") as conn:
