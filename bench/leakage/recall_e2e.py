@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,12 +93,16 @@ def main() -> int:
                 for o in [int(x) for x in args.oversamples.split(",")]:
                     kb.engine.oversample = o
                     hits = 0
+                    times = []
                     for qi in range(len(queries)):
+                        t0 = time.perf_counter()
                         r = kb.search(f"q{qi}", mode="semantic", limit=10)
+                        times.append(time.perf_counter() - t0)
                         want = {ids[j] for j in truth[qi]}
                         hits += len(want & {str(h.id) for h in r.hits})
                     print(
                         f"beta {beta} oversample x{o}: recall@10 {hits / (10 * len(queries)):.4f}"
+                        f", p50 {1000 * float(np.median(times)):.2f} ms"
                         f" ({len(ids)} rows, {len(queries)} queries, HNSW, perturbed queries)",
                         flush=True,
                     )
