@@ -15,6 +15,7 @@ committed ones).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -219,8 +220,8 @@ def console(pg_server: EmbeddedPostgres, template_db: str) -> Iterator[Console]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium through Playwright, for the whole session."""
+def playwright() -> Iterator[Any]:
+    """Playwright, once Chromium and the package are known to be there."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -228,11 +229,38 @@ def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         _unavailable(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)")
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
+        yield pw
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Any) -> Iterator[Any]:
+    """Headless Debian Chromium, for the whole session."""
+    b = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def persistent_page(playwright: Any, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """A page of a Chromium whose profile (disk cache included) is a folder the test
+    reads afterwards; the test closes ``page.context`` to have the profile flushed."""
+    profile = tmp_path / "profile"
+    context = playwright.chromium.launch_persistent_context(
+        str(profile),
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,
+        headless=True,
+        viewport={"width": 1280, "height": 800},
+    )
+    page = context.pages[0] if context.pages else context.new_page()
+    page.set_default_timeout(15_000)
+    try:
+        yield page, profile
+    finally:
+        with contextlib.suppress(Exception):  # closed by the test already
+            context.close()
 
 
 @pytest.fixture

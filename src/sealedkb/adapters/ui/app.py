@@ -148,6 +148,16 @@ class Console:
             samesite="strict",
         )
 
+    def defer(
+        self, caller: Caller, name: str, context: Mapping[str, Any], *, status: int = 200
+    ) -> Response:
+        """Answer a POST with a redirect to ``/ui/result``, which shows this page once
+        (Post/Redirect/Get): a page answered straight to a POST stays in the browser's
+        session history with the form body it was posted with (entry text, an
+        uploaded file), and the browser writes that history to its profile."""
+        caller.session.pending = (name, dict(context), status)
+        return self.redirect("/ui/result")
+
     def error_page(self, caller: Caller | None, exc: SealedKBError) -> Response:
         status = _STATUS.get(exc.code, 500)
         if isinstance(exc, CsrfError):
@@ -247,14 +257,28 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
                 return await fn(request, caller)
             except SealedKBError as exc:
                 log.info("console %s %s -> %s", request.method, request.url.path, exc.code)
-                return console.error_page(caller, exc)
+                return failed(caller, request, exc)
             except Exception:
                 log.exception("console page failed unexpectedly")
-                return console.error_page(
-                    caller, SealedKBError("internal error; see the server log")
-                )
+                return failed(caller, request, SealedKBError("internal error; see the server log"))
 
         return handler
+
+    def failed(caller: Caller, request: Request, exc: SealedKBError) -> Response:
+        """The error page; after a POST by way of /ui/result, except for a refused
+        CSRF check (answered at once: the form was not this session's)."""
+        if request.method != "POST" or isinstance(exc, CsrfError):
+            return console.error_page(caller, exc)
+        status = _STATUS.get(exc.code, 500)
+        context = {"code": exc.code, "message": exc.message, "field": exc.field}
+        return console.defer(caller, "error.html", context, status=status)
+
+    async def result(request: Request, caller: Caller) -> Response:
+        pending, caller.session.pending = caller.session.pending, None
+        if pending is None:
+            return console.redirect("/ui/entries")
+        name, context, status = pending
+        return console.page(name, caller, context, status=status)
 
     async def run(fn: Callable[[], Any]) -> Any:
         return await anyio.to_thread.run_sync(fn)
@@ -277,6 +301,8 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
         return response
 
     async def login_get(request: Request) -> Response:
+        if request.query_params.get("failed") == "1":
+            return await login_form(request, "That token is not valid (or revoked).", 401)
         return await login_form(request)
 
     async def login_post(request: Request) -> Response:
@@ -298,7 +324,8 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
             except SealedKBError as exc:
                 log.warning("console sign-in check failed: %s", exc.code)
         if principal is None:
-            return await login_form(request, "That token is not valid (or revoked).", 401)
+            # A redirect, not a page: the history entry must not keep the posted token.
+            return console.redirect("/ui/login?failed=1")
         # A new session id at sign-in: an id planted before sign-in is worth nothing.
         console.sessions.drop(session_id)
         new_id, _ = console.sessions.new(token)
@@ -478,9 +505,9 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
             )
         except ConflictError as exc:
             current = await run(lambda: kb.get(entry_id, namespaces=p.namespaces))
-            return console.page(
-                "conflict.html",
+            return console.defer(
                 caller,
+                "conflict.html",
                 {
                     "entry": current,
                     "message": exc.message,
@@ -533,9 +560,9 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
         tags = _tags(_text(form, "tags"))
         summary = await run(lambda: _import_bytes(kb, name, data, namespace, entry_type, tags))
         names = await run(lambda: visible_namespaces(kb, p))
-        return console.page(
-            "import.html",
+        return console.defer(
             caller,
+            "import.html",
             {
                 "namespaces": names,
                 "namespace": namespace,
@@ -569,7 +596,7 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
         else:
             raise ValidationError("what must be audit or snapshot", field="what")
         view = await run(lambda: health_view(kb, caller.principal))
-        return console.page("health.html", caller, {"view": view, "report": report})
+        return console.defer(caller, "health.html", {"view": view, "report": report})
 
     static = resources.files("sealedkb.adapters.ui") / "static"
     routes = [
@@ -577,6 +604,7 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
         Route("/login", login_get, methods=["GET"]),
         Route("/login", login_post, methods=["POST"]),
         Route("/logout", signed_in(logout), methods=["POST"]),
+        Route("/result", signed_in(result), methods=["GET"]),
         Route("/namespaces", signed_in(namespaces), methods=["GET"]),
         Route("/entries", signed_in(entries), methods=["GET"]),
         Route("/entries/new", signed_in(new_form), methods=["GET"]),

@@ -20,7 +20,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Session", "SessionStore"]
 
@@ -33,7 +34,9 @@ class Session:
     created: float
     seen: float
     token: str | None = None
-    flash: list[str] = field(default_factory=list)
+    # The page a POST answered, shown once by the GET it redirects to (so the
+    # browser's history never keeps a form body: see app.Console.defer).
+    pending: tuple[str, dict[str, Any], int] | None = None
 
     def csrf_ok(self, presented: str | None) -> bool:
         if not presented:
