@@ -103,7 +103,9 @@ def test_add_edit_conflict_delete(console: Console, new_page: Callable[..., Page
     shot(page, console, "conflict")
     page.goto(entry_url)
     assert "Their change wins the race." in page.locator("#entry-content").inner_text()
-    # Delete.
+    # Delete, after a confirmation page.
+    page.get_by_role("link", name="Delete").click()
+    assert page.locator("h1").inner_text() == "Delete this entry?"
     page.get_by_role("button", name="Delete").click()
     page.wait_for_url("**/ui/entries")
     page.goto(entry_url)
@@ -141,7 +143,9 @@ def test_reader_sees_no_write_controls_and_forged_posts_are_refused(
     sign_in(page, console, "reader")
     page.goto(console.url(f"/ui/entries/{entry_id}"))
     assert page.locator("[data-write]").count() == 0
-    assert page.get_by_role("button", name="Delete").count() == 0
+    assert page.get_by_role("link", name="Delete").count() == 0
+    page.goto(console.url(f"/ui/entries/{entry_id}/delete"))
+    assert page.locator("#error-code").inner_text() == "ACCESS_DENIED"
     page.goto(console.url("/ui/entries"))
     assert page.locator("[data-write]").count() == 0
     page.goto(console.url("/ui/entries/new"))

@@ -522,6 +522,13 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
             )
         return console.redirect(f"/ui/entries/{e.id}")
 
+    async def delete_form(request: Request, caller: Caller) -> Response:
+        p = caller.principal
+        p.require(Action.DELETE)
+        entry_id = request.path_params["entry_id"]
+        e = await run(lambda: kb.get(entry_id, namespaces=p.namespaces))
+        return console.page("delete.html", caller, {"entry": e})
+
     async def delete_post(request: Request, caller: Caller) -> Response:
         await console.form(request, caller.session)
         p = caller.principal
@@ -612,6 +619,7 @@ def build_ui(kb: KnowledgeBase, *, tls: bool, sessions: SessionStore | None = No
         Route("/entries/{entry_id}", signed_in(entry), methods=["GET"]),
         Route("/entries/{entry_id}/edit", signed_in(edit_form), methods=["GET"]),
         Route("/entries/{entry_id}/edit", signed_in(edit_post), methods=["POST"]),
+        Route("/entries/{entry_id}/delete", signed_in(delete_form), methods=["GET"]),
         Route("/entries/{entry_id}/delete", signed_in(delete_post), methods=["POST"]),
         Route("/search", signed_in(search), methods=["GET"]),
         Route("/import", signed_in(import_form), methods=["GET"]),
