@@ -12,7 +12,9 @@ import base64
 import hashlib
 import re
 import secrets
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,10 +35,11 @@ from mcp.shared.auth import (
 )
 from tests.mcp_helpers import error_of, http_client, http_server
 
-from sealedkb.config import Settings
+from sealedkb.config import Settings, load_settings
 from sealedkb.errors import NotFoundError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode
+from sealedkb.store.embedded import EmbeddedPostgres
 
 REDIRECT = "http://127.0.0.1:9/callback"
 
@@ -214,209 +217,285 @@ def seeded(make_settings: Callable[..., Settings]) -> tuple[str, str]:
     return writer, reader
 
 
+@dataclass(frozen=True)
+class Served:
+    """One `sealedkb serve --transport http` for the HTTP tests of this module (a server
+    start costs seconds): its own database and home, an entry, alice's writer and
+    bob's reader bearer tokens. Each test registers clients of its own."""
+
+    base: str
+    home: Path
+    database_url: str
+    writer: str
+    reader: str
+
+    def settings(self, **overrides: Any) -> Settings:
+        overrides.setdefault("database_url", self.database_url)
+        overrides.setdefault("embedder", "hash")
+        overrides.setdefault("search_index", "server")
+        return load_settings(self.home, **overrides)
+
+
+@pytest.fixture(scope="module")
+def served(
+    pg_server: EmbeddedPostgres, template_db: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.uri(), autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db} STRATEGY file_copy")
+    url = pg_server.uri(name)
+    home = tmp_path_factory.mktemp("oauth") / "home"
+    try:
+        kb, _ = KnowledgeBase.init(
+            load_settings(home, database_url=url, embedder="hash", search_index="server"),
+            EncryptionMode.ON,
+        )
+        kb.add("The deploy runbook: blue green with a canary", title="Deploy runbook")
+        _, writer = kb.create_token("alice", "writer", ["default"])
+        _, reader = kb.create_token("bob", "reader", ["default"])
+        kb.close()
+        # Unauthenticated OAuth requests share the loopback address's bucket.
+        with http_server(home, url, SEALEDKB_HTTP_RATE_BURST="1000") as (base, _):
+            yield Served(base, home, url, writer, reader)
+    finally:
+        with psycopg.connect(pg_server.uri(), autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def audit_actions(database_url: str) -> list[str]:
     with psycopg.connect(database_url) as conn:
         return [r[0] for r in conn.execute("SELECT action FROM kb_audit ORDER BY seq")]
 
 
-def test_sdk_oauth_client_registers_consents_and_searches(
-    seeded: tuple[str, str], home: Path, database_url: str
-) -> None:
-    writer, _ = seeded
-    with http_server(home, database_url) as (base, _):
-        # Discovery: RFC 9728 and RFC 8414 metadata; a 401 points at the former.
-        unauth = httpx.post(base + "/mcp", json={}, timeout=10)
-        assert unauth.status_code == 401
-        assert "resource_metadata=" in unauth.headers["www-authenticate"]
-        prm = httpx.get(base + "/.well-known/oauth-protected-resource", timeout=10).json()
-        assert prm["resource"] == base + "/mcp"
-        asm = httpx.get(base + "/.well-known/oauth-authorization-server", timeout=10).json()
-        assert asm["code_challenge_methods_supported"] == ["S256"]
-        assert asm["registration_endpoint"] == base + "/register"
-        assert asm["revocation_endpoint"] == base + "/revoke"
+def test_sdk_oauth_client_registers_consents_and_searches(served: Served) -> None:
+    writer = served.writer
+    base = served.base
+    # Discovery: RFC 9728 and RFC 8414 metadata; a 401 points at the former.
+    unauth = httpx.post(base + "/mcp", json={}, timeout=10)
+    assert unauth.status_code == 401
+    assert "resource_metadata=" in unauth.headers["www-authenticate"]
+    prm = httpx.get(base + "/.well-known/oauth-protected-resource", timeout=10).json()
+    assert prm["resource"] == base + "/mcp"
+    asm = httpx.get(base + "/.well-known/oauth-authorization-server", timeout=10).json()
+    assert asm["code_challenge_methods_supported"] == ["S256"]
+    assert asm["registration_endpoint"] == base + "/register"
+    assert asm["revocation_endpoint"] == base + "/revoke"
 
-        async def flow() -> Any:
-            provider, storage = sdk_auth(base, writer)
-            async with (
-                create_mcp_http_client(auth=provider) as hc,
-                Client(streamable_http_client(base + "/mcp", http_client=hc)) as client,
-            ):
-                found = await client.call_tool("kb_search", {"query": "canary deploy"})
-            assert storage.tokens is not None
-            assert storage.tokens.access_token.startswith("skba_")
-            return found
+    async def flow() -> Any:
+        provider, storage = sdk_auth(base, writer)
+        async with (
+            create_mcp_http_client(auth=provider) as hc,
+            Client(streamable_http_client(base + "/mcp", http_client=hc)) as client,
+        ):
+            found = await client.call_tool("kb_search", {"query": "canary deploy"})
+        assert storage.tokens is not None
+        assert storage.tokens.access_token.startswith("skba_")
+        return found
 
-        found = asyncio.run(flow())
-        assert not found.is_error
-        assert [h["title"] for h in found.structured_content["hits"]] == ["Deploy runbook"]
+    found = asyncio.run(flow())
+    assert not found.is_error
+    assert [h["title"] for h in found.structured_content["hits"]] == ["Deploy runbook"]
 
-        async def static() -> Any:  # static bearer tokens keep working
-            async with http_client(base, writer) as c:
-                return await c.call_tool("kb_search", {"query": "canary"})
+    async def static() -> Any:  # static bearer tokens keep working
+        async with http_client(base, writer) as c:
+            return await c.call_tool("kb_search", {"query": "canary"})
 
-        assert not asyncio.run(static()).is_error
-    actions = audit_actions(database_url)
+    assert not asyncio.run(static()).is_error
+    actions = audit_actions(served.database_url)
     for action in ("RegisterOAuthClient", "GrantOAuth", "IssueOAuthToken"):
         assert action in actions
 
 
-def test_refresh_token_works_once_and_reuse_revokes_the_family(
-    seeded: tuple[str, str], home: Path, database_url: str
-) -> None:
-    writer, _ = seeded
-    with http_server(home, database_url) as (base, _):
-        client = register(base)
-        first = asyncio.run(raw_grant(base, client, writer))
-        assert first["token_type"] == "Bearer" and first["scope"] == "writer"
-        assert raw_mcp(base, first["access_token"]).status_code == 200
+def test_refresh_token_works_once_and_reuse_revokes_the_family(served: Served) -> None:
+    writer = served.writer
+    base = served.base
+    client = register(base)
+    first = asyncio.run(raw_grant(base, client, writer))
+    assert first["token_type"] == "Bearer" and first["scope"] == "writer"
+    assert raw_mcp(base, first["access_token"]).status_code == 200
 
-        def refresh(token: str) -> httpx.Response:
-            return httpx.post(
-                base + "/token",
-                data={
-                    "grant_type": "refresh_token",
-                    "refresh_token": token,
-                    "client_id": client["client_id"],
-                    "client_secret": client["client_secret"],
-                },
-                timeout=10,
-            )
-
-        second = refresh(first["refresh_token"])
-        assert second.status_code == 200, second.text
-        rotated = second.json()
-        assert rotated["refresh_token"] != first["refresh_token"]
-        assert raw_mcp(base, rotated["access_token"]).status_code == 200
-        # The old refresh token again: refused, and the whole family is revoked, so
-        # the tokens its thief (or the rightful client) got from it stop working.
-        again = refresh(first["refresh_token"])
-        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
-        assert raw_mcp(base, rotated["access_token"]).status_code == 401
-        assert refresh(rotated["refresh_token"]).status_code == 400
-        # Another client cannot use someone else's refresh token either.
-        other = register(base)
-        grant = asyncio.run(raw_grant(base, other, writer))
-        stolen = httpx.post(
+    def refresh(token: str) -> httpx.Response:
+        return httpx.post(
             base + "/token",
             data={
                 "grant_type": "refresh_token",
-                "refresh_token": grant["refresh_token"],
+                "refresh_token": token,
                 "client_id": client["client_id"],
                 "client_secret": client["client_secret"],
             },
             timeout=10,
         )
-        assert stolen.status_code == 400
-    actions = audit_actions(database_url)
+
+    second = refresh(first["refresh_token"])
+    assert second.status_code == 200, second.text
+    rotated = second.json()
+    assert rotated["refresh_token"] != first["refresh_token"]
+    assert raw_mcp(base, rotated["access_token"]).status_code == 200
+    # The old refresh token again: refused, and the whole family is revoked, so
+    # the tokens its thief (or the rightful client) got from it stop working.
+    again = refresh(first["refresh_token"])
+    assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+    assert raw_mcp(base, rotated["access_token"]).status_code == 401
+    assert refresh(rotated["refresh_token"]).status_code == 400
+    # Another client cannot use someone else's refresh token either.
+    other = register(base)
+    grant = asyncio.run(raw_grant(base, other, writer))
+    stolen = httpx.post(
+        base + "/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": grant["refresh_token"],
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+        timeout=10,
+    )
+    assert stolen.status_code == 400
+    actions = audit_actions(served.database_url)
     assert "RefreshOAuthToken" in actions and "OAuthRefreshReuse" in actions
 
 
 def test_expired_revoked_wrong_audience_and_wrong_scope_tokens_are_refused(
-    seeded: tuple[str, str], make_settings: Callable[..., Settings], home: Path, database_url: str
+    served: Served,
 ) -> None:
-    writer, reader = seeded
-    with http_server(home, database_url) as (base, _):
-        client = register(base)
-        # Expired: a token issued an hour ago (clock of the issuing process), row intact.
-        past = datetime.now(UTC) - timedelta(hours=1)
-        old_kb = KnowledgeBase.open(make_settings(), now=lambda: past)
-        try:
-            expired = old_kb.oauth_grant(
-                client["client_id"], writer, "writer", ["default"], base + "/mcp"
-            )
-        finally:
-            old_kb.close()
-        r = raw_mcp(base, expired.access_token)
-        assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
-        kb = KnowledgeBase.open(make_settings())
-        try:  # wrong audience: issued for another resource server
-            elsewhere = kb.oauth_grant(
-                client["client_id"], writer, "writer", ["default"], "http://127.0.0.1:1/mcp"
-            )
-            fresh = kb.oauth_grant(
-                client["client_id"], writer, "writer", ["default"], base + "/mcp"
-            )
-        finally:
-            kb.close()
-        assert raw_mcp(base, elsewhere.access_token).status_code == 401
-        assert raw_mcp(base, fresh.access_token).status_code == 200
-        # Revoked (RFC 7009): the access token and its refresh token stop working.
-        rv = httpx.post(
-            base + "/revoke",
-            data={
-                "token": fresh.access_token,
-                "client_id": client["client_id"],
-                "client_secret": client["client_secret"],
-            },
-            timeout=10,
+    writer, reader = served.writer, served.reader
+    make_settings = served.settings
+    base = served.base
+    client = register(base)
+    # Expired: a token issued an hour ago (clock of the issuing process), row intact.
+    past = datetime.now(UTC) - timedelta(hours=1)
+    old_kb = KnowledgeBase.open(make_settings(), now=lambda: past)
+    try:
+        expired = old_kb.oauth_grant(
+            client["client_id"], writer, "writer", ["default"], base + "/mcp"
         )
-        assert rv.status_code == 200
-        assert raw_mcp(base, fresh.access_token).status_code == 401
-        refreshed = httpx.post(
-            base + "/token",
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": fresh.refresh_token,
-                "client_id": client["client_id"],
-                "client_secret": client["client_secret"],
-            },
-            timeout=10,
+    finally:
+        old_kb.close()
+    r = raw_mcp(base, expired.access_token)
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    kb = KnowledgeBase.open(make_settings())
+    try:  # wrong audience: issued for another resource server
+        elsewhere = kb.oauth_grant(
+            client["client_id"], writer, "writer", ["default"], "http://127.0.0.1:1/mcp"
         )
-        assert refreshed.status_code == 400
-        # Wrong scope: a scope the server does not define is refused at /authorize; a
-        # reader grant cannot write; a refresh cannot widen the scope.
-        verifier, challenge = pkce()
-        bad = httpx.get(
-            base + "/authorize",
-            params={
-                "response_type": "code",
-                "client_id": client["client_id"],
-                "redirect_uri": REDIRECT,
-                "code_challenge": challenge,
-                "code_challenge_method": "S256",
-                "state": "s",
-                "scope": "superuser",
-            },
-            timeout=10,
-        )
-        assert bad.status_code == 302
-        assert parse_qs(urlparse(bad.headers["location"]).query)["error"] == ["invalid_scope"]
-        plain = httpx.get(
-            base + "/authorize",
-            params={
-                "response_type": "code",
-                "client_id": client["client_id"],
-                "redirect_uri": REDIRECT,
-                "code_challenge": verifier,
-                "code_challenge_method": "plain",
-            },
-            timeout=10,
-        )
-        assert "error=invalid_request" in plain.headers["location"]  # S256 only
-        read_grant = asyncio.run(raw_grant(base, client, reader, role="reader"))
-        assert read_grant["scope"] == "reader"
+        fresh = kb.oauth_grant(client["client_id"], writer, "writer", ["default"], base + "/mcp")
+    finally:
+        kb.close()
+    assert raw_mcp(base, elsewhere.access_token).status_code == 401
+    assert raw_mcp(base, fresh.access_token).status_code == 200
+    # Revoked (RFC 7009): the access token and its refresh token stop working.
+    rv = httpx.post(
+        base + "/revoke",
+        data={
+            "token": fresh.access_token,
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+        timeout=10,
+    )
+    assert rv.status_code == 200
+    assert raw_mcp(base, fresh.access_token).status_code == 401
+    refreshed = httpx.post(
+        base + "/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": fresh.refresh_token,
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+        },
+        timeout=10,
+    )
+    assert refreshed.status_code == 400
+    # Wrong scope: a scope the server does not define is refused at /authorize; a
+    # reader grant cannot write; a refresh cannot widen the scope.
+    verifier, challenge = pkce()
+    bad = httpx.get(
+        base + "/authorize",
+        params={
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": REDIRECT,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": "s",
+            "scope": "superuser",
+        },
+        timeout=10,
+    )
+    assert bad.status_code == 302
+    assert parse_qs(urlparse(bad.headers["location"]).query)["error"] == ["invalid_scope"]
+    plain = httpx.get(
+        base + "/authorize",
+        params={
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": REDIRECT,
+            "code_challenge": verifier,
+            "code_challenge_method": "plain",
+        },
+        timeout=10,
+    )
+    assert "error=invalid_request" in plain.headers["location"]  # S256 only
+    read_grant = asyncio.run(raw_grant(base, client, reader, role="reader"))
+    assert read_grant["scope"] == "reader"
 
-        async def write_with(token: str) -> Any:
-            async with http_client(base, token) as c:
-                return await c.call_tool("kb_add", {"content": "not allowed"})
+    async def write_with(token: str) -> Any:
+        async with http_client(base, token) as c:
+            return await c.call_tool("kb_add", {"content": "not allowed"})
 
-        assert error_of(asyncio.run(write_with(read_grant["access_token"])))["code"] == (
-            "ACCESS_DENIED"
-        )
-        widened = httpx.post(
-            base + "/token",
-            data={
-                "grant_type": "refresh_token",
-                "refresh_token": read_grant["refresh_token"],
-                "client_id": client["client_id"],
-                "client_secret": client["client_secret"],
-                "scope": "admin",
-            },
-            timeout=10,
-        )
-        assert widened.status_code == 400 and widened.json()["error"] == "invalid_scope"
-        # PKCE: the code without its verifier is refused.
-        _, challenge = pkce()
+    assert error_of(asyncio.run(write_with(read_grant["access_token"])))["code"] == (
+        "ACCESS_DENIED"
+    )
+    widened = httpx.post(
+        base + "/token",
+        data={
+            "grant_type": "refresh_token",
+            "refresh_token": read_grant["refresh_token"],
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+            "scope": "admin",
+        },
+        timeout=10,
+    )
+    assert widened.status_code == 400 and widened.json()["error"] == "invalid_scope"
+    # PKCE: the code without its verifier is refused.
+    _, challenge = pkce()
+    query = httpx.QueryParams(
+        {
+            "response_type": "code",
+            "client_id": client["client_id"],
+            "redirect_uri": REDIRECT,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": "x",
+            "scope": "writer",
+        }
+    )
+    code, _ = _code_of(asyncio.run(consent(base, f"{base}/authorize?{query}", writer)))
+    wrong = httpx.post(
+        base + "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "client_id": client["client_id"],
+            "client_secret": client["client_secret"],
+            "code_verifier": pkce()[0],
+        },
+        timeout=10,
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+
+
+def test_consent_grants_no_wider_than_the_token_and_refuses_cross_site_posts(
+    served: Served,
+) -> None:
+    writer, reader = served.writer, served.reader
+    base = served.base
+    client = register(base)
+    _, challenge = pkce()
+
+    def authorize_url() -> str:
         query = httpx.QueryParams(
             {
                 "response_type": "code",
@@ -424,88 +503,52 @@ def test_expired_revoked_wrong_audience_and_wrong_scope_tokens_are_refused(
                 "redirect_uri": REDIRECT,
                 "code_challenge": challenge,
                 "code_challenge_method": "S256",
-                "state": "x",
-                "scope": "writer",
+                "scope": "reader writer admin",
             }
         )
-        code, _ = _code_of(asyncio.run(consent(base, f"{base}/authorize?{query}", writer)))
-        wrong = httpx.post(
-            base + "/token",
-            data={
-                "grant_type": "authorization_code",
-                "code": code,
-                "redirect_uri": REDIRECT,
-                "client_id": client["client_id"],
-                "client_secret": client["client_secret"],
-                "code_verifier": pkce()[0],
-            },
-            timeout=10,
-        )
-        assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+        return f"{base}/authorize?{query}"
 
+    # A reader token cannot grant writer; a default-only token cannot grant others.
+    assert asyncio.run(consent(base, authorize_url(), reader, "writer")).status_code == 403
+    other_ns = asyncio.run(consent(base, authorize_url(), writer, "writer", "team-b"))
+    assert other_ns.status_code == 403
+    every = asyncio.run(consent(base, authorize_url(), writer, "writer", "*"))
+    assert every.status_code == 403
+    bad_token = asyncio.run(consent(base, authorize_url(), "skb_forged", "reader"))
+    assert bad_token.status_code == 403 and "skb_forged" not in bad_token.text
+    # Cross-site: another Origin, or a post without the page's CSRF cookie.
+    evil = asyncio.run(consent(base, authorize_url(), writer, origin="https://evil.example"))
+    assert evil.status_code == 403
 
-def test_consent_grants_no_wider_than_the_token_and_refuses_cross_site_posts(
-    seeded: tuple[str, str], home: Path, database_url: str
-) -> None:
-    writer, reader = seeded
-    with http_server(home, database_url) as (base, _):
-        client = register(base)
-        _, challenge = pkce()
-
-        def authorize_url() -> str:
-            query = httpx.QueryParams(
-                {
-                    "response_type": "code",
-                    "client_id": client["client_id"],
-                    "redirect_uri": REDIRECT,
-                    "code_challenge": challenge,
-                    "code_challenge_method": "S256",
-                    "scope": "reader writer admin",
-                }
+    async def no_cookie() -> httpx.Response:
+        async with httpx.AsyncClient() as browser:
+            r = await browser.get(authorize_url())
+            page = await browser.get(r.headers["location"])
+        async with httpx.AsyncClient() as attacker:  # a fresh jar: no cookie
+            return await attacker.post(
+                base + "/oauth/consent",
+                data={
+                    "request": _field(page.text, "request"),
+                    "csrf": _field(page.text, "csrf"),
+                    "token": writer,
+                    "role": "writer",
+                    "namespaces": "default",
+                    "action": "allow",
+                },
             )
-            return f"{base}/authorize?{query}"
 
-        # A reader token cannot grant writer; a default-only token cannot grant others.
-        assert asyncio.run(consent(base, authorize_url(), reader, "writer")).status_code == 403
-        other_ns = asyncio.run(consent(base, authorize_url(), writer, "writer", "team-b"))
-        assert other_ns.status_code == 403
-        every = asyncio.run(consent(base, authorize_url(), writer, "writer", "*"))
-        assert every.status_code == 403
-        bad_token = asyncio.run(consent(base, authorize_url(), "skb_forged", "reader"))
-        assert bad_token.status_code == 403 and "skb_forged" not in bad_token.text
-        # Cross-site: another Origin, or a post without the page's CSRF cookie.
-        evil = asyncio.run(consent(base, authorize_url(), writer, origin="https://evil.example"))
-        assert evil.status_code == 403
-
-        async def no_cookie() -> httpx.Response:
-            async with httpx.AsyncClient() as browser:
-                r = await browser.get(authorize_url())
-                page = await browser.get(r.headers["location"])
-            async with httpx.AsyncClient() as attacker:  # a fresh jar: no cookie
-                return await attacker.post(
-                    base + "/oauth/consent",
-                    data={
-                        "request": _field(page.text, "request"),
-                        "csrf": _field(page.text, "csrf"),
-                        "token": writer,
-                        "role": "writer",
-                        "namespaces": "default",
-                        "action": "allow",
-                    },
-                )
-
-        assert asyncio.run(no_cookie()).status_code == 403
-        # Registration refuses a plain-http redirect to a non-loopback host.
-        refused = httpx.post(
-            base + "/register",
-            json={"redirect_uris": ["http://evil.example/cb"]},
-            timeout=10,
-        )
-        assert refused.status_code == 400
-        assert refused.json()["error"] == "invalid_redirect_uri"
-        # A used consent request cannot be replayed.
-        ok = asyncio.run(consent(base, authorize_url(), writer, "reader"))
-        assert ok.status_code == 302
+    assert asyncio.run(no_cookie()).status_code == 403
+    # Registration refuses a plain-http redirect to a non-loopback host.
+    refused = httpx.post(
+        base + "/register",
+        json={"redirect_uris": ["http://evil.example/cb"]},
+        timeout=10,
+    )
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "invalid_redirect_uri"
+    # A used consent request cannot be replayed.
+    ok = asyncio.run(consent(base, authorize_url(), writer, "reader"))
+    assert ok.status_code == 302
 
 
 def test_attacker_forged_or_widened_oauth_rows_are_refused(
