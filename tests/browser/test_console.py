@@ -383,9 +383,11 @@ def test_health_page_shows_the_key_alarm_and_its_clearing(
 def test_canary_never_in_logs_or_on_disk(
     console: Console, persistent_page: tuple[Page, Path]
 ) -> None:
-    """Run last in this module: after the pages above have shown, searched, edited and
-    failed, the entry text appears in no server log line, in no file of the home, and
-    in no file of the browser's profile (no-store: its disk cache keeps no page)."""
+    """After pages have shown, searched and refused entry text (here, and in whichever
+    of the tests above ran before on this server), it appears in no server log line
+    (the server logs at DEBUG), in no file of the home, and in no file of a real
+    browser profile (no-store: its disk cache keeps no page; Post/Redirect/Get: its
+    session history keeps no form body)."""
     page, profile = persistent_page
     wrong = "skb_wrong-token-that-must-not-be-kept"
     page.goto(console.url("/ui/login"))
@@ -424,3 +426,24 @@ def test_canary_never_in_logs_or_on_disk(
         for secret in secrets:
             assert secret not in data, path
         assert needle.decode().encode("utf-16-le") not in data, path
+
+
+def test_every_control_has_a_label(console: Console, new_page: Callable[..., Page]) -> None:
+    page = new_page()
+    page.goto(console.url("/ui/login"))
+    pages = ["/ui/entries", "/ui/search?q=queue", "/ui/entries/new", "/ui/import", "/ui/health"]
+    unlabelled = page.evaluate(_UNLABELLED)
+    sign_in(page, console, "admin")
+    for path in [*pages, f"/ui/entries/{console.entries['runbook']}/edit"]:
+        page.goto(console.url(path))
+        unlabelled += [f"{path}: {name}" for name in page.evaluate(_UNLABELLED)]
+        assert page.locator("main#main").count() == 1 and page.locator("h1").count() == 1
+    assert unlabelled == []
+
+
+_UNLABELLED = """
+[...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+  .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+  .map(el => el.name || el.id || el.tagName)
+"""
