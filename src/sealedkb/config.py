@@ -86,6 +86,14 @@ class Settings(BaseSettings):
     # Seconds between signed audit checkpoints (and key-schedule checks) while serving.
     audit_checkpoint_interval: float = Field(default=60.0, ge=1.0, le=60.0)
     pool_max_size: int = Field(default=8, ge=1, le=100)
+    # Serving replicas (store/jobs.py): the singleton jobs (key housekeeping, alarm
+    # evaluation, automated snapshots and retention) run on the one replica holding
+    # each job's PostgreSQL advisory lock; the others try every job_leader_poll
+    # seconds and take over within 4 x job_leader_poll after the holder dies.
+    # replica_id names this replica in kb_job_leaders / kb_job_runs (default: host
+    # name and process id).
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+    job_leader_poll: float = Field(default=5.0, ge=0.2, le=60.0)
     # Server-side folder that the MCP kb_import tool may read from (unset: disabled).
     import_root: Path | None = None
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")

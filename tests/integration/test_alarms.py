@@ -338,8 +338,13 @@ def test_state_survives_a_new_evaluator(ckb: KnowledgeBase, clock: Clock, hook: 
     again = Harness(ckb, clock, hook)
     assert again.tick(10)["SnapshotStale"] == ALARM
     assert hook.of("SnapshotStale") == [ALARM]
-    mode = (again.ev.store.path.stat().st_mode) & 0o777
-    assert mode == 0o600
+    # kept in PostgreSQL, shared by replicas; nothing in the home folder
+    assert not (ckb.settings.home / "alarms").exists()
+    with ckb.db.transaction() as conn:
+        row = conn.execute(
+            "SELECT record->>'state' FROM kb_alarm_state WHERE name = 'SnapshotStale'"
+        ).fetchone()
+    assert row is not None and row[0] == ALARM
 
 
 def test_alarms_test_notifies_every_alarm_and_returns(

@@ -24,6 +24,7 @@ from sealedkb.snapshots import (
     SnapshotSettings,
 )
 from sealedkb.store.db import classify_transport
+from sealedkb.store.jobs import Leadership
 
 RESTORED_AUDIT_DIR = "audit-restored"
 
@@ -101,14 +102,19 @@ def snapshots_for(
     )
 
 
-def start_scheduler(kb: KnowledgeBase) -> SnapshotScheduler | None:
+def start_scheduler(
+    kb: KnowledgeBase, leadership: Leadership | None = None
+) -> SnapshotScheduler | None:
     """For ``serve``: automated snapshots in ``SEALEDKB_SNAPSHOT_WINDOW`` (None when the
     window is off or the knowledge base is not encrypted). Stop it before closing."""
     window = DailyWindow.parse(kb.settings.snapshot_window)
     if window is None or not kb.encrypted:
         return None
     return SnapshotScheduler(
-        snapshots_for(kb.settings, kb), window, kb.settings.snapshot_retention_days
+        snapshots_for(kb.settings, kb),
+        window,
+        kb.settings.snapshot_retention_days,
+        leadership=leadership,
     ).start()
 
 

@@ -56,6 +56,7 @@ from sealedkb.keys.provider import (
 from sealedkb.model import KeyPurpose, WrappedDataKey, validate_namespace
 from sealedkb.store.datakeys import DataKeyTable
 from sealedkb.store.db import Database
+from sealedkb.store.jobs import Leadership
 from sealedkb.store.rekey import RekeyTable
 
 log = logging.getLogger("sealedkb.lifecycle")
@@ -773,15 +774,20 @@ class Housekeeper:
     at least every ``interval`` seconds (default 60)."""
 
     def __init__(
-        self, lifecycle: KeyLifecycle | None, audit: AuditLog, interval: float = 60.0
+        self,
+        lifecycle: KeyLifecycle | None,
+        audit: AuditLog,
+        interval: float = 60.0,
+        leadership: Leadership | None = None,
     ) -> None:
         self.lifecycle = lifecycle
         self.audit = audit
         self.interval = interval
+        self.leadership = leadership
         self._periodic = PeriodicTask(
             "sealedkb-housekeeper",
             interval,
-            self.run_once,
+            self.run_guarded,
             run_first=False,  # start() runs the first round itself
             what="housekeeping round",
             logger=log,
@@ -796,8 +802,15 @@ class Housekeeper:
             self.audit.checkpoint_quietly()
             self.runs += 1
 
+    def run_guarded(self) -> None:
+        """A round: on every replica without ``leadership``, else only on the leader."""
+        if self.leadership is None:
+            self.run_once()
+        else:
+            self.leadership.run(self.run_once)
+
     def start(self) -> Housekeeper:
-        self.run_once()
+        self.run_guarded()
         self._periodic.start()
         return self
 

@@ -21,10 +21,14 @@ Where the data comes from (``scope``):
   trail (chain, checkpoints, snapshot events). ``sealedkb alarms list
   --evaluate`` evaluates these on demand from the CLI.
 
-State and history live in ``$SEALEDKB_HOME/alarms/state.json`` (0600, replaced
-atomically, read-modify-write under a file lock), so ``alarms list`` and
-``alarms history`` in another process see what ``serve`` decided, and a
-restart does not repeat a notification for an alarm that is still in ALARM.
+State and history live in PostgreSQL (``kb_alarm_state``, ``kb_alarm_history``,
+read-modify-write in one transaction under an advisory lock; :class:`TableAlarmStore`),
+so ``alarms list`` and ``alarms history`` in another process, and every serving
+replica, see what the evaluating replica decided, a restart does not repeat a
+notification for an alarm that is still in ALARM, and a replica's home folder holds
+none of it. Alarm evaluation is a singleton job (``store/jobs.py``): one replica
+evaluates at a time. :class:`AlarmStore` keeps the same in a file, for tools and
+tests without a database.
 
 KeyCallVolumeAnomaly is the one alarm with a learned threshold: the number of
 key-provider calls in the current period must not exceed ``factor`` (2, i.e.
@@ -50,6 +54,9 @@ from sealedkb._fs import file_lock, write_private
 from sealedkb._periodic import PeriodicTask
 from sealedkb.errors import ConfigError, DatabaseError, NotFoundError, SealedKBError
 from sealedkb.monitoring.notify import Notification, Notifier
+from sealedkb.store.alarm_state import AlarmRows
+from sealedkb.store.db import Database
+from sealedkb.store.jobs import Leadership
 from sealedkb.store.monitoring import MonitoringQueries
 
 if TYPE_CHECKING:
@@ -383,17 +390,48 @@ class AlarmStore:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         with file_lock(self.folder / ".lock"):
             doc = self.load()
-            before = json.dumps(
-                [{k: v.to_dict() for k, v in doc.alarms.items()}, len(doc.history)],
-                sort_keys=True,
-            )
+            before = _doc_json(doc)
             yield doc
-            after = json.dumps(
-                [{k: v.to_dict() for k, v in doc.alarms.items()}, len(doc.history)],
-                sort_keys=True,
-            )
-            if after != before:
+            if _doc_json(doc) != before:
                 self.save(doc)
+
+
+def _doc_json(doc: StateDoc) -> str:
+    return json.dumps(
+        [{k: v.to_dict() for k, v in doc.alarms.items()}, len(doc.history)], sort_keys=True
+    )
+
+
+class TableAlarmStore:
+    """Alarm state and history in PostgreSQL (``kb_alarm_state``, ``kb_alarm_history``):
+    what ``serve`` uses, so replicas share it and a home folder holds none of it.
+    Same interface as :class:`AlarmStore`."""
+
+    def __init__(self, db: Database) -> None:
+        self.rows = AlarmRows(db, HISTORY_KEPT)
+
+    @staticmethod
+    def _doc(records: dict[str, dict[str, Any]], history: list[dict[str, Any]]) -> StateDoc:
+        return StateDoc({k: AlarmRecord.from_dict(v) for k, v in records.items()}, history)
+
+    def load(self) -> StateDoc:
+        return self._doc(*self.rows.load())
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[StateDoc]:
+        """Read-modify-write in one transaction under an advisory lock."""
+        with self.rows.locked() as ((records, history), conn):
+            doc = self._doc(records, history)
+            before = {k: v.to_dict() for k, v in doc.alarms.items()}
+            seen = len(doc.history)
+            yield doc
+            changed = {
+                k: v.to_dict() for k, v in doc.alarms.items() if before.get(k) != v.to_dict()
+            }
+            self.rows.write(conn, changed, doc.history[seen:])
+
+
+AlarmStateStore = AlarmStore | TableAlarmStore
 
 
 # --- samples and datapoints -----------------------------------------------------
@@ -474,7 +512,8 @@ class Evaluator:
         specs: list[AlarmSpec] | None = None,
         scopes: tuple[str, ...] = ("process", "shared"),
         notifier: Notifier | None = None,
-        store: AlarmStore | None = None,
+        store: AlarmStateStore | None = None,
+        leadership: Leadership | None = None,
         clock: Callable[[], datetime] | None = None,
         interval: float | None = None,
     ) -> None:
@@ -483,7 +522,7 @@ class Evaluator:
         self.specs = specs if specs is not None else load_specs(settings.alarms)
         self.scopes = scopes
         self.notifier = notifier or Notifier.from_settings(settings)
-        self.store = store or AlarmStore(settings.home / "alarms")
+        self.store: AlarmStateStore = store or TableAlarmStore(kb.db)
         self.runbook_base = settings.alarm_runbook_base
         self.clock = clock or (lambda: datetime.now(UTC))
         self.interval = interval if interval is not None else settings.alarm_interval
@@ -505,8 +544,10 @@ class Evaluator:
         self._lock = threading.Lock()
         # The first round runs in the thread too: verifying a long audit chain must
         # not hold up serve's start.
+        self.leadership = leadership
+        task = leadership.guard(self.evaluate) if leadership is not None else self.evaluate
         self._periodic = PeriodicTask(
-            "sealedkb-alarms", self.interval, self.evaluate, what="alarm evaluation", logger=log
+            "sealedkb-alarms", self.interval, task, what="alarm evaluation", logger=log
         )
         now = self.clock().timestamp()
         for name, series in self._series.items():
@@ -800,7 +841,7 @@ def checkpoint_lag(kb: KnowledgeBase, queries: MonitoringQueries, now: datetime)
 
 
 def list_alarms(
-    specs: list[AlarmSpec], store: AlarmStore, runbook_base: str
+    specs: list[AlarmSpec], store: AlarmStateStore, runbook_base: str
 ) -> list[dict[str, Any]]:
     """Every alarm with its definition and its last known state."""
     doc = store.load()
@@ -813,7 +854,8 @@ def list_alarms(
     return out
 
 
-def history(store: AlarmStore, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def history(
+    store: AlarmStateStore, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """State changes, newest first."""
     items = store.load().history
     if name is not None:
@@ -828,12 +870,13 @@ def check_settings(settings: Settings) -> None:
     Notifier.from_settings(settings)
 
 
-def start_evaluator(kb: KnowledgeBase) -> Evaluator | None:
-    """For ``serve``: evaluate every alarm in a background thread (None if disabled)."""
+def start_evaluator(kb: KnowledgeBase, leadership: Leadership | None = None) -> Evaluator | None:
+    """For ``serve``: evaluate every alarm in a background thread (None if disabled);
+    with ``leadership``, only while this replica leads the alarm job."""
     if not kb.settings.alarms_enabled:
         return None
     global _running
-    evaluator = Evaluator(kb).start()
+    evaluator = Evaluator(kb, leadership=leadership).start()
     _running = evaluator
     return evaluator
 

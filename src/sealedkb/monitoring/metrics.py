@@ -398,13 +398,13 @@ class KnowledgeBaseCollector(Collector):
                 yield dur
 
     def _alarms(self) -> Iterator[Metric]:
-        from sealedkb.monitoring.alarms import STATES, AlarmStore, load_specs
+        from sealedkb.monitoring.alarms import STATES, TableAlarmStore, load_specs
 
         try:
             specs = load_specs(self.kb.settings.alarms)
         except SealedKBError:
             return
-        doc = AlarmStore(self.kb.settings.home / "alarms").load()
+        doc = TableAlarmStore(self.kb.db).load()
         fam = GaugeMetricFamily(
             "sealedkb_alarm_state",
             "1 for each built-in alarm's current state (OK, ALARM, INSUFFICIENT_DATA).",

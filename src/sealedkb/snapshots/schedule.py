@@ -18,6 +18,7 @@ from sealedkb._periodic import PeriodicTask
 from sealedkb.errors import SealedKBError, ValidationError
 from sealedkb.snapshots.base import log
 from sealedkb.snapshots.store import SnapshotFolder, SnapshotInfo
+from sealedkb.store.jobs import Leadership
 
 if TYPE_CHECKING:
     from prometheus_client import Counter
@@ -109,6 +110,7 @@ class SnapshotScheduler:
         now: Callable[[], datetime] | None = None,
         interval: float = 60.0,
         retry_after: float = 300.0,
+        leadership: Leadership | None = None,
     ) -> None:
         if not 1 <= retention_days <= 35:
             raise ValidationError("retention must be 1-35 days", field="snapshot_retention_days")
@@ -123,8 +125,10 @@ class SnapshotScheduler:
         self.expired = 0
         self.last_error: str | None = None
         self._next_try: datetime | None = None
+        self.leadership = leadership
+        task = leadership.guard(self.tick) if leadership is not None else self.tick
         self._periodic = PeriodicTask(
-            "sealedkb-snapshots", interval, self.tick, what="snapshot scheduler round", logger=log
+            "sealedkb-snapshots", interval, task, what="snapshot scheduler round", logger=log
         )
 
     def tick(self) -> str:

@@ -1,9 +1,9 @@
 """``sealedkb alarms list | history | test``: the built-in alarms
 (:mod:`sealedkb.monitoring.alarms`).
 
-``serve`` evaluates the alarms and keeps their state in
-``$SEALEDKB_HOME/alarms/state.json``; these commands read it from another
-process. ``list --evaluate`` evaluates, here and now, the alarms whose data
+``serve`` evaluates the alarms and keeps their state in PostgreSQL (shared by
+every serving replica); these commands read it from another process.
+``list --evaluate`` evaluates, here and now, the alarms whose data
 any process can read (availability, audit trail, snapshots); the alarms on the
 serving process's own counters keep the state ``serve`` gave them.
 """
@@ -21,7 +21,7 @@ from sealedkb.errors import ConfigError, ValidationError
 
 if TYPE_CHECKING:
     from sealedkb.config import Settings
-    from sealedkb.monitoring.alarms import AlarmStore
+    from sealedkb.kb.knowledge_base import KnowledgeBase
 
 alarms_app: typer.Typer = typer.Typer(
     help="Built-in alarms on encryption health (evaluated by serve).", no_args_is_help=True
@@ -30,19 +30,16 @@ alarms_app: typer.Typer = typer.Typer(
 _STYLE = {"OK": "green", "ALARM": "bold red", "INSUFFICIENT_DATA": "yellow"}
 
 
-def _store(loaded: Settings) -> AlarmStore:
-    from sealedkb.monitoring.alarms import AlarmStore
-
-    return AlarmStore(loaded.home / "alarms")
-
-
-def alarm_summary(loaded: Settings) -> dict[str, str]:
+def alarm_summary(kb: KnowledgeBase) -> dict[str, str]:
     """Alarm name -> state, for ``status``."""
     from sealedkb.monitoring import alarms
 
+    loaded: Settings = kb.settings
     try:
         rows = alarms.list_alarms(
-            alarms.load_specs(loaded.alarms), _store(loaded), loaded.alarm_runbook_base
+            alarms.load_specs(loaded.alarms),
+            alarms.TableAlarmStore(kb.db),
+            loaded.alarm_runbook_base,
         )
     except ConfigError:
         return {}
@@ -70,7 +67,10 @@ def alarms_list(
     if evaluate:
         with open_kb() as kb:
             alarms.Evaluator(kb, specs=specs, scopes=("shared",)).evaluate()
-    rows = alarms.list_alarms(specs, _store(loaded), loaded.alarm_runbook_base)
+    from sealedkb.kb.replicas import open_alarm_store
+
+    with open_alarm_store(loaded) as store:
+        rows = alarms.list_alarms(specs, store, loaded.alarm_runbook_base)
     if json_out:
         print_json(rows)
         return
@@ -102,7 +102,10 @@ def alarms_history(
         alarms.find_spec(alarms.load_specs(loaded.alarms), name)
     if not 1 <= limit <= alarms.HISTORY_KEPT:
         raise ValidationError(f"--limit must be 1-{alarms.HISTORY_KEPT}", field="limit")
-    items = alarms.history(_store(loaded), name, limit)
+    from sealedkb.kb.replicas import open_alarm_store
+
+    with open_alarm_store(loaded) as store:
+        items = alarms.history(store, name, limit)
     if json_out:
         print_json(items)
         return

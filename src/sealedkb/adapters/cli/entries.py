@@ -303,7 +303,7 @@ def status(
         result: dict[str, Any] = dict(kb.status())
         # Metrics as at /metrics (counters: this CLI process) and alarm states.
         result["metrics"] = status_metrics(kb, result["availability"])
-        result["alarms"] = alarm_summary(kb.settings)
+        result["alarms"] = alarm_summary(kb)
         checks = build_summary(
             kb,
             status=result,

@@ -51,7 +51,7 @@ def serve(
     )
     from sealedkb.adapters.mcp.server import build_server
     from sealedkb.kb.knowledge_base import KnowledgeBase
-    from sealedkb.kb.snapshotting import start_scheduler
+    from sealedkb.kb.replicas import start_replica_jobs
     from sealedkb.monitoring import alarms
 
     loaded = settings()
@@ -72,14 +72,12 @@ def serve(
     # The server acts as its service principal for key policies; its unwraps are
     # shared by every caller through the data-key cache.
     kb = KnowledgeBase.open(loaded, principal=loaded.service_principal)
-    # Key schedule (automatic rotation, destruction after the window) and a signed
-    # audit checkpoint at least every 60 s while serving.
-    housekeeper = kb.start_housekeeping()
-    # Built-in alarms: evaluated in this process, which holds the counters.
-    evaluator = alarms.start_evaluator(kb)  # settings checked above
-    # Automated encrypted snapshots in the daily window (SEALEDKB_SNAPSHOT_WINDOW), kept
-    # SEALEDKB_SNAPSHOT_RETENTION_DAYS days; None when the window is "off".
-    snapshots = start_scheduler(kb)
+    # Singleton jobs, each on the one replica holding its advisory lock (kb/replicas.py):
+    # the key schedule (automatic rotation, destruction after the window) and a signed
+    # audit checkpoint at least every 60 s; the built-in alarms (settings checked
+    # above); automated encrypted snapshots in the daily window
+    # (SEALEDKB_SNAPSHOT_WINDOW, "off": none), kept SEALEDKB_SNAPSHOT_RETENTION_DAYS days.
+    jobs = start_replica_jobs(kb)
     try:
         if transport == "stdio":
             # stdout is the protocol channel: everything else goes to stderr.
@@ -98,11 +96,7 @@ def serve(
             err.print(f"sealedkb MCP server at {opts.url}", markup=False, highlight=False)
             run_http(server, kb, opts)
     finally:
-        if evaluator is not None:
-            evaluator.stop()
-        if snapshots is not None:
-            snapshots.stop()
-        housekeeper.stop()
+        jobs.stop()
         kb.close()
 
 
