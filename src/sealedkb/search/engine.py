@@ -82,6 +82,9 @@ QUERY_NOISE = True  # query vectors are perturbed as stored ones are (fresh nois
 KEYWORD_POSITIONS = False  # keyword tokens are stored without positions (docs/SEARCH.md)
 EF_SEARCH_MIN = 40
 RRF_K = 60
+# Hybrid fusion (fuse), chosen on bench/bench_quality.py (docs/SEARCH.md, "Quality").
+FUSION_K = 60.0
+FUSION_KEYWORD_WEIGHT = 1.0
 SEARCH_WORKERS = 4  # threads running hybrid searches' keyword arms
 MATCH_BUDGET = 0.05  # keyword search ranks the rows of its rarest words, up to ~5 % of rows
 
@@ -602,7 +605,7 @@ class SearchEngine:
         elif used is SearchMode.SEMANTIC:
             ranked = sem
         else:
-            ranked = rrf([kw, sem])
+            ranked = fuse(kw, sem)
         page = ranked[offset:window]
         more = len(ranked) > window and window < MAX_WINDOW
         hits = self._hits(page, set(stems), norm_tags)
@@ -632,7 +635,7 @@ class SearchEngine:
         window = offset + limit
         ranked = kw if used is SearchMode.KEYWORD else sem if used is SearchMode.SEMANTIC else None
         if ranked is None:
-            ranked = rrf([kw, sem])
+            ranked = fuse(kw, sem)
         page = ranked[offset:window]
         more = len(ranked) > window and window < MAX_WINDOW
         return SearchResult(
@@ -785,6 +788,24 @@ def rrf(
     for lst in lists:
         for rank, (eid, _s) in enumerate(lst, start=1):
             scores[eid] = scores.get(eid, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+
+def fuse(
+    keyword: Sequence[tuple[uuid.UUID, float]],
+    semantic: Sequence[tuple[uuid.UUID, float]],
+    *,
+    k: float = FUSION_K,
+    keyword_weight: float = FUSION_KEYWORD_WEIGHT,
+) -> list[tuple[uuid.UUID, float]]:
+    """Hybrid search's fusion of its two arms (every index mode): weighted reciprocal
+    rank fusion, score(d) = keyword_weight / (k + keyword rank) + 1 / (k + semantic
+    rank). Ranks only, so the arms' score scales (ts_rank, cosine; PostgreSQL's index or
+    the memory index) do not matter."""
+    scores: dict[uuid.UUID, float] = {}
+    for w, lst in ((keyword_weight, keyword), (1.0, semantic)):
+        for rank, (eid, _s) in enumerate(lst, start=1):
+            scores[eid] = scores.get(eid, 0.0) + w / (k + rank)
     return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
 
 

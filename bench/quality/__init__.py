@@ -1,0 +1,1 @@
+"""Search quality harness: corpus builders, question sets, metrics and the paired test."""
