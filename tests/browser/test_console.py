@@ -447,3 +447,40 @@ _UNLABELLED = """
                 && !(el.tagName === 'BUTTON' && el.textContent.trim()))
   .map(el => el.name || el.id || el.tagName)
 """
+
+
+def test_bad_input_gets_a_stable_code_and_writes_nothing(
+    console: Console, new_page: Callable[..., Page], tmp_path: Path
+) -> None:
+    page = new_page()
+    sign_in(page, console, "writer")
+    for path in (
+        "/ui/entries?page=abc",
+        "/ui/entries?page=0",
+        "/ui/entries?type=bogus",
+        "/ui/entries/not-a-uuid",
+        "/ui/search?q=x&mode=bogus",
+        "/ui/search?q=x&offset=-1",
+    ):
+        r = page.goto(console.url(path))
+        assert r.status == 400, path
+        assert page.locator("#error-code").inner_text() == "VALIDATION_ERROR", path
+    page.goto(console.url("/ui/namespaces"))
+    before = page.locator("tbody").inner_text()
+    # An upload just over the bound (under the form bound) and one far over it.
+    for size in (1024 * 1024 + 10, 3 * 1024 * 1024):
+        big = tmp_path / f"big-{size}.md"
+        big.write_text("# Big\n\n" + "word " * (size // 5))
+        page.goto(console.url("/ui/import"))
+        page.locator("#file").set_input_files(str(big))
+        page.get_by_role("button", name="Import").click()
+        assert page.locator("#error-code").inner_text() == "VALIDATION_ERROR", size
+        assert "bytes" in page.locator(".error").inner_text()
+    # An entry whose tags are invalid is refused whole.
+    page.goto(console.url("/ui/entries/new"))
+    page.get_by_label("Content (Markdown)").fill("half-written entry must not exist")
+    page.get_by_label("Tags (comma separated)").fill("x" * 500)
+    page.get_by_role("button", name="Save").click()
+    assert page.locator("#error-code").inner_text() == "VALIDATION_ERROR"
+    page.goto(console.url("/ui/namespaces"))
+    assert page.locator("tbody").inner_text() == before  # the counts did not move
