@@ -47,10 +47,13 @@ from sealedkb.kb.oauth import (
 )
 from sealedkb.kb.sealer import EntrySealer
 from sealedkb.kb.status import (
+    SEARCH_INDEX_DOCS,
+    SEARCH_INDEX_LEAKAGE,
     DatabaseStatus,
     KeyStatus,
     KnowledgeBaseStatus,
     NamespaceStats,
+    SearchIndexStatus,
     Stats,
 )
 from sealedkb.kb.tokens import TokenService
@@ -1229,6 +1232,7 @@ class KnowledgeBase:
             "entries_sealed": counts["sealed"],
             "namespaces": counts["namespaces"],
             "keyword_tokenizer": self.indexer.tokenizer,  # docs/FORMATS.md §5
+            "search_index": self.search_index_status(),
             "availability": availability,
             "database": self._database_status(),
             "home": str(self.settings.home),
@@ -1236,6 +1240,15 @@ class KnowledgeBase:
             **self._key_status(),
             "audit": self.audit.head(),
             "warnings": warnings,
+        }
+
+    def search_index_status(self) -> SearchIndexStatus:
+        """Where the search index lives and, in one line, what PostgreSQL learns."""
+        leakage = self.search_index if self.encrypted else "plaintext"
+        return {
+            "mode": self.search_index,
+            "leakage": SEARCH_INDEX_LEAKAGE[leakage],
+            "docs": SEARCH_INDEX_DOCS,
         }
 
     def _data_key_states(self) -> dict[str, int]:

@@ -5,7 +5,26 @@ from __future__ import annotations
 
 from typing import Any, NotRequired, TypedDict
 
-__all__ = ["DatabaseStatus", "KeyStatus", "KnowledgeBaseStatus", "NamespaceStats", "Stats"]
+__all__ = [
+    "SEARCH_INDEX_DOCS",
+    "SEARCH_INDEX_LEAKAGE",
+    "DatabaseStatus",
+    "KeyStatus",
+    "KnowledgeBaseStatus",
+    "NamespaceStats",
+    "SearchIndexStatus",
+    "Stats",
+]
+
+# Where the search index lives and what PostgreSQL learns from it, in one line each
+# (status, the auditor summary, init); the analysis is in docs/SEARCH.md.
+SEARCH_INDEX_DOCS = "docs/SEARCH.md#what-is-stored-and-what-leaks"
+SEARCH_INDEX_LEAKAGE = {
+    "memory": "none: PostgreSQL holds no searchable column (the index is in process memory)",
+    "server": "PostgreSQL learns which entries share words, tags or content, "
+    "and approximate distances between them",
+    "plaintext": "PostgreSQL indexes the plaintext (encryption is off)",
+}
 
 
 class DatabaseStatus(TypedDict):
@@ -16,6 +35,15 @@ class DatabaseStatus(TypedDict):
     server_version: str
     pgvector: str | None
     schema_version: int
+
+
+class SearchIndexStatus(TypedDict):
+    """Where the search index lives (kb_meta search_index) and what that leaks."""
+
+    mode: str  # memory | server
+    leakage: str  # one line
+    docs: str  # where the leakage is analysed
+    migration: NotRequired[dict[str, Any] | None]  # a switch under way or done
 
 
 class KnowledgeBaseStatus(TypedDict):
@@ -33,6 +61,7 @@ class KnowledgeBaseStatus(TypedDict):
     entries_sealed: int
     namespaces: int
     keyword_tokenizer: int
+    search_index: SearchIndexStatus
     availability: str
     database: DatabaseStatus
     home: str

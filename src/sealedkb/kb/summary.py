@@ -116,6 +116,7 @@ def build_summary(
         lambda: _snapshots(kb, settings),
         lambda: _audit_chain(kb, settings, audit_verify_max),
         lambda: _transport(kb, st),
+        lambda: _search_index(st),
     ]
     checks: list[Check] = []
     for name, build in zip(CHECK_IDS, builders, strict=True):
@@ -136,6 +137,7 @@ CHECK_IDS = (
     "snapshots",
     "audit_chain",
     "transport",
+    "search_index",
 )
 
 
@@ -436,6 +438,32 @@ def _transport(kb: KnowledgeBase, st: Mapping[str, Any]) -> Check:
             detail,
         )
     return Check("transport", None, f"unknown transport {kind}", detail)
+
+
+def _search_index(st: Mapping[str, Any]) -> Check:
+    """Where the search index lives and, for the server index, what it leaks (one
+    line; docs/SEARCH.md has the analysis). A switch under way is a WARN."""
+    index = st["search_index"]
+    detail = dict(index)
+    mode = index["mode"]
+    switching = index.get("migration") or {}
+    if switching and switching.get("state") != "complete":
+        return Check(
+            "search_index",
+            None,
+            f"{mode}, switching to {switching.get('to')} (sealedkb migrate index)",
+            detail,
+        )
+    if st["encryption_mode"] != "on":
+        return Check("search_index", None, "server: plaintext, indexed by PostgreSQL", detail)
+    if mode == "memory":
+        return Check("search_index", True, "memory: no searchable column in PostgreSQL", detail)
+    return Check(
+        "search_index",
+        True,
+        "server: leaks shared words/tags/content, distances (docs/SEARCH.md)",
+        detail,
+    )
 
 
 @register_check

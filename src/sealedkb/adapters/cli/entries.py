@@ -93,6 +93,11 @@ def init(
         out.print(f"encryption: on · KMS key {result['kms_key_id']} ({result['key_state']})")
     else:
         out.print("encryption: off (plaintext)")
+    index = result["search_index"]
+    out.print(
+        f"search index: {index['mode']} · leakage: {index['leakage']} ({index['docs']})",
+        markup=False,
+    )
     for w in result["warnings"]:
         warn(w)
 
