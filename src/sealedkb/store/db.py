@@ -131,6 +131,21 @@ def check_server(conn: Connection[TupleRow]) -> None:
         )
 
 
+#: Longest a call waits for a pooled connection before failing with DATABASE_ERROR.
+POOL_WAIT_SECONDS = 5.0
+#: libpq connect_timeout (seconds) for pooled connections whose URL names none, so a
+#: server that accepts TCP but never answers cannot hold a pool worker for ever.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def _connect_kwargs(url: str) -> dict[str, object]:
+    try:
+        given = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return {}  # the pool's own connect reports the bad URL
+    return {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+
+
 class Database:
     """A pool of connections to one database, schema migrated on open."""
 
@@ -149,6 +164,13 @@ class Database:
                 min_size=1,
                 max_size=max_size,
                 configure=functools.partial(_configure, allow_insecure=allow_insecure),
+                # A connection the server dropped (restart, failover, proxy) is found
+                # and replaced when checked out, not handed to a query that then fails.
+                check=ConnectionPool.check_connection,
+                # While the database is unreachable a call fails after this long with
+                # DATABASE_ERROR instead of waiting for psycopg_pool's default 30 s.
+                timeout=POOL_WAIT_SECONDS,
+                kwargs=_connect_kwargs(url),
                 open=False,
                 name="sealedkb",
             )
