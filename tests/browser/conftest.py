@@ -1,5 +1,5 @@
-"""The web console in a real browser: one `sealedkb serve --transport http` and one
-headless Chromium (Debian's, driven by Playwright) per test session.
+"""The web console in a real browser: one `sealedkb serve --transport http` per test
+session and one headless Chromium (Debian's, driven by Playwright) per test module.
 
 The knowledge base is made once per session (its own database cloned from the
 migrated template), with tokens of every role and a token scoped to namespace
@@ -219,9 +219,12 @@ def console(pg_server: EmbeddedPostgres, template_db: str) -> Iterator[Console]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playwright() -> Iterator[Any]:
-    """Playwright, once Chromium and the package are known to be there."""
+    """Playwright, once Chromium and the package are known to be there. Module scope,
+    not session: while Playwright's sync API runs, the worker's thread counts as
+    inside an event loop and ``asyncio.run`` fails in every other test, so it must
+    stop before pytest moves on to another module."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -232,9 +235,9 @@ def playwright() -> Iterator[Any]:
         yield pw
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright: Any) -> Iterator[Any]:
-    """Headless Debian Chromium, for the whole session."""
+    """Headless Debian Chromium, for the module."""
     b = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
     try:
         yield b
