@@ -14,6 +14,8 @@ from typing import Any
 import httpx2 as httpx
 from tests.browser.conftest import CANARY, Console, sign_in
 
+from sealedkb.adapters.ui.app import MAX_UPLOAD_BYTES
+
 Page = Any
 
 
@@ -468,7 +470,7 @@ def test_bad_input_gets_a_stable_code_and_writes_nothing(
     page.goto(console.url("/ui/namespaces"))
     before = page.locator("tbody").inner_text()
     # An upload just over the bound (under the form bound) and one far over it.
-    for size in (1024 * 1024 + 10, 3 * 1024 * 1024):
+    for size in (MAX_UPLOAD_BYTES + 10, 3 * 1024 * 1024):
         big = tmp_path / f"big-{size}.md"
         big.write_text("# Big\n\n" + "word " * (size // 5))
         page.goto(console.url("/ui/import"))

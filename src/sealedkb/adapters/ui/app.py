@@ -25,6 +25,8 @@ import anyio.to_thread
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -47,8 +49,12 @@ CSP = (
 )
 COOKIE = "sealedkb_ui"
 PAGE_SIZE = 20
-MAX_UPLOAD_BYTES = 1024 * 1024  # one imported file (the content limit of one entry)
-MAX_FORM_BYTES = 1024 * 1024 + 64 * 1024
+# An upload form as a whole stays under the size at which Starlette would spool the
+# file part to a temporary file on disk: an uploaded file never leaves memory.
+MAX_MULTIPART_BYTES = MultiPartParser.spool_max_size
+MAX_UPLOAD_BYTES = MAX_MULTIPART_BYTES - 16 * 1024  # one imported file
+# Entry forms: 1 MB of content, which URL-encoding can make up to three times longer.
+MAX_FORM_BYTES = 4 * 1024 * 1024
 UPLOAD_SUFFIXES = frozenset({".md", ".markdown", ".txt", ".text", ".html", ".htm"})
 _STATUS = {
     "VALIDATION_ERROR": 400,
@@ -199,11 +205,18 @@ class Console:
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             raise ValidationError("a form must declare its Content-Length", field="content")
-        if int(length) > MAX_FORM_BYTES:
+        multipart = request.headers.get("content-type", "").startswith("multipart/")
+        bound = MAX_MULTIPART_BYTES if multipart else MAX_FORM_BYTES
+        if int(length) > bound:
+            what = f"a file of at most {MAX_UPLOAD_BYTES} bytes" if multipart else "less"
             raise ValidationError(
-                f"the form is larger than {MAX_FORM_BYTES} bytes", field="content"
+                f"the form is larger than {bound} bytes; send {what}",
+                field="file" if multipart else "content",
             )
-        data = await request.form(max_part_size=MAX_FORM_BYTES)
+        try:
+            data = await request.form(max_part_size=MAX_FORM_BYTES)
+        except HTTPException:  # malformed, or a field over the bound
+            raise ValidationError("the form could not be read", field="form") from None
         presented = data.get("csrf")
         if not isinstance(presented, str) or not session.csrf_ok(presented):
             raise CsrfError("the form's security token is missing or wrong; reload the page")
