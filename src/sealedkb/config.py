@@ -156,6 +156,13 @@ class Settings(BaseSettings):
         pattern=r"^(off|([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d)$",
     )
     snapshot_retention_days: int = Field(default=7, ge=1, le=35)
+    # Object storage (objectstore.py; the optional extra "s3"): snapshots in this S3
+    # bucket, under this key prefix, instead of snapshot_dir; any S3-compatible
+    # endpoint (s3_endpoint_url; credentials from boto3's standard chain).
+    snapshot_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,62}$")
+    snapshot_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9!_.*'()/-]{0,200}/)?$")
+    s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,32}$")
     # External key providers (keys/aws_kms.py, keys/vault.py; README "Key providers").
     # AWS KMS: credentials come from boto3's standard chain; the region from a key ARN,
     # else this setting or AWS_REGION; an HMAC_256 KMS key signs audit checkpoints and

@@ -16,6 +16,7 @@ from sealedkb.errors import KeyUnavailableError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.wiring import key_provider, make_home, tls_files
 from sealedkb.keys.provider import KeyProvider, keystore_of
+from sealedkb.objectstore import BucketConfig
 from sealedkb.snapshots import (
     DailyWindow,
     LiveDatabase,
@@ -35,6 +36,16 @@ def snapshot_settings(settings: Settings) -> SnapshotSettings:
         principal=settings.principal,
         restored_audit_dir=settings.home / RESTORED_AUDIT_DIR,
         allow_insecure=settings.database_allow_insecure,
+        bucket=(
+            BucketConfig(
+                settings.snapshot_bucket,
+                settings.snapshot_prefix,
+                endpoint_url=settings.s3_endpoint_url,
+                region=settings.s3_region,
+            )
+            if settings.snapshot_bucket
+            else None
+        ),
     )
 
 

@@ -23,7 +23,9 @@ from sealedkb.errors import IntegrityError, KeyUnavailableError, SealedKBError, 
 from sealedkb.keys.lifecycle import AuditedKeyUse
 from sealedkb.keys.provider import KeyProvider
 from sealedkb.model import KeyPurpose
+from sealedkb.objectstore import Bucket, BucketConfig
 from sealedkb.snapshots.fileformat import Envelope, SnapshotIntegrityError, unb64
+from sealedkb.snapshots.s3 import S3SnapshotFolder
 from sealedkb.snapshots.store import SnapshotFolder
 
 log = logging.getLogger("sealedkb.snapshots")
@@ -72,6 +74,7 @@ class SnapshotSettings:
     principal: str  # recorded in a restored database's trail when there is no live one
     restored_audit_dir: Path  # checkpoints of restored chains go here, never into audit/
     allow_insecure: bool = False  # database_allow_insecure
+    bucket: BucketConfig | None = None  # snapshots in this S3 bucket instead of folder
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,11 @@ class SnapshotContext:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> None:
         self.settings = settings
-        self.folder = SnapshotFolder(settings.folder)
+        self.folder: SnapshotFolder = (
+            S3SnapshotFolder(Bucket(settings.bucket))
+            if settings.bucket is not None
+            else SnapshotFolder(settings.folder)
+        )
         self.audit = audit
         self.chunk_size = chunk_size  # plaintext bytes per STREAM chunk (tests use small ones)
         self.now = now or (lambda: datetime.now(UTC))

@@ -28,6 +28,7 @@ from sealedkb.snapshots.fileformat import (
     read_envelope,
 )
 from sealedkb.snapshots.store import (
+    PendingFile,
     SnapshotInfo,
     SnapshotStorageError,
     new_snapshot_id,
@@ -103,6 +104,12 @@ def copy(ctx: SnapshotContext, ref: str, kms_key_id: str) -> SnapshotInfo:
     """Re-encrypt a snapshot under another KMS key: a new snapshot (kind manual,
     same point in time) whose snapshot key and every data key inside are wrapped
     under ``kms_key_id``; it is verified in full before it appears."""
+    if ctx.folder.remote:
+        raise ValidationError(
+            "snapshot copy works on a snapshot folder, not a bucket: copy into a local "
+            "folder (SEALEDKB_SNAPSHOT_DIR) and upload the result",
+            field="snapshot",
+        )
     path = ctx.folder.resolve(ref)
     sid = snapshot_id_of(path)
     new_uri = resolve_key(kms_key_id)
@@ -182,6 +189,7 @@ def _copy(
         writer.finish({"completed_at": utc_iso(ctx.now()), "copied_from": h["snapshot_id"]})
         out.sync()
         # The copy must verify before it exists under its name.
+        assert isinstance(out, PendingFile)  # copy refuses a bucket (above)
         check_stream(read_envelope(out.tmp), new_keys)
         final = out.commit()
     except OSError as exc:

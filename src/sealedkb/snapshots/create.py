@@ -30,7 +30,7 @@ from sealedkb.snapshots.base import (
 from sealedkb.snapshots.fileformat import SnapshotWriter, canonical_json, new_header
 from sealedkb.snapshots.store import (
     KINDS,
-    PendingFile,
+    PendingSnapshot,
     SnapshotInfo,
     SnapshotStorageError,
     new_snapshot_id,
@@ -117,7 +117,7 @@ class SnapshotCreator:
         )
         salt, prefix = random_salt(), random_nonce_prefix()
         skeys = derive_keys(material, salt)
-        out: PendingFile | None = None
+        out: PendingSnapshot | None = None
         writers: list[SnapshotWriter] = []
         with (
             mapped_errors("snapshot"),
@@ -166,12 +166,9 @@ class SnapshotCreator:
                         "encryption_mode": database.encryption_mode,
                     },
                 )
-                try:
-                    out = PendingFile(folder, sid)
-                except OSError as exc:
-                    raise SnapshotStorageError(
-                        f"cannot write in {folder}: {exc.strerror}"
-                    ) from None
+                # a temporary file renamed on commit, or a multipart upload completed
+                # on commit (a bucket); SnapshotStorageError if it cannot be started
+                out = ctx.folder.new_file(sid)
                 writer = SnapshotWriter(out.fh, header, skeys)
                 writers.append(writer)
                 for table in tables:

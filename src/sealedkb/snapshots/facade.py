@@ -36,7 +36,7 @@ from sealedkb.snapshots.results import (
     SnapshotDescription,
     VerifyReport,
 )
-from sealedkb.snapshots.store import SnapshotFolder, SnapshotInfo
+from sealedkb.snapshots.store import SnapshotFolder, SnapshotInfo, SnapshotLocation
 from sealedkb.snapshots.verify import verify as verify_snapshot
 
 
@@ -93,7 +93,7 @@ class Snapshots:
         """Every complete snapshot file in the folder, oldest first (no keys needed)."""
         return self._ctx.folder.list()
 
-    def resolve(self, ref: str) -> Path:
+    def resolve(self, ref: str) -> SnapshotLocation:
         """A snapshot file from its id or its (unique) name."""
         return self._ctx.folder.resolve(ref)
 

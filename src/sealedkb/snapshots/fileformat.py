@@ -62,6 +62,7 @@ from sealedkb.crypto.stream import (
     trailer_mac,
 )
 from sealedkb.errors import IntegrityError
+from sealedkb.objectstore import ObjectPath
 from sealedkb.store.copyfmt import CopyFormatError, row_counter
 from sealedkb.store.snapshot_io import TableMeta
 
@@ -170,7 +171,7 @@ def unb64(text: Any, what: str, length: int | None = None) -> bytes:
 class Envelope:
     """A snapshot file's structure and plaintext header/trailer (not yet authenticated)."""
 
-    path: Path
+    path: Path | ObjectPath  # a file, or an object in a bucket (snapshots/s3.py)
     size: int
     header: Header
     header_bytes: bytes
@@ -236,14 +237,15 @@ def _check_header(h: Any) -> Header:
     return cast(Header, h)
 
 
-def read_envelope(path: Path) -> Envelope:
+def read_envelope(path: Path | ObjectPath) -> Envelope:
     """Read and check the structure of a snapshot file; no keys needed.
 
     Raises SnapshotIntegrityError naming the part that is damaged: ``file``
     (not a snapshot, unknown version), ``header``, ``end`` (truncated or cut),
     ``trailer``."""
     with path.open("rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
         prefix = fh.read(_PREFIX.size)
         if len(prefix) < _PREFIX.size or prefix[:8] != MAGIC:
             raise SnapshotIntegrityError("file", f"{path.name} is not a sealedkb snapshot")

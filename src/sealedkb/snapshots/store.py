@@ -18,16 +18,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, cast
+from typing import IO, Protocol, cast
 
 from sealedkb._fs import fsync_dir, pid_alive, try_file_lock
 from sealedkb.errors import NotFoundError, SealedKBError, ValidationError
+from sealedkb.objectstore import ObjectPath
 from sealedkb.snapshots.fileformat import Envelope, Header, SnapshotIntegrityError, read_envelope
 from sealedkb.snapshots.results import SnapshotDescription, SnapshotSummary
 
 SUFFIX = ".snap"
 ID_RE = re.compile(r"^snap-\d{8}-\d{6}-[0-9a-f]{8}$")
 KINDS = ("manual", "automated")
+
+# A snapshot file in a folder, or an object in a bucket (snapshots/s3.py).
+SnapshotLocation = Path | ObjectPath
 
 
 class SnapshotStorageError(SealedKBError):
@@ -50,7 +54,7 @@ def new_snapshot_id(now: datetime) -> str:
     return f"snap-{now.astimezone(UTC):%Y%m%d-%H%M%S}-{os.urandom(4).hex()}"
 
 
-def snapshot_id_of(path: Path) -> str:
+def snapshot_id_of(path: SnapshotLocation) -> str:
     return path.name[: -len(SUFFIX)]
 
 
@@ -59,7 +63,7 @@ class SnapshotInfo:
     """A snapshot as ``list`` shows it (header and trailer read, not yet verified)."""
 
     id: str
-    path: Path
+    path: SnapshotLocation
     size_bytes: int
     envelope: Envelope | None
     error: str | None = None
@@ -119,6 +123,20 @@ class SnapshotInfo:
         return out
 
 
+class PendingSnapshot(Protocol):
+    """A snapshot being written: nothing is listed until ``commit``; ``discard``
+    leaves nothing behind."""
+
+    @property
+    def fh(self) -> IO[bytes]: ...
+
+    def sync(self) -> None: ...
+
+    def commit(self) -> SnapshotLocation: ...
+
+    def discard(self) -> None: ...
+
+
 class PendingFile:
     """A snapshot being written: a 0600 temporary file renamed into place on commit."""
 
@@ -149,6 +167,8 @@ class PendingFile:
 class SnapshotFolder:
     """The folder of snapshot files (``SEALEDKB_SNAPSHOTS_DIR``)."""
 
+    remote = False  # True for a bucket (snapshots/s3.py)
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
@@ -170,7 +190,7 @@ class SnapshotFolder:
                 with contextlib.suppress(OSError):
                     path.unlink()
 
-    def new_file(self, snapshot_id: str) -> PendingFile:
+    def new_file(self, snapshot_id: str) -> PendingSnapshot:
         """A temporary file for a new snapshot, in a folder that exists and is clean."""
         folder = self.ensure()
         try:
@@ -188,7 +208,8 @@ class SnapshotFolder:
                 out.append(self.info(path))
         return sorted(out, key=lambda i: (i.header.get("created_at") or "", i.id))
 
-    def info(self, path: Path) -> SnapshotInfo:
+    def info(self, path: SnapshotLocation) -> SnapshotInfo:
+        assert isinstance(path, Path)  # objects: S3SnapshotFolder.info
         sid = snapshot_id_of(path)
         try:
             size = path.stat().st_size
@@ -201,7 +222,7 @@ class SnapshotFolder:
             return SnapshotInfo(sid, path, size, None, "the header names another snapshot id")
         return SnapshotInfo(sid, path, size, env)
 
-    def resolve(self, ref: str) -> Path:
+    def resolve(self, ref: str) -> SnapshotLocation:
         """A snapshot file from its id or its (unique) name."""
         ref = ref.strip()
         if ID_RE.match(ref):
@@ -218,7 +239,8 @@ class SnapshotFolder:
             )
         raise NotFoundError(f"no snapshot with this id or name in {self.path}", field="snapshot")
 
-    def remove(self, path: Path, snapshot_id: str) -> None:
+    def remove(self, path: SnapshotLocation, snapshot_id: str) -> None:
+        assert isinstance(path, Path)  # objects: S3SnapshotFolder.remove
         try:
             path.unlink()
             fsync_dir(path.parent)
