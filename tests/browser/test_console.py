@@ -486,3 +486,62 @@ def test_bad_input_gets_a_stable_code_and_writes_nothing(
     assert page.locator("#error-code").inner_text() == "VALIDATION_ERROR"
     page.goto(console.url("/ui/namespaces"))
     assert page.locator("tbody").inner_text() == before  # the counts did not move
+
+
+def test_over_tls_the_cookie_is_secure_and_hsts_is_sent(
+    console: Console, browser: Any, tmp_path: Path
+) -> None:
+    """A second serve of the same knowledge base, over HTTPS with a test CA's cert."""
+    import ssl
+    import subprocess
+    import sys
+
+    import trustme
+    from tests.mcp_helpers import free_port, server_env
+
+    ca = trustme.CA()
+    leaf = ca.issue_cert("127.0.0.1")
+    cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    leaf.private_key_pem.write_to_path(str(key))
+    cert.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+    ca.cert_pem.write_to_path(str(ca_file))
+    port = free_port()
+    env = server_env(console.home, console.database_url, SEALEDKB_ALARMS_ENABLED="false")
+    args = ["serve", "--transport", "http", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sealedkb", *args, "--tls-cert", str(cert), "--tls-key", str(key)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"https://127.0.0.1:{port}"
+    trusted = ssl.create_default_context(cafile=str(ca_file))
+    context = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(base + "/healthz", verify=trusted, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "TLS serve did not start"
+            time.sleep(0.2)
+        context = browser.new_context(ignore_https_errors=True)  # the test CA is not Chromium's
+        page = context.new_page()
+        r = page.goto(base + "/ui/login")
+        assert "max-age=" in r.all_headers()["strict-transport-security"]
+        page.get_by_label("Bearer token").fill(console.tokens["reader"])
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/ui/entries")
+        (cookie,) = context.cookies()
+        assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    finally:
+        if context is not None:
+            context.close()
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
