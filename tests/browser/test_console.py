@@ -6,13 +6,18 @@ outage, headers and cookies, and the canary (no entry text in logs or on disk)."
 from __future__ import annotations
 
 import re
+import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
+import trustme
 from tests.browser.conftest import CANARY, Console, sign_in
+from tests.mcp_helpers import free_port, server_env
 
 from sealedkb.adapters.ui.app import MAX_UPLOAD_BYTES
 
@@ -492,13 +497,6 @@ def test_over_tls_the_cookie_is_secure_and_hsts_is_sent(
     console: Console, browser: Any, tmp_path: Path
 ) -> None:
     """A second serve of the same knowledge base, over HTTPS with a test CA's cert."""
-    import ssl
-    import subprocess
-    import sys
-
-    import trustme
-    from tests.mcp_helpers import free_port, server_env
-
     ca = trustme.CA()
     leaf = ca.issue_cert("127.0.0.1")
     cert, key, ca_file = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
