@@ -163,6 +163,13 @@ class Settings(BaseSettings):
     snapshot_prefix: str = Field(default="", pattern=r"^([A-Za-z0-9!_.*'()/-]{0,200}/)?$")
     s3_endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     s3_region: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,32}$")
+    # Signed audit checkpoints also archived, write-once, in this bucket (audit/s3.py);
+    # with S3 Object Lock on the bucket, under COMPLIANCE retention for this many days.
+    audit_checkpoint_bucket: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9.-]{1,62}$")
+    audit_checkpoint_prefix: str = Field(
+        default="audit/", pattern=r"^([A-Za-z0-9!_.*'()/-]{0,200}/)?$"
+    )
+    audit_checkpoint_retention_days: int = Field(default=365, ge=1, le=36500)
     # External key providers (keys/aws_kms.py, keys/vault.py; README "Key providers").
     # AWS KMS: credentials come from boto3's standard chain; the region from a key ARN,
     # else this setting or AWS_REGION; an HMAC_256 KMS key signs audit checkpoints and

@@ -39,7 +39,8 @@ READ_BLOCK = 1024 * 1024
 
 class ObjectStoreError(SealedKBError):
     """The object store refused or failed a request. ``reason``: ``missing_bucket``,
-    ``access_denied``, ``not_found``, ``unavailable`` or ``error``."""
+    ``access_denied``, ``not_found``, ``exists`` (a write-once object, or one that
+    changed while read), ``unavailable`` or ``error``."""
 
     code = "OBJECT_STORE_ERROR"
     exit_code = 1
@@ -113,6 +114,11 @@ def _mapped(exc: Exception, bucket: str, what: str) -> ObjectStoreError:
                 f"access to the S3 bucket {bucket} was denied ({what}); check the "
                 "credentials and the bucket policy",
                 "access_denied",
+            )
+        if code == "PreconditionFailed":
+            return ObjectStoreError(
+                f"S3 {what} in bucket {bucket} refused: the object already exists or changed",
+                "exists",
             )
         if code in ("NoSuchKey", "404", "NotFound"):
             return ObjectStoreError(f"no such object in the S3 bucket {bucket}", "not_found")

@@ -161,6 +161,12 @@ def _checkpoint_name(seq: int) -> str:
     return f"checkpoint-{seq:020d}.json"
 
 
+class CheckpointSink(Protocol):
+    """A write-once archive of signed checkpoints (audit/s3.py)."""
+
+    def store(self, name: str, body: bytes) -> bool: ...
+
+
 class AuditLog:
     def __init__(
         self,
@@ -180,6 +186,9 @@ class AuditLog:
         self.mac_key = mac_key
         self._now = now or (lambda: datetime.now(UTC))
         self.appended = 0  # events this process appended since its last checkpoint
+        # Where each new checkpoint is also archived, write-once (audit/s3.py): set by
+        # the wiring when SEALEDKB_AUDIT_CHECKPOINT_BUCKET is configured.
+        self.archive: CheckpointSink | None = None
 
     # --- appending -----------------------------------------------------------
 
@@ -304,7 +313,13 @@ class AuditLog:
         }
         mac = self.mac_key.generate_mac(self._checkpoint_message(body))
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(path, canonical_json({**body, "mac": base64.b64encode(mac).decode()}))
+        signed = canonical_json({**body, "mac": base64.b64encode(mac).decode()})
+        write_private(path, signed)
+        if self.archive is not None:
+            try:
+                self.archive.store(path.name, signed)
+            except SealedKBError as exc:
+                log.warning("audit checkpoint not archived: %s", exc.message)
         self._raise_head_record(seq, digest)  # after the file: record <= newest checkpoint
         self.appended = 0
         self._prune()

@@ -10,17 +10,25 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from sealedkb.audit.s3 import CheckpointArchive
 from sealedkb.config import Settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.snapshotting import start_scheduler
 from sealedkb.kb.wiring import resolve_database
 from sealedkb.keys.lifecycle import Housekeeper
 from sealedkb.monitoring import alarms
+from sealedkb.objectstore import Bucket, BucketConfig
 from sealedkb.snapshots import SnapshotScheduler
 from sealedkb.store.db import Database
 from sealedkb.store.jobs import Leadership, default_replica_id
 
-__all__ = ["JOBS", "ReplicaJobs", "open_alarm_store", "start_replica_jobs"]
+__all__ = [
+    "JOBS",
+    "ReplicaJobs",
+    "attach_checkpoint_archive",
+    "open_alarm_store",
+    "start_replica_jobs",
+]
 
 HOUSEKEEPING = "housekeeping"
 ALARMS = "alarms"
@@ -64,6 +72,7 @@ def start_replica_jobs(kb: KnowledgeBase) -> ReplicaJobs:
             allow_insecure=settings.database_allow_insecure,
         ).start()
 
+    attach_checkpoint_archive(kb)
     leaderships = [lead(job) for job in JOBS]
     by_job = dict(zip(JOBS, leaderships, strict=True))
     every = settings.audit_checkpoint_interval
@@ -83,3 +92,22 @@ def open_alarm_store(settings: Settings) -> Iterator[alarms.TableAlarmStore]:
         yield alarms.TableAlarmStore(db)
     finally:
         db.close()
+
+
+def attach_checkpoint_archive(kb: KnowledgeBase) -> CheckpointArchive | None:
+    """Archive each new signed audit checkpoint in SEALEDKB_AUDIT_CHECKPOINT_BUCKET
+    (write-once; Object Lock retention when the bucket has it). None if not set."""
+    s = kb.settings
+    if not s.audit_checkpoint_bucket:
+        return None
+    bucket = Bucket(
+        BucketConfig(
+            s.audit_checkpoint_bucket,
+            s.audit_checkpoint_prefix,
+            endpoint_url=s.s3_endpoint_url,
+            region=s.s3_region,
+        )
+    )
+    archive = CheckpointArchive(bucket, s.audit_checkpoint_retention_days)
+    kb.audit.archive = archive
+    return archive
