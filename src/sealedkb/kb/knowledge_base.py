@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import builtins
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from datetime import datetime
@@ -63,6 +65,12 @@ from sealedkb.keys.lifecycle import AuditedDataKeys, AuditedKeyUse, Housekeeper,
 from sealedkb.keys.migrate import KeyCustody, SchemeRouter
 from sealedkb.keys.provider import KeyProvider, keystore_of
 from sealedkb.migrate.guard import GUARD, MARKER, check_open_allowed, guard_allows_keystore
+from sealedkb.migrate.index_mode import (
+    INDEX_MIGRATION_BATCH,
+    SEARCH_INDEX_RECHECK_SECONDS,
+    IndexMigrationResult,
+    migrate_index,
+)
 from sealedkb.model import (
     DEFAULT_NAMESPACE,
     MAX_ADD_BATCH,
@@ -98,6 +106,7 @@ from sealedkb.store.changes import ChangeFeed, lock_namespace
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
 from sealedkb.store.entries import EntryRow, EntryTable, ListFilter
+from sealedkb.store.index_mode import IndexModeTable
 from sealedkb.store.oauth import OAuthTable
 from sealedkb.store.search import SearchColumns, SearchTable
 from sealedkb.store.tokens import TokenRecord, TokenTable
@@ -137,6 +146,15 @@ def _search_index_message(value: str) -> bytes:
     # Not bound to the KMS key: a snapshot copied under another KMS key of the same
     # provider keeps a valid setting. Another provider has another MAC key.
     return _SEARCH_INDEX_LABEL + value.encode()
+
+
+def signed_search_index(provider: KeyProvider, value: str) -> dict[str, str]:
+    """The kb_meta values that set the search index to ``value``, with its MAC under
+    ``provider`` (``sealedkb migrate index`` writes them, migrate/index_mode.py)."""
+    if value not in SEARCH_INDEXES:
+        raise ValidationError("search index must be memory or server", field="search_index")
+    mac = provider.generate_mac(_search_index_message(value))
+    return {SEARCH_INDEX_KEY: value, SEARCH_INDEX_MAC_KEY: mac.hex()}
 
 
 def verified_search_index(
@@ -365,17 +383,77 @@ class KnowledgeBase:
         # The memory search index (search/memory.py): built in this process at first use.
         self.memory_index: MemoryIndex | None = None
         if search_index == "memory" and self.keyring is not None:
-            self.memory_index = MemoryIndex(
-                ChangeFeed(db),
-                self.keyring,
-                self.sealer.open_sealed_many,
-                model_id=self.embedder.model_id if self.embedder is not None else None,
-                dim=DB_DIM,
-                tokenizer=tokenizer,
-                max_entries=settings.memory_index_max_entries,
-                telemetry=self.telemetry,
-            )
+            self.memory_index = self._new_memory_index()
             self.engine.memory = self.memory_index
+        # A switch of the search index by 'sealedkb migrate index' while this process
+        # runs is followed before each write and search (follow_search_index).
+        self._index_lock = threading.Lock()
+        self._index_raw = values.get(SEARCH_INDEX_KEY) if values else search_index
+        self._index_read_at = time.monotonic()
+        if self.keyring is not None:
+            self.sealer.before_write = self.follow_search_index
+
+    def current_search_index(self) -> str:
+        """The search index setting as kb_meta says now, verified."""
+        return verified_search_index(
+            self.meta.all(), self.mode, self.provider, self.kms_key_uri, ChangeFeed(self.db)
+        )
+
+    def signed_search_index(self, value: str) -> dict[str, str]:
+        """The kb_meta values that set the search index to ``value``, MACed."""
+        if self.provider is None or self.keyring is None:
+            raise ValidationError(
+                "a plaintext knowledge base is searched by PostgreSQL", field="search_index"
+            )
+        return signed_search_index(self.provider, value)
+
+    def migrate_search_index(
+        self,
+        to: str,
+        *,
+        batch: int = INDEX_MIGRATION_BATCH,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> IndexMigrationResult:
+        """Move the search index to ``to`` (memory or server), online and resumable
+        (``sealedkb migrate index``, migrate/index_mode.py)."""
+        return migrate_index(self, to, batch=batch, progress=progress)
+
+    def _new_memory_index(self) -> MemoryIndex:
+        assert self.keyring is not None
+        return MemoryIndex(
+            ChangeFeed(self.db),
+            self.keyring,
+            self.sealer.open_sealed_many,
+            model_id=self.embedder.model_id if self.embedder is not None else None,
+            dim=DB_DIM,
+            tokenizer=self.indexer.tokenizer,
+            max_entries=self.settings.memory_index_max_entries,
+            telemetry=self.telemetry,
+        )
+
+    def follow_search_index(self, *, force: bool = False) -> None:
+        """Adopt a switch of the search index made since this process last looked
+        (``sealedkb migrate index``, migrate/index_mode.py): kb_meta is read again at
+        most every SEARCH_INDEX_RECHECK_SECONDS, and a changed value is verified under
+        the key provider before this process writes or searches by it."""
+        if self.keyring is None:
+            return
+        with self._index_lock:
+            now = time.monotonic()
+            if not force and now - self._index_read_at < SEARCH_INDEX_RECHECK_SECONDS:
+                return
+            raw = self.meta.get(SEARCH_INDEX_KEY)
+            if raw != self._index_raw:
+                value = verified_search_index(
+                    self.meta.all(), self.mode, self.provider, self.kms_key_uri, ChangeFeed(self.db)
+                )
+                if value != self.search_index:
+                    self.search_index = value
+                    self.sealer.memory_index = value == "memory"
+                    self.memory_index = self._new_memory_index() if value == "memory" else None
+                    self.engine.memory = self.memory_index
+                self._index_raw = raw
+            self._index_read_at = now
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -1117,6 +1195,7 @@ class KnowledgeBase:
         """Hybrid (default), semantic or keyword search within one namespace, newest
         information first on ties; ``tags`` must all match; ``since`` is a date or ISO
         time. Every hit is opened and checked before it is returned."""
+        self.follow_search_index()
         return self.engine.search(
             query,
             mode=mode,
@@ -1249,6 +1328,7 @@ class KnowledgeBase:
             "mode": self.search_index,
             "leakage": SEARCH_INDEX_LEAKAGE[leakage],
             "docs": SEARCH_INDEX_DOCS,
+            "migration": IndexModeTable(self.db).marker(),  # sealedkb migrate index
         }
 
     def _data_key_states(self) -> dict[str, int]:

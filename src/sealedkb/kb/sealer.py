@@ -58,8 +58,13 @@ class EntrySealer:
         # Run (once, successfully) before the first row is sealed: the knowledge base's
         # check of a setting it could not check when it opened.
         self.write_guard: Callable[[], None] | None = None
+        # Run before every row is sealed: the knowledge base follows a switch of the
+        # search index (sealedkb migrate index) made while it runs.
+        self.before_write: Callable[[], None] | None = None
 
     def _guarded(self) -> None:
+        if self.before_write is not None:
+            self.before_write()
         if self.write_guard is not None:
             self.write_guard()
             self.write_guard = None

@@ -55,7 +55,8 @@ def init(
             "--search-index",
             help="memory (default): each serving process indexes in its own memory and "
             "PostgreSQL holds no searchable column; server: PostgreSQL indexes blind "
-            "tokens and encrypted vectors. Fixed at creation.",
+            "tokens and encrypted vectors. Chosen at creation; "
+            "'sealedkb migrate index' moves it.",
         ),
     ] = None,
     kms_key_id: Annotated[

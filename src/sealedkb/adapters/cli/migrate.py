@@ -1,5 +1,7 @@
 """``sealedkb migrate plan|run|verify|rollback|status``: plaintext -> encrypted
 (runbook docs/ENCRYPTION-KEY-MANAGEMENT.md §25). Thin: parse, call migrate/migrator.py, print.
+``sealedkb migrate index --to memory|server``: where the search index lives
+(migrate/index_mode.py, docs/SEARCH.md "Switching the search index").
 
 Without ``--from`` the knowledge base of this home is migrated in place; with
 ``--from URL --table T [--map FIELD=COLUMN,...]`` a foreign table is migrated
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 migrate_app: typer.Typer = typer.Typer(
     help="Migrate a plaintext knowledge base (this one, or another server's table) to "
-    "encrypted storage: plan, run, verify, rollback.",
+    "encrypted storage: plan, run, verify, rollback; or move the search index (index).",
     no_args_is_help=True,
 )
 
@@ -242,6 +244,44 @@ def rollback(json_out: JsonOpt = False) -> None:
         print_json(result)
         return
     _kv(result, ["kind", "state", "restored_snapshot", "seconds", "note"])
+
+
+@command(migrate_app, "index")
+def index(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="memory: switch, then clear the searchable columns and rewrite the table; "
+            "server: build the columns of every entry, then switch (docs/SEARCH.md).",
+        ),
+    ],
+    batch: BatchOpt = 500,
+    json_out: JsonOpt = False,
+) -> None:
+    """Move the search index between PostgreSQL (server) and process memory, online and
+    resumable (run it again after an interruption; the other --to migrates back)."""
+    from sealedkb.adapters.cli._common import open_kb
+
+    if to not in ("memory", "server"):
+        raise ValidationError("--to must be memory or server", field="to")
+    with open_kb() as kb, _bar(json_out) as progress:
+        result = kb.migrate_search_index(to, batch=batch, progress=progress).to_dict()
+    if json_out:
+        print_json(result)
+        return
+    _kv(result, ["from", "to", "state", "rows", "skipped", "failed", "seconds"])
+    if result["scrubbed"]:
+        out.print(
+            "rewritten: " + ", ".join(result["scrubbed"]) + " (WAL, replicas and backups "
+            "taken before still hold the old columns)",
+            markup=False,
+        )
+    if result["failed"]:
+        err.print(f"{result['failed']} entries failed their integrity check:", style="red")
+        for i in result["failed_ids"]:
+            err.print(f"  {i}", markup=False, highlight=False)
+        raise typer.Exit(6)
 
 
 @command(migrate_app, "status")
