@@ -37,7 +37,7 @@ def csrf_of(page: Page) -> str:
 
 def test_sign_in_search_and_open_a_result(console: Console, new_page: Callable[..., Page]) -> None:
     page = new_page()
-    page.goto(console.url("/ui/"))
+    page.goto(console.url("/ui"))
     page.wait_for_url("**/ui/login")
     shot(page, console, "sign-in")
     # A wrong token is refused with a clear message, and no session is made.
