@@ -1,7 +1,7 @@
-"""The web console in a real browser: one `sealedkb serve --transport http` per test
-session and one headless Chromium (Debian's, driven by Playwright) per test module.
+"""The web console in a real browser: one `sealedkb serve --transport http` and one
+headless Chromium (Debian's, driven by Playwright) per test module.
 
-The knowledge base is made once per session (its own database cloned from the
+The knowledge base is made once per module (its own database cloned from the
 migrated template), with tokens of every role and a token scoped to namespace
 team-a, and a few seeded entries; the server's stderr goes to a file the canary
 test reads. Chromium is Debian's ``/usr/bin/chromium`` (Playwright cannot download
@@ -153,9 +153,10 @@ def _seed(kb: KnowledgeBase) -> dict[str, str]:
     return ids
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def console(pg_server: EmbeddedPostgres, template_db: str) -> Iterator[Console]:
-    """A serve of a seeded knowledge base (its own database and home), stopped after."""
+    """A serve of a seeded knowledge base (its own database and home), stopped when the
+    module is done (its fast alarm ticks should not run on through the rest of a run)."""
     name = f"ui_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.uri(), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db} STRATEGY file_copy")
