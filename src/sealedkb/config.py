@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # name and process id).
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
     job_leader_poll: float = Field(default=5.0, ge=0.2, le=60.0)
+    # Folders outside the home, so replicas can share them and a replica's home holds
+    # nothing that must be kept: the local keystore (default <home>/keys) and the
+    # signed audit checkpoints (default <home>/audit).
+    keystore_dir: Path | None = None
+    audit_checkpoint_dir: Path | None = None
     # Server-side folder that the MCP kb_import tool may read from (unset: disabled).
     import_root: Path | None = None
     log_level: str = Field(default="WARNING", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
@@ -214,10 +219,12 @@ class Settings(BaseSettings):
 
     @property
     def keys_dir(self) -> Path:
-        return self.home / "keys"
+        return self.keystore_dir if self.keystore_dir is not None else self.home / "keys"
 
     @property
     def audit_dir(self) -> Path:
+        if self.audit_checkpoint_dir is not None:
+            return self.audit_checkpoint_dir
         return self.home / "audit"
 
     @property
