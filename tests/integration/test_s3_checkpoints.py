@@ -10,16 +10,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import boto3  # the dev extra installs boto3 and moto[server] (scripts/test)
 import pytest
+from botocore import exceptions as botocore_exceptions
+from moto import server as moto_server
 
 from sealedkb.config import Settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.replicas import attach_checkpoint_archive
 from sealedkb.model import EncryptionMode
-
-boto3 = pytest.importorskip("boto3")
-botocore_exceptions = pytest.importorskip("botocore.exceptions")
-moto_server = pytest.importorskip("moto.server")
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

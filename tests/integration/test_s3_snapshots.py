@@ -1,8 +1,8 @@
 """Snapshots in an S3 bucket (snapshots/s3.py, objectstore.py), against moto in server
 mode on 127.0.0.1: created as a multipart upload, listed, verified and restored as a
-stream straight from the bucket, deleted; a flipped byte in the stored object fails
-verify with exit 6; an interrupted upload leaves nothing listed (and no upload
-pending); a missing bucket and denied access give clear errors."""
+stream straight from the bucket, deleted, expired by the retention; a flipped byte
+in the stored object fails verify with exit 6; an interrupted upload leaves nothing
+listed (and no upload pending); a missing bucket and denied access give clear errors."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import boto3  # the dev extra installs boto3 and moto[server] (scripts/test)
 import pytest
+from moto import server as moto_server
 from tests.cli_helpers import Cli
 from tests.integration.test_tamper_cli import expect
 from tests.snapshot_helpers import SMALL_CHUNKS, add_varied
@@ -23,9 +26,6 @@ from sealedkb.kb.snapshotting import snapshots_for
 from sealedkb.snapshots import SnapshotStorageError
 from sealedkb.snapshots.fileformat import SnapshotIntegrityError, read_envelope
 from sealedkb.store import snapshot_io
-
-boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server")
 
 pytest_plugins = ["tests.snapshot_fixtures"]
 
@@ -179,3 +179,16 @@ def test_a_missing_bucket_and_denied_access_are_clear_errors(
         denied.create()
     assert e.value.code == "SNAPSHOT_STORAGE_ERROR" and e.value.exit_code == 1
     assert keys_in(s3, bucket) == []
+
+
+def test_retention_expires_automated_snapshots_in_the_bucket(
+    kb: KnowledgeBase, s3_settings: Settings, s3: Any, bucket: str
+) -> None:
+    add_varied(kb, 3)
+    ten_days_ago = datetime.now(UTC) - timedelta(days=10)
+    old = snapshots_for(s3_settings, kb, now=lambda: ten_days_ago).create(kind="automated")
+    snaps = snapshots_for(s3_settings, kb)
+    manual = snaps.create(kind="manual")
+    fresh = snaps.create(kind="automated")
+    assert snaps.expire(7) == [old.id]
+    assert sorted(keys_in(s3, bucket)) == sorted(f"kb/{i.id}.snap" for i in (manual, fresh))
