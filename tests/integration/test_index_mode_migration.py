@@ -21,10 +21,13 @@ import pytest
 from tests.cli_helpers import Cli, all_entries
 
 from sealedkb.config import Settings
-from sealedkb.errors import ValidationError
+from sealedkb.errors import ConflictError, ValidationError
 from sealedkb.kb.knowledge_base import KnowledgeBase
+from sealedkb.kb.summary import build_summary
 from sealedkb.migrate.index_mode import SEARCH_INDEX_RECHECK_SECONDS
 from sealedkb.model import EncryptionMode, new_entry
+from sealedkb.store.index_mode import RUN_LOCK
+from sealedkb.store.jobs import job_lock_key
 
 SEARCHABLE = ("kw_tokens", "embedding_enc", "fingerprint", "index_key_id")
 
@@ -208,6 +211,8 @@ def test_sigkill_halfway_then_a_rerun_completes(
         assert kb.search_index == "memory"
         assert len(kb.search("crash queue", mode="keyword", limit=50).hits) == 50
         assert kb.status()["search_index"]["migration"]["state"] == "building"
+        (check,) = [c for c in build_summary(kb) if c.check == "search_index"]
+        assert check.ok is None and "switching to server" in check.value
     rerun = subprocess.run(
         [*argv, "--to", "server", "--json"],
         env=cli_env,
@@ -249,3 +254,14 @@ def test_a_plaintext_knowledge_base_has_no_index_to_move(
         assert err.value.field == "encryption"
     finally:
         kb.close()
+
+
+def test_one_run_at_a_time(server_kb: KnowledgeBase, database_url: str) -> None:
+    """A second run while one holds the run lock is refused (CONFLICT), changing nothing."""
+    server_kb.add("one run at a time", tags=["lock"])
+    with psycopg.connect(database_url, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (job_lock_key(RUN_LOCK),))
+        with pytest.raises(ConflictError):
+            server_kb.migrate_search_index("memory")
+    assert server_kb.current_search_index() == "server"
+    assert searchable_values(database_url)["kw_tokens"] == 1

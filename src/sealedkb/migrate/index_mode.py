@@ -294,6 +294,17 @@ def migrate_index(
             " moves only in an encrypted one",
             field="encryption",
         )
+    with connect(kb.target.url, allow_insecure=kb.settings.database_allow_insecure) as lock:
+        if not IndexModeTable.try_run_lock(lock):
+            raise ConflictError(
+                "another 'sealedkb migrate index' is running on this knowledge base"
+            )
+        return _migrate(kb, to, batch, progress)
+
+
+def _migrate(
+    kb: KnowledgeBase, to: str, batch: int, progress: ProgressFn | None
+) -> IndexMigrationResult:
     started = time.monotonic()
     run = _Run(kb, to, batch, progress)
     frm = run.current()

@@ -18,12 +18,14 @@ from psycopg.rows import TupleRow
 
 from sealedkb.store.db import Database
 from sealedkb.store.entries import _SELECT, EntryRow, _from_db
+from sealedkb.store.jobs import job_lock_key
 from sealedkb.store.search import ReindexRow
 
 __all__ = ["INDEX_MIGRATION_KEY", "SETTING_KEY", "IndexModeTable"]
 
 SETTING_KEY = "search_index"  # kb_meta: memory or server (MACed; kb/knowledge_base.py)
 INDEX_MIGRATION_KEY = "search_index_migration"  # kb_meta: progress marker (JSON)
+RUN_LOCK = "migrate index"  # one run at a time
 
 _HOLDS_SEARCHABLE = (
     "kw_tokens IS NOT NULL OR embedding_enc IS NOT NULL OR fingerprint IS NOT NULL"
@@ -57,6 +59,13 @@ class IndexModeTable:
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = now()",
             (INDEX_MIGRATION_KEY, json.dumps(marker, sort_keys=True)),
         )
+
+    @staticmethod
+    def try_run_lock(conn: Connection[TupleRow]) -> bool:
+        """Take the session advisory lock of a migration run on ``conn`` (a connection
+        of its own, held for the run; a killed run's session ends and frees it)."""
+        r = conn.execute("SELECT pg_try_advisory_lock(%s)", (job_lock_key(RUN_LOCK),)).fetchone()
+        return bool(r and r[0])
 
     # --- the switch ---------------------------------------------------------
 
