@@ -23,6 +23,7 @@ bench/corpus.py), or ``hash`` (deterministic, instant; tests).
 from __future__ import annotations
 
 import argparse
+import pickle
 import sys
 import tempfile
 import time
@@ -123,6 +124,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     ap.add_argument("--fusions", action="store_true", help="score candidate fusions offline")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="also pickle the runs (ranks and arm lists) here, e.g. bench/.cache/runs.pkl",
+    )
     args = ap.parse_args(argv)
     names = [c for c in args.corpora.split(",") if c]
     unknown = [c for c in names if c not in corpora.BUILDERS]
@@ -143,6 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             corpus = corpora.BUILDERS[name](args.limit)
             runs += harness.run(srv, Path(tmp), corpus, emb, configs)
             print(f"bench: {name} done in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    if args.save is not None:
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_bytes(pickle.dumps(runs))
     head = [
         f"sealedkb search quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; embedder "
         f"{args.embedder}; limit {args.limit or 'none'}; {time.perf_counter() - t_all:.0f}s",

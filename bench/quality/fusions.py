@@ -6,7 +6,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from sealedkb.search.engine import fuse, rrf
+from sealedkb.embed.minilm import MODEL_ID
+from sealedkb.search.engine import fuse, fusion_for, rrf
 
 Ranked = list[tuple[uuid.UUID, float]]
 
@@ -41,7 +42,8 @@ def minmax(w_kw: float, w_sem: float) -> Callable[[Ranked, Ranked], Ranked]:
 
 CANDIDATES: dict[str, Callable[[Ranked, Ranked], Ranked]] = {
     "rrf k60 (before)": lambda kw, sem: rrf([kw, sem]),
-    "engine fuse (now)": fuse,
+    "engine fuse, MiniLM": lambda kw, sem: fuse(kw, sem, *fusion_for(MODEL_ID)),
+    "engine fuse, other": lambda kw, sem: fuse(kw, sem, *fusion_for(None)),
     "keyword only": lambda kw, sem: kw,
     "semantic only": lambda kw, sem: sem,
 }
@@ -50,3 +52,78 @@ for _k in (1, 5, 10, 20, 60):
         CANDIDATES[f"wrrf k{_k} kw{_w}"] = weighted_rrf(_k, _w, 1.0)
 for _w in (0.25, 0.5, 0.75, 1.0):
     CANDIDATES[f"minmax kw{_w}"] = minmax(_w, 1.0)
+
+
+def cosine_plus(w_kw: float) -> Callable[[Ranked, Ranked], Ranked]:
+    """Semantic arm's cosine as it is, plus the keyword arm's min-max scaled score."""
+
+    def f(kw: Ranked, sem: Ranked) -> Ranked:
+        scores: dict[uuid.UUID, float] = {eid: s for eid, s in sem}
+        floor = min((s for _e, s in sem), default=0.0)
+        if kw:
+            hi, lo = kw[0][1], kw[-1][1]
+            span = hi - lo or 1.0
+            for eid, s in kw:
+                scores[eid] = scores.get(eid, floor) + w_kw * (s - lo) / span
+        return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+    return f
+
+
+def agreement(
+    k: float, w_lo: float, w_hi: float, top: int = 5
+) -> Callable[[Ranked, Ranked], Ranked]:
+    """Weighted RRF whose keyword weight grows with the arms' agreement: the share of
+    the keyword arm's first ``top`` that the semantic arm also lists."""
+
+    def f(kw: Ranked, sem: Ranked) -> Ranked:
+        in_sem = {e for e, _s in sem}
+        head = kw[:top]
+        share = sum(e in in_sem for e, _s in head) / len(head) if head else 0.0
+        return weighted_rrf(k, w_lo + (w_hi - w_lo) * share, 1.0)(kw, sem)
+
+    return f
+
+
+def gap(values: list[float]) -> float:
+    """An arm's confidence in its first answer: how far its best score stands above
+    the list's mean, relative to the list's score range (0 flat, 1 one clear winner)."""
+    if len(values) < 2:
+        return 0.0
+    hi, lo = values[0], values[-1]
+    span = hi - lo
+    if span <= 0:
+        return 0.0
+    mean = sum(values) / len(values)
+    return (hi - mean) / span
+
+
+def confident(k: float, base: float, scale: float) -> Callable[[Ranked, Ranked], Ranked]:
+    """Weighted RRF whose keyword weight follows the arms' confidence per query:
+    base x exp(scale x (gap(keyword) - gap(semantic)))."""
+    import math
+
+    def f(kw: Ranked, sem: Ranked) -> Ranked:
+        d = gap([s for _e, s in kw]) - gap([s for _e, s in sem])
+        return weighted_rrf(k, base * math.exp(scale * d), 1.0)(kw, sem)
+
+    return f
+
+
+GRID: dict[str, Callable[[Ranked, Ranked], Ranked]] = {
+    "rrf k60 (before)": CANDIDATES["rrf k60 (before)"],
+    "semantic only": CANDIDATES["semantic only"],
+    "keyword only": CANDIDATES["keyword only"],
+}
+for _k in (1, 3, 5, 12, 60):
+    for _w in (0.1, 0.2, 0.3, 0.5):
+        GRID[f"wrrf k{_k} kw{_w}"] = weighted_rrf(_k, _w, 1.0)
+for _w in (0.1, 0.2, 0.4):
+    GRID[f"minmax kw{_w}"] = minmax(_w, 1.0)
+for _k in (5, 12, 60):
+    for _b in (0.2, 0.4, 0.7, 1.0):
+        for _sc in (2.0, 4.0, 8.0, 16.0):
+            GRID[f"conf k{_k} kw{_b} x{_sc}"] = confident(_k, _b, _sc)
+for _k in (3, 5):
+    for _lo, _hi in ((0.0, 0.5), (0.1, 1.0)):
+        GRID[f"agree k{_k} kw{_lo}-{_hi}"] = agreement(_k, _lo, _hi)

@@ -79,6 +79,7 @@ def paired(a: Sequence[float], b: Sequence[float], *, resamples: int = 2000) -> 
     means = (
         sorted(sum(rng.choice(d) for _ in range(n)) / n for _ in range(resamples)) if n else [0.0]
     )
+    means = means or [mean]
     lo = means[int(0.025 * (len(means) - 1))]
     hi = means[int(0.975 * (len(means) - 1))]
     return Paired(wins, losses, n - wins - losses, mean, sign_test(wins, losses), lo, hi)

@@ -15,7 +15,8 @@ Where plaintext meets crypto for search, next to kb/knowledge_base.py:
   (rotated and perturbed, fresh noise each time) and the HNSW index over-fetches
   ``k x oversample`` candidates, which
   are re-ranked by exact cosine after opening their sealed embeddings. Hybrid
-  mode fuses both lists with reciprocal rank fusion (k = 60) and falls back to
+  mode fuses both lists with weighted reciprocal rank fusion (:func:`fuse`, weights
+  per embedding model, chosen on bench/bench_quality.py) and falls back to
   keyword-only when the embedder fails.
 
 β, oversample and ef_search were chosen by measurement (docs/SEARCH.md,
@@ -44,6 +45,7 @@ from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import FieldSealer, OpenFailedError
 from sealedkb.embed import Embedder
+from sealedkb.embed.minilm import MODEL_ID as MINILM_MODEL_ID
 from sealedkb.errors import EmbeddingError, IntegrityError, ValidationError
 from sealedkb.formats.aad import embedding_aad, embedding_aad_prefix
 from sealedkb.formats.entry_doc import EntryDoc
@@ -82,9 +84,14 @@ QUERY_NOISE = True  # query vectors are perturbed as stored ones are (fresh nois
 KEYWORD_POSITIONS = False  # keyword tokens are stored without positions (docs/SEARCH.md)
 EF_SEARCH_MIN = 40
 RRF_K = 60
-# Hybrid fusion (fuse), chosen on bench/bench_quality.py (docs/SEARCH.md, "Quality").
-FUSION_K = 60.0
-FUSION_KEYWORD_WEIGHT = 1.0
+# Hybrid fusion (fuse): (k, keyword weight) per embedding model, chosen on
+# bench/bench_quality.py (docs/SEARCH.md, "Quality"). How much the keyword arm may move
+# the semantic arm's order depends on how good the model is: with MiniLM a strong
+# semantic arm leads and keyword matches reorder its candidates; a model not measured
+# keeps equal-weight reciprocal rank fusion (k = 60), which never lost to its better
+# arm with the weak hashing embedder.
+FUSION_DEFAULT = (float(RRF_K), 1.0)
+FUSION_BY_MODEL: dict[str, tuple[float, float]] = {MINILM_MODEL_ID: (5.0, 0.2)}
 SEARCH_WORKERS = 4  # threads running hybrid searches' keyword arms
 MATCH_BUDGET = 0.05  # keyword search ranks the rows of its rarest words, up to ~5 % of rows
 
@@ -605,7 +612,7 @@ class SearchEngine:
         elif used is SearchMode.SEMANTIC:
             ranked = sem
         else:
-            ranked = fuse(kw, sem)
+            ranked = fuse(kw, sem, *fusion_for(model_id))
         page = ranked[offset:window]
         more = len(ranked) > window and window < MAX_WINDOW
         hits = self._hits(page, set(stems), norm_tags)
@@ -635,7 +642,8 @@ class SearchEngine:
         window = offset + limit
         ranked = kw if used is SearchMode.KEYWORD else sem if used is SearchMode.SEMANTIC else None
         if ranked is None:
-            ranked = fuse(kw, sem)
+            model_id = self.embedder.model_id if self.embedder is not None else None
+            ranked = fuse(kw, sem, *fusion_for(model_id))
         page = ranked[offset:window]
         more = len(ranked) > window and window < MAX_WINDOW
         return SearchResult(
@@ -791,17 +799,22 @@ def rrf(
     return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
 
 
+def fusion_for(model_id: str | None) -> tuple[float, float]:
+    """(k, keyword weight) of hybrid fusion for vectors of ``model_id``."""
+    return FUSION_BY_MODEL.get(model_id or "", FUSION_DEFAULT)
+
+
 def fuse(
     keyword: Sequence[tuple[uuid.UUID, float]],
     semantic: Sequence[tuple[uuid.UUID, float]],
-    *,
-    k: float = FUSION_K,
-    keyword_weight: float = FUSION_KEYWORD_WEIGHT,
+    k: float = FUSION_DEFAULT[0],
+    keyword_weight: float = FUSION_DEFAULT[1],
 ) -> list[tuple[uuid.UUID, float]]:
     """Hybrid search's fusion of its two arms (every index mode): weighted reciprocal
     rank fusion, score(d) = keyword_weight / (k + keyword rank) + 1 / (k + semantic
     rank). Ranks only, so the arms' score scales (ts_rank, cosine; PostgreSQL's index or
-    the memory index) do not matter."""
+    the memory index) do not matter; (k, keyword_weight) come from :func:`fusion_for`.
+    The default is :func:`rrf` of the two lists."""
     scores: dict[uuid.UUID, float] = {}
     for w, lst in ((keyword_weight, keyword), (1.0, semantic)):
         for rank, (eid, _s) in enumerate(lst, start=1):
