@@ -855,7 +855,8 @@ def list_alarms(
 
 
 def history(
-    store: AlarmStateStore, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    store: AlarmStateStore, name: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """State changes, newest first."""
     items = store.load().history
     if name is not None:
