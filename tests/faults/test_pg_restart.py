@@ -19,6 +19,7 @@ from sealedkb.config import Settings
 from sealedkb.errors import DatabaseError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode
+from sealedkb.store import db
 from sealedkb.store.embedded import EmbeddedPostgres
 
 # The postmaster's shutdown signals (PostgreSQL docs, "Shutting Down the Server").
@@ -84,4 +85,28 @@ def test_pool_recovers_after_postgres_restart(
     assert_no_loss(kb, fault_db, load.acked)
     # the pool is back to normal: every connection it holds works
     kb.add("after recovery")
+    kb.close()
+
+
+def test_idle_pool_survives_a_restart_without_a_failed_call(
+    fault_pg: EmbeddedPostgres,
+    fault_db: str,
+    fault_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL restarted while nothing runs (a night-time upgrade): the pool's
+    connections are all dead, yet the first calls after it succeed; none fails."""
+    monkeypatch.setattr(db, "POOL_WAIT_SECONDS", 5.0)  # the production bound
+    kb, _ = KnowledgeBase.init(fault_settings(fault_db), EncryptionMode.ON)
+    load = Load(kb, writers=4).start()  # open several pooled connections
+    _wait_for(lambda: load.acked_count() >= 20, 30, "no writes")
+    load.stop()
+    assert kb.db.pool.get_stats()["pool_size"] >= 2
+    fault_pg.stop()
+    fault_pg.start()
+    started = time.monotonic()
+    for i in range(10):
+        kb.add(f"first calls after the restart {i}")
+    assert time.monotonic() - started < 4.0
+    assert_no_loss(kb, fault_db, load.acked)
     kb.close()

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import logging
 import re
+import select
 from collections.abc import Collection, Iterator
 from importlib import resources
 
@@ -166,7 +167,7 @@ class Database:
                 configure=functools.partial(_configure, allow_insecure=allow_insecure),
                 # A connection the server dropped (restart, failover, proxy) is found
                 # and replaced when checked out, not handed to a query that then fails.
-                check=ConnectionPool.check_connection,
+                check=self._check_idle_connection,
                 # While the database is unreachable a call fails after this long with
                 # DATABASE_ERROR instead of waiting for psycopg_pool's default 30 s.
                 timeout=POOL_WAIT_SECONDS,
@@ -175,6 +176,26 @@ class Database:
                 name="sealedkb",
             )
             self.pool.open(wait=True, timeout=15)
+
+    def _check_idle_connection(self, conn: Connection[TupleRow]) -> None:
+        """The pool's check at checkout, without a round trip on the common path.
+
+        An idle connection has nothing to read. When its socket is readable the server
+        has closed it or sent something (a shutdown notice, a notification): only then
+        is it probed with a query, which raises (the pool replaces it) if it is dead.
+        A dead one means the server went away, so every idle connection is probed at
+        once: the pool would otherwise back off (1 s, 2 s, ...) per dead connection.
+        """
+        if conn.closed or conn.broken:
+            raise psycopg.OperationalError("the connection is closed")
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+        if not readable:
+            return
+        try:
+            ConnectionPool.check_connection(conn)
+        except psycopg.Error:
+            self.pool.check()
+            raise
 
     @contextlib.contextmanager
     def transaction(self, action: str = "query") -> Iterator[Connection[TupleRow]]:
