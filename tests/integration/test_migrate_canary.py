@@ -102,6 +102,14 @@ def test_in_place_migration_leaves_no_plaintext(embedded_home: Path) -> None:  #
         after = {m: _top(kb, m) for m in ("keyword", "semantic", "hybrid")}
         assert {h.id for h in kb.search(marker, mode="keyword", limit=50).hits} == marked_hits
     for mode, per_query in searches.items():
+        if mode in ("keyword", "hybrid"):
+            # The encrypted server index keeps no token positions (so the database
+            # cannot read word order: docs/SEARCH.md, "Leakage") and ranks by ts_rank,
+            # not the plaintext mode's ts_rank_cd: among the many equal-scoring rows of
+            # this generated corpus the top five of the keyword arm, and so of the
+            # fusion, differ. Every query still finds rows; semantic results must match.
+            assert all(after[mode][q] for q in QUERIES), after[mode]
+            continue
         overlap = [
             len(set(per_query[q]) & set(after[mode][q])) / max(len(per_query[q]), 1)
             for q in QUERIES
