@@ -43,11 +43,15 @@ HOSTILE_HTML = {
 }
 
 
+# The bounds are on this thread's CPU time: the work a crafted input makes the parser do
+# (what a ReDoS consumes), the same on a busy machine as on an idle one.
+
+
 @pytest.mark.parametrize("text", REDOS_MARKDOWN.values(), ids=REDOS_MARKDOWN.keys())
 def test_crafted_markdown_parses_in_under_a_second(text: str) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()
     chunks = chunk_file(text, "markdown", "crafted.md", "crafted", Deadline())
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
     assert all(len(c.content) <= MAX_CHUNK_CHARS for c in chunks)
 
 
@@ -60,9 +64,9 @@ def test_the_heading_of_the_redos_line_is_still_a_heading() -> None:
 @pytest.mark.parametrize("text", HOSTILE_HTML.values(), ids=HOSTILE_HTML.keys())
 def test_crafted_html_parses_in_under_a_second(text: str) -> None:
     assert len(text) >= 140_000
-    started = time.perf_counter()
+    started = time.thread_time()
     chunk_file(text, "html", "crafted.html", "crafted", Deadline())
-    assert time.perf_counter() - started < 1.0
+    assert time.thread_time() - started < 1.0
 
 
 def test_html_nested_without_end_is_refused() -> None:
@@ -125,7 +129,7 @@ def test_markdown_sections_as_before() -> None:
 
 
 def test_split_long_is_linear() -> None:
-    started = time.perf_counter()
+    started = time.thread_time()
     pieces = split_long("> " * 2_000_000)
-    assert time.perf_counter() - started < 2.0
+    assert time.thread_time() - started < 2.0
     assert all(len(p) <= MAX_CHUNK_CHARS for p in pieces)
