@@ -20,9 +20,7 @@ import dataclasses
 import hashlib
 import logging
 import secrets
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -32,6 +30,7 @@ from sealedkb.audit.chain import AuditLog, MacKey
 from sealedkb.crypto.digest import canonical_json
 from sealedkb.errors import AccessDeniedError, NotFoundError, ValidationError
 from sealedkb.kb.access import ALL_NAMESPACES, Principal, Role, parse_role
+from sealedkb.kb.tokens import BoundedCache
 from sealedkb.model import validate_namespace
 from sealedkb.monitoring.telemetry import Telemetry
 from sealedkb.store.oauth import ClientRecord, GrantRecord, OAuthTable
@@ -68,8 +67,6 @@ _SECRET_LABEL = b"sealedkb/oauth/v1/client-secret|"
 
 REQUEST_SECONDS = 600  # a consent page stays valid this long
 CODE_SECONDS = 120  # an authorization code must be exchanged within this
-CACHE_SECONDS = 60.0
-CACHE_ENTRIES = 4096
 
 _ROLE_RANK = {Role.READER: 0, Role.WRITER: 1, Role.ADMIN: 2}
 
@@ -150,31 +147,6 @@ class OAuthAccess:
     scopes: tuple[str, ...]
 
 
-class _Lru:
-    """Least recently used, bounded in number and age (key-service MACs are calls)."""
-
-    def __init__(self, now: Callable[[], datetime]) -> None:
-        self._now = now
-        self._items: OrderedDict[bytes, tuple[datetime, bytes]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> bytes | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None or (self._now() - hit[0]).total_seconds() > CACHE_SECONDS:
-                self._items.pop(key, None)
-                return None
-            self._items.move_to_end(key)
-            return hit[1]
-
-    def put(self, key: bytes, value: bytes) -> None:
-        with self._lock:
-            self._items[key] = (self._now(), value)
-            self._items.move_to_end(key)
-            while len(self._items) > CACHE_ENTRIES:
-                self._items.popitem(last=False)
-
-
 class OAuthService:
     def __init__(
         self,
@@ -195,8 +167,8 @@ class OAuthService:
         self.access_seconds = access_seconds
         self.refresh_days = refresh_days
         self._now = now or (lambda: datetime.now(UTC))
-        self._lookups = _Lru(self._now)
-        self._verified = _Lru(self._now)
+        self._lookups = BoundedCache[bytes, bytes](self._now)
+        self._verified = BoundedCache[bytes, bytes](self._now)
         self._reported: set[str] = set()
         self._purged_at: datetime | None = None
         # A grant lives no longer than the bearer token its user signed in with: checked

@@ -51,8 +51,9 @@ CACHE_SECONDS = 60.0
 CACHE_ENTRIES = 4096
 
 
-class _BoundedCache(Generic[K, V]):
-    """Least-recently-used, at most CACHE_ENTRIES entries, each kept CACHE_SECONDS."""
+class BoundedCache(Generic[K, V]):
+    """Least-recently-used, at most CACHE_ENTRIES entries, each kept CACHE_SECONDS: what
+    remembers key-service MAC results for bearer tokens and OAuth rows alike."""
 
     def __init__(self, now: Callable[[], datetime]) -> None:
         self._now = now
@@ -101,8 +102,8 @@ class TokenService:
         # A key service's MAC is a network call (AWS KMS GenerateMac, Vault HMAC): the
         # lookup hash of a token and a row found authentic are remembered for a bounded
         # time and number, so a request costs no key-service call once its token is known.
-        self._lookups = _BoundedCache[bytes, bytes](self._now)
-        self._verified = _BoundedCache[bytes, bool](self._now)
+        self._lookups = BoundedCache[bytes, bytes](self._now)
+        self._verified = BoundedCache[bytes, bool](self._now)
 
     # --- hashes and MACs -----------------------------------------------------------
 
