@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -109,3 +110,16 @@ def error_of(result: Any) -> dict[str, Any]:
     """The structured {code, message, field?} of an is_error tool result."""
     assert result.is_error, result
     return dict(json.loads(result.content[0].text))
+
+
+async def call_tool(base: str, token: str | None, tool: str, args: dict[str, Any]) -> Any:
+    """One tool call on a fresh MCP client over HTTP (the result, errors included)."""
+    async with http_client(base, token) as c:
+        return await c.call_tool(tool, args)
+
+
+def search_titles(base: str, token: str, query: str, mode: str = "keyword") -> list[str]:
+    """The titles of one ``kb_search`` over HTTP, best first (the call must succeed)."""
+    res = asyncio.run(call_tool(base, token, "kb_search", {"query": query, "mode": mode}))
+    assert not res.is_error, res
+    return [h["title"] for h in (res.structured_content or {})["hits"]]

@@ -6,7 +6,6 @@ a database writer."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from tests.mcp_helpers import http_client, http_server
+from tests.mcp_helpers import http_server, search_titles
 
 from sealedkb.config import Settings, load_settings
 from sealedkb.errors import IntegrityError, KeyUnavailableError, ValidationError
@@ -410,18 +409,12 @@ def test_cli_init_option_and_http_server_sees_cli_writes(
     _, token = kb.create_token("agent", "writer", ["default"])
     kb.close()
 
-    async def search(base: str, query: str) -> list[str]:
-        async with http_client(base, token) as c:
-            res = await c.call_tool("kb_search", {"query": query, "mode": "keyword"})
-        assert not res.is_error, res
-        return [h["title"] for h in (res.structured_content or {})["hits"]]
-
     with http_server(home, database_url) as (base, _):
-        assert asyncio.run(search(base, "sierra")) == ["first"]
+        assert search_titles(base, token, "sierra") == ["first"]
         r = cli("add", "uniform victor whiskey", "--title", "second",
                 env={"SEALEDKB_EMBEDDER": "hash"})  # fmt: skip
         assert r.exit_code == 0, r.output
-        assert asyncio.run(search(base, "victor")) == ["second"]
+        assert search_titles(base, token, "victor") == ["second"]
     r = cli("search", "whiskey", "--mode", "keyword", env={"SEALEDKB_EMBEDDER": "hash"})
     assert r.exit_code == 0 and "second" in r.output, r.output
 
