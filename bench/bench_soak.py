@@ -4,7 +4,12 @@ kb_get/kb_list and 10 % kb_add/kb_update/kb_delete. Reports failed calls, p95 pe
 tool, the server's resident memory over time (it should be flat after warm-up) and
 whether the audit chain verifies afterwards.
 
-    python bench/bench_soak.py [--clients 4] [--duration 600] [--sample 10]
+    python bench/bench_soak.py [--clients 32] [--duration 600] [--sample 10]
+        [--warmup 60] [--rss-bound-mib 64] [--out bench/results/soak-DATE.txt]
+
+A call that raises (transport error, timeout) counts as a failed call like an error
+answer does. The memory bound: after ``--warmup`` seconds, the server's RSS may not
+rise more than ``--rss-bound-mib`` above its value at the end of warm-up.
 """
 
 from __future__ import annotations
@@ -73,7 +78,11 @@ async def client_loop(
             else:
                 args = {"id": mine.pop(rng.randrange(len(mine)))}
             t0 = time.perf_counter()
-            r = await c.call_tool(tool, args)
+            try:
+                r = await c.call_tool(tool, args)
+            except Exception as e:  # a raised call is a failed call, and the client goes on
+                out["failures"].append((tool, type(e).__name__))
+                continue
             dt = time.perf_counter() - t0
             if r.is_error:
                 out["failures"].append((tool, r.content[0].text[:200]))
@@ -92,11 +101,18 @@ def _rss_kib(pid: int) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--duration", type=float, default=600.0)
     ap.add_argument("--sample", type=float, default=10.0, help="seconds between RSS samples")
     ap.add_argument("--seed-entries", type=int, default=300)
+    ap.add_argument(
+        "--warmup", type=float, default=60.0, help="seconds before the RSS bound applies"
+    )
+    ap.add_argument("--rss-bound-mib", type=float, default=64.0)
+    ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    load_before = os.getloadavg()
 
     with tempfile.TemporaryDirectory(prefix="sealedkb-soak-") as tmp:
         home = Path(tmp) / "home"
@@ -169,21 +185,38 @@ def main() -> int:
 
     calls = sum(len(v) for v in out["lat"].values())
     failed = len(out["failures"])
-    print(
-        f"{args.clients} clients x {args.duration:.0f} s over HTTP, encrypted KB, hashing embedder"
-    )
-    print(f"calls ok: {calls}   failed: {failed}   throughput: {calls / elapsed:.1f} calls/s")
-    print(f"{'tool':<10}{'n':>7}{'p50 ms':>9}{'p95 ms':>9}")
+    after = [k for t, k in rss if t >= args.warmup]
+    base_kib = after[0] if after else 0
+    growth_mib = (max(after) - base_kib) / 1024 if after else float("nan")
+    bound_ok = bool(after) and growth_mib <= args.rss_bound_mib
+    lines = [
+        f"started {started}; load average before {load_before[0]:.2f}, "
+        f"after {os.getloadavg()[0]:.2f} (1 min)",
+        f"{args.clients} clients x {args.duration:.0f} s over HTTP (loopback), encrypted KB, "
+        f"{args.seed_entries} seed entries, hashing embedder",
+        f"calls ok: {calls}   failed: {failed}   throughput: {calls / elapsed:.1f} calls/s",
+        f"{'tool':<10}{'n':>7}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}",
+    ]
     for tool, xs in sorted(out["lat"].items()):
-        print(
-            f"{tool:<10}{len(xs):>7}{statistics.median(xs) * 1e3:>9.1f}{pct(xs, 0.95) * 1e3:>9.1f}"
+        lines.append(
+            f"{tool:<10}{len(xs):>7}{statistics.median(xs) * 1e3:>9.1f}"
+            f"{pct(xs, 0.95) * 1e3:>9.1f}{max(xs) * 1e3:>9.1f}"
         )
-    print("serve RSS (MiB) over time: " + ", ".join(f"{t:.0f}s {k / 1024:.0f}" for t, k in rss))
-    print(f"audit chain: {'verifies' if audit.ok else 'BROKEN'} ({audit.events} events)")
-    for f in out["failures"][:5]:
-        print("failure:", f)
-    ok = not out["failures"] and audit.ok
-    print("RESULT:", "ok" if ok else "FAILED")
+    lines.append(
+        "serve RSS (MiB) over time: " + ", ".join(f"{t:.0f}s {k / 1024:.0f}" for t, k in rss)
+    )
+    lines.append(
+        f"RSS after {args.warmup:.0f} s warm-up: {base_kib / 1024:.0f} MiB, max "
+        f"{(max(after) if after else 0) / 1024:.0f} MiB, growth {growth_mib:.1f} MiB "
+        f"(bound {args.rss_bound_mib:.0f} MiB): {'held' if bound_ok else 'EXCEEDED'}"
+    )
+    lines.append(f"audit chain: {'verifies' if audit.ok else 'BROKEN'} ({audit.events} events)")
+    lines += [f"failure: {f}" for f in out["failures"][:5]]
+    ok = not out["failures"] and audit.ok and bound_ok
+    lines.append("RESULT: " + ("ok" if ok else "FAILED"))
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text("\n".join(lines) + "\n")
     return 0 if ok else 1
 
 
