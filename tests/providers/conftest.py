@@ -1,29 +1,8 @@
-"""moto (AWS KMS) and OpenBao (Vault Transit) for the tests of this folder
-(tests/providers/services.py): one each per test process, started on first use,
-stopped when the session ends."""
+"""The key services for the tests of this folder: moto (AWS KMS) and OpenBao (Vault
+Transit), and SoftHSM2 and PyKMIP for the tests parametrised over every provider;
+one each per test process, started on first use, stopped when the session ends
+(tests/key_service_fixtures.py)."""
 
-from __future__ import annotations
+from tests.key_service_fixtures import kmip_server, moto_kms, openbao, softhsm
 
-from collections.abc import Iterator
-
-import pytest
-from tests.providers import services
-from tests.providers.services import MotoKms, OpenBao
-
-
-@pytest.fixture(scope="session")
-def moto_kms() -> Iterator[MotoKms]:
-    server = services.moto_server()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def openbao() -> Iterator[OpenBao]:
-    server = services.openbao_server()
-    try:
-        yield server
-    finally:
-        server.stop()
+__all__ = ["kmip_server", "moto_kms", "openbao", "softhsm"]
