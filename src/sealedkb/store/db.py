@@ -12,8 +12,10 @@ import functools
 import logging
 import re
 import select
+import traceback
 from collections.abc import Collection, Iterator
 from importlib import resources
+from typing import Any, Self
 
 import psycopg
 from pgvector.psycopg import register_vector
@@ -49,10 +51,44 @@ def mapped_errors(action: str) -> Iterator[None]:
         raise DatabaseError(f"database error during {action} (sqlstate {exc.sqlstate})") from None
 
 
+def _release_frames(exc: BaseException) -> None:
+    """Drop the finished frames an exception chain keeps alive.
+
+    psycopg's ConnectionTimeout carries (as its context) the timeout raised inside
+    its wait loop, whose traceback holds the aborted attempt's connection generator
+    and with it a half-open libpq connection: its socket stays open for as long as
+    anything keeps the exception (a log handler that keeps records does, and the
+    pool logs every failed attempt). Clearing the frames closes it now."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)  # skips the running frame
+        current = current.__cause__ or current.__context__
+    exc.__cause__ = exc.__context__ = None
+
+
+class ReleasingConnection(Connection[TupleRow]):
+    """A psycopg connection whose failed connect leaves no socket behind."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        try:
+            return super().connect(conninfo, **kwargs)
+        except psycopg.Error as exc:
+            _release_frames(exc)
+            raise
+
+
 def _configure(conn: Connection[TupleRow], *, allow_insecure: bool = False) -> None:
-    check_connection(conn, allow_insecure=allow_insecure)  # every pooled connection, too
-    register_vector(conn)
-    conn.commit()
+    try:
+        check_connection(conn, allow_insecure=allow_insecure)  # every pooled connection, too
+        register_vector(conn)
+        conn.commit()
+    except BaseException:
+        conn.close()  # the pool discards it: close it now, not when it is collected
+        raise
 
 
 def connect(url: str, *, allow_insecure: bool = False) -> Connection[TupleRow]:
@@ -62,7 +98,7 @@ def connect(url: str, *, allow_insecure: bool = False) -> Connection[TupleRow]:
     other failures stay psycopg errors for :func:`mapped_errors`.
     """
     try:
-        conn = psycopg.connect(url, autocommit=True)
+        conn = ReleasingConnection.connect(url, autocommit=True, **_connect_kwargs(url))
     except psycopg.OperationalError as exc:
         refused = explain_connect_failure(url, exc)
         if refused is not None:
@@ -134,17 +170,30 @@ def check_server(conn: Connection[TupleRow]) -> None:
 
 #: Longest a call waits for a pooled connection before failing with DATABASE_ERROR.
 POOL_WAIT_SECONDS = 5.0
-#: libpq connect_timeout (seconds) for pooled connections whose URL names none, so a
+#: libpq connect_timeout (seconds) for connections whose URL names none, so a
 #: server that accepts TCP but never answers cannot hold a pool worker for ever.
 CONNECT_TIMEOUT_SECONDS = 5
+#: TCP settings for connections whose URL names none (libpq parameters; a Unix
+#: socket ignores them). tcp_user_timeout: a write the peer has not acknowledged
+#: for this long (a partition, a black-holed route) fails the connection instead of
+#: waiting out the kernel's ~15 minutes of retransmissions; keepalives find a dead
+#: peer under an idle connection within idle + interval x count seconds.
+TCP_SETTINGS: dict[str, object] = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
 
 
 def _connect_kwargs(url: str) -> dict[str, object]:
     try:
         given = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
-        return {}  # the pool's own connect reports the bad URL
-    return {} if "connect_timeout" in given else {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+        return {}  # the connect itself reports the bad URL
+    defaults = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_SETTINGS}
+    return {k: v for k, v in defaults.items() if k not in given}
 
 
 class Database:
@@ -162,6 +211,7 @@ class Database:
                     self.schema_version = apply_migrations(conn)
             self.pool: ConnectionPool[Connection[TupleRow]] = ConnectionPool(
                 url,
+                connection_class=ReleasingConnection,
                 min_size=1,
                 max_size=max_size,
                 configure=functools.partial(_configure, allow_insecure=allow_insecure),
