@@ -19,12 +19,14 @@ __all__ = [
     "embedding_aad_prefix",
     "entry_doc_aad",
     "field_aad",
+    "memory_image_aad",
 ]
 
 AAD_PREFIX = "sealedkb/v1"
 ENTRIES_TABLE = "kb_entries"
 DOC_COLUMN = "doc"  # the sealed entry document (column doc_sealed)
 EMBEDDING_COLUMN = "embedding"  # the sealed exact embedding (column embedding_sealed)
+MEMORY_IMAGE = "memory_image"  # the warm-start image of the memory search index (a home file)
 
 
 def field_aad(namespace: str, table: str, column: str, entry_id: str) -> bytes:
@@ -49,3 +51,20 @@ def embedding_aad_prefix(namespace: str) -> bytes:
     """``embedding_aad(namespace, id) == embedding_aad_prefix(namespace) + id`` (the
     hot search path appends ids to it instead of formatting each)."""
     return field_aad(namespace, ENTRIES_TABLE, EMBEDDING_COLUMN, "")
+
+
+def memory_image_aad(
+    namespace: str, key_id: uuid.UUID, version: int, epoch: str, position: str
+) -> bytes:
+    """AAD of the sealed warm-start image of a namespace's memory search index
+    (search/warm_start.py): binds the namespace, the data key it is sealed under, the
+    image format version, the database's change-feed epoch and the change-feed
+    position the image covers (its horizon and last change number), so an image of
+    another namespace or knowledge base, or one whose clear header was edited, fails
+    to open."""
+    for part in (namespace, epoch, position):
+        if "|" in part:
+            raise ValueError("AAD components must not contain '|'")
+    return (
+        f"{AAD_PREFIX}|{namespace}|{MEMORY_IMAGE}|{key_id}|v{int(version)}|{epoch}|{position}"
+    ).encode()

@@ -102,6 +102,8 @@ from sealedkb.search.engine import (
     reembed,
 )
 from sealedkb.search.memory import MemoryIndex
+from sealedkb.search.warm_start import FOLDER as WARM_START_FOLDER
+from sealedkb.search.warm_start import WarmStart
 from sealedkb.store.changes import ChangeFeed, lock_namespace
 from sealedkb.store.datakeys import DataKeyTable, MetaTable
 from sealedkb.store.db import Database
@@ -429,6 +431,8 @@ class KnowledgeBase:
             tokenizer=self.indexer.tokenizer,
             max_entries=self.settings.memory_index_max_entries,
             telemetry=self.telemetry,
+            # the sealed warm-start images of the index (search/warm_start.py)
+            warm=WarmStart(self.settings.home / WARM_START_FOLDER, self.keyring),
         )
 
     def follow_search_index(self, *, force: bool = False) -> None:

@@ -14,7 +14,11 @@ from the sealed rows (documents and embeddings opened in batches):
 * per entry its type, tags, creation time and archived flag (the filters), and the
   SHA-256 of its normalised content (dedup), all computed from the opened rows.
 
-Nothing of it is written anywhere. Before every answer the index applies the
+Nothing of it is written in plaintext. A process that builds a namespace's index
+writes it as a sealed warm-start image in the home (search/warm_start.py), which
+the next process loads instead of opening every row, then applies the change feed
+from the position the image records; an image that cannot be trusted is refused
+and the index rebuilt. Before every answer the index applies the
 changes other processes made (the kb_changes feed, store/changes.py). It is
 bounded by ``memory_index_max_entries``: past it a search fails with
 INDEX_CAPACITY naming the setting, never answering from a partial index.
@@ -32,7 +36,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -45,6 +49,7 @@ from sealedkb.formats.entry_doc import EntryDoc
 from sealedkb.monitoring.telemetry import Telemetry
 from sealedkb.search import text
 from sealedkb.search.engine import normalize_content
+from sealedkb.search.warm_start import LoadedImage, SpaceImage, WarmStart
 from sealedkb.store.changes import ChangeFeed, IndexRow
 
 if TYPE_CHECKING:
@@ -68,6 +73,10 @@ CAPACITY_SETTING = "memory_index_max_entries"
 FEED_KEEP_SECONDS = 7 * 86400
 REBUILD_AFTER_SECONDS = FEED_KEEP_SECONDS / 2
 PRUNE_EVERY_SECONDS = 3600
+# A loaded warm-start image is written again once this many changes were applied to
+# it (so the feed a later process replays stays short).
+REWRITE_AFTER_CHANGES = 256
+REWRITE_EVERY_SECONDS = 60.0  # and at most this often by a long-running process
 
 OpenDocs = Callable[[str, Sequence[tuple[uuid.UUID, bytes]]], list[EntryDoc]]
 Ranked = list[tuple[uuid.UUID, float]]
@@ -105,7 +114,6 @@ class _Space:
         self.free: list[int] = []
         self.types: list[str] = []
         self.tags: list[frozenset[str]] = []
-        self.created: list[datetime | None] = []
         self.archived: list[bool] = []
         self.fp: list[str | None] = []
         self.by_fp: dict[str, set[uuid.UUID]] = {}
@@ -119,6 +127,15 @@ class _Space:
         self.live = np.zeros(0, dtype=bool)
         self.created_ts = np.zeros(0, dtype=np.float64)
         self._cache: dict[str, tuple[NDArray[np.int64], NDArray[np.float32]]] = {}
+        # Postings loaded from a warm-start image and not touched since: term -> its
+        # row in the image's CSR arrays (turned into a postings dict on first change).
+        self._base: dict[str, int] = {}
+        self._base_ptr = np.zeros(1, dtype=np.int64)
+        self._base_slot = np.zeros(0, dtype=np.int32)
+        self._base_tf = np.zeros(0, dtype=np.int32)
+        self._base_vocab: list[str] = []
+        self._base_n = 0  # slots 0.._base_n-1 came from the image
+        self._base_terms: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
 
     def __len__(self) -> int:
         return len(self.slot_of)
@@ -141,7 +158,11 @@ class _Space:
         if slot is None:
             return
         terms = self.terms[slot]
+        if terms is None and slot < self._base_n:
+            terms = self._image_terms(slot)
         if terms:
+            if self._base:
+                self._touch(terms)
             for term in terms:
                 post = self.postings.get(term)
                 if post is not None:
@@ -181,7 +202,6 @@ class _Space:
             self.ids.append(None)
             self.types.append("")
             self.tags.append(frozenset())
-            self.created.append(None)
             self.archived.append(False)
             self.fp.append(None)
             self.terms.append(None)
@@ -190,7 +210,6 @@ class _Space:
         self.ids[slot] = row.id
         self.types[slot] = row.entry_type
         self.tags[slot] = frozenset(doc.tags)
-        self.created[slot] = row.created_at
         self.created_ts[slot] = row.created_at.timestamp()
         self.archived[slot] = row.archived
         self.live[slot] = True
@@ -201,6 +220,8 @@ class _Space:
         for t in text.terms(doc.title, tokenizer):
             tf[t] += TITLE_WEIGHT
         self.terms[slot] = tuple(tf)
+        if self._base:
+            self._touch(tf)
         length = tf.total()
         self.doclen[slot] = length
         self.total_len += length
@@ -224,6 +245,15 @@ class _Space:
         hit = self._cache.get(term)
         if hit is not None:
             return hit
+        row = self._base.get(term)
+        if row is not None:  # untouched since the image was loaded: a slice of it
+            a, b = int(self._base_ptr[row]), int(self._base_ptr[row + 1])
+            arr = (
+                self._base_slot[a:b].astype(np.int64),
+                self._base_tf[a:b].astype(np.float32),
+            )
+            self._cache[term] = arr
+            return arr
         post = self.postings.get(term)
         if not post:
             return None
@@ -233,6 +263,127 @@ class _Space:
         )
         self._cache[term] = arr
         return arr
+
+    # --- the warm-start image (search/warm_start.py) -------------------------
+
+    def _touch(self, terms: Iterable[str]) -> None:
+        """Turn the image postings of these terms into postings dicts (before a change)."""
+        base = self._base
+        for term in terms:
+            row = base.pop(term, None)
+            if row is not None:
+                a, b = int(self._base_ptr[row]), int(self._base_ptr[row + 1])
+                self.postings[term] = dict(
+                    zip(self._base_slot[a:b].tolist(), self._base_tf[a:b].tolist(), strict=True)
+                )
+
+    def _image_terms(self, slot: int) -> tuple[str, ...]:
+        """The distinct terms of a slot loaded from the image (by-slot index built on
+        the first removal)."""
+        import numpy as np
+
+        if self._base_terms is None:
+            counts = np.diff(self._base_ptr)
+            term_of = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+            order = np.argsort(self._base_slot, kind="stable")
+            ptr = np.zeros(self._base_n + 1, dtype=np.int64)
+            np.cumsum(np.bincount(self._base_slot, minlength=self._base_n), out=ptr[1:])
+            self._base_terms = (ptr, term_of[order])
+        ptr, term_ids = self._base_terms
+        vocab = self._base_vocab
+        return tuple(vocab[int(t)] for t in term_ids[ptr[slot] : ptr[slot + 1]])
+
+    def to_image(self) -> SpaceImage:
+        """The index as flat arrays, live slots renumbered 0..n-1."""
+        import numpy as np
+
+        live = sorted(self.slot_of.values())
+        n = len(live)
+        remap = np.full(max(len(self.ids), 1), -1, dtype=np.int64)
+        remap[live] = np.arange(n, dtype=np.int64)
+        ids = [self.ids[s] for s in live]
+        type_names: dict[str, int] = {}
+        tag_names: dict[str, int] = {}
+        type_idx = [type_names.setdefault(self.types[s], len(type_names)) for s in live]
+        tag_ptr = [0]
+        tag_idx: list[int] = []
+        for s in live:
+            tag_idx.extend(tag_names.setdefault(t, len(tag_names)) for t in sorted(self.tags[s]))
+            tag_ptr.append(len(tag_idx))
+        self._touch(list(self._base))  # every posting as a dict
+        vocab = list(self.postings)
+        post_ptr = [0]
+        slots: list[int] = []
+        tfs: list[int] = []
+        for post in self.postings.values():
+            slots.extend(post.keys())
+            tfs.extend(post.values())
+            post_ptr.append(len(slots))
+        idx = np.asarray(live, dtype=np.int64)
+        return SpaceImage(
+            ids=np.frombuffer(
+                b"".join(e.bytes for e in ids if e is not None), dtype=np.uint8
+            ).reshape(n, 16),
+            type_idx=np.asarray(type_idx, dtype=np.int32),
+            types=list(type_names),
+            tag_ptr=np.asarray(tag_ptr, dtype=np.int64),
+            tag_idx=np.asarray(tag_idx, dtype=np.int32),
+            tags=list(tag_names),
+            created_ts=self.created_ts[idx],
+            archived=np.asarray([self.archived[s] for s in live], dtype=bool),
+            fp=np.frombuffer(
+                bytes.fromhex("".join(self.fp[s] or "" for s in live)), dtype=np.uint8
+            ).reshape(n, 32),
+            doclen=self.doclen[idx],
+            vecs=self.vecs[idx],
+            has_vec=self.has_vec[idx],
+            vocab=vocab,
+            post_ptr=np.asarray(post_ptr, dtype=np.int64),
+            post_slot=remap[np.asarray(slots, dtype=np.int64)].astype(np.int32),
+            post_tf=np.asarray(tfs, dtype=np.int32),
+            total_len=self.total_len,
+        )
+
+    @classmethod
+    def from_image(cls, img: SpaceImage, dim: int) -> _Space:
+        import numpy as np
+
+        space = cls(dim)
+        n = len(img)
+        raw = img.ids.tobytes()
+        ids = [uuid.UUID(bytes=raw[i : i + 16]) for i in range(0, 16 * n, 16)]
+        space.slot_of = dict(zip(ids, range(n), strict=True))
+        if len(space.slot_of) != n:
+            raise ValueError("image holds an entry twice")
+        space.ids = list(ids)
+        types = img.types
+        space.types = [types[i] for i in img.type_idx.tolist()]
+        tags = img.tags
+        ptr = img.tag_ptr.tolist()
+        tag_idx = img.tag_idx.tolist()
+        space.tags = [frozenset(tags[j] for j in tag_idx[ptr[i] : ptr[i + 1]]) for i in range(n)]
+        space.archived = img.archived.tolist()
+        fp_hex = img.fp.tobytes().hex()
+        fps = [fp_hex[i : i + 64] for i in range(0, 64 * n, 64)]
+        space.fp = list(fps)
+        by_fp: dict[str, set[uuid.UUID]] = {}
+        for eid, fp in zip(ids, fps, strict=True):
+            by_fp.setdefault(fp, set()).add(eid)
+        space.by_fp = by_fp
+        space.terms = [None] * n
+        space.doclen = img.doclen.astype(np.float32, copy=False)
+        space.total_len = img.total_len
+        space.vecs = img.vecs.astype(np.float32, copy=False)
+        space.has_vec = img.has_vec.astype(bool, copy=False)
+        space.live = np.ones(n, dtype=bool)
+        space.created_ts = img.created_ts.astype(np.float64, copy=False)
+        space._base = dict(zip(img.vocab, range(len(img.vocab)), strict=True))
+        space._base_ptr = img.post_ptr
+        space._base_slot = img.post_slot
+        space._base_tf = img.post_tf
+        space._base_vocab = img.vocab
+        space._base_n = n
+        return space
 
     def mask(
         self, entry_type: str | None, tags: Sequence[str], since: datetime | None
@@ -299,7 +450,11 @@ class _Space:
             return []
         n = len(self.ids)  # one pass over the contiguous matrix; masked slots are dropped
         scores = np.full(len(self.doclen), -np.inf, dtype=np.float64)
-        scores[:n] = self.vecs[:n] @ np.asarray(q, dtype=np.float32)
+        # einsum, not `@`: OpenBLAS splits a matrix-vector product this size over its
+        # threads, and the hand-off stalls whenever the cores are busy (10k x 384:
+        # 0.3 ms on an idle machine, a median of 16-34 ms at load 10); einsum's loop
+        # runs in this thread (0.6-1.3 ms), and at 100k both are bound by memory.
+        scores[:n] = np.einsum("ij,j->i", self.vecs[:n], np.asarray(q, dtype=np.float32))
         return self._top(scores, m, depth)
 
 
@@ -317,6 +472,7 @@ class MemoryIndex:
         tokenizer: int = text.TOKENIZER,
         max_entries: int = 200_000,
         telemetry: Telemetry | None = None,
+        warm: WarmStart | None = None,
     ) -> None:
         self.feed = feed
         self.keyring = keyring
@@ -332,6 +488,13 @@ class MemoryIndex:
         self._lock = threading.RLock()
         self._synced_at = 0.0  # time.monotonic() of the last read of the feed
         self._pruned_at = 0.0
+        # The sealed warm-start images (search/warm_start.py); per namespace, the
+        # changes applied since its image was loaded or written.
+        self.warm = warm
+        self._unsaved: dict[str, int] = {}
+        self._saved_at: dict[str, float] = {}  # time.monotonic() of the last write
+        self.builds = 0  # namespaces built from the sealed rows
+        self.warm_loads = 0  # namespaces loaded from their image
 
     # --- keeping up --------------------------------------------------------
 
@@ -371,6 +534,17 @@ class MemoryIndex:
                 self._apply(self.feed.rows(ids[i : i + step], conn), ids[i : i + step])
             self._applied = {c.seq for c in changes if c.xid >= horizon}
             self._horizon = horizon
+            if self.warm is not None and fresh:
+                for c in fresh:
+                    if c.namespace in self._unsaved:
+                        self._unsaved[c.namespace] += 1
+                if conn is None:  # not inside a caller's (locking) transaction
+                    for ns, n in list(self._unsaved.items()):
+                        if (
+                            n >= REWRITE_AFTER_CHANGES
+                            and now - self._saved_at.get(ns, -math.inf) >= REWRITE_EVERY_SECONDS
+                        ):
+                            self._save(ns)
 
     def _apply(self, rows: list[IndexRow], ids: Sequence[uuid.UUID]) -> None:
         found = {r.id for r in rows}
@@ -394,6 +568,10 @@ class MemoryIndex:
         known = self._spaces.get(namespace)
         if known is not None:
             return known
+        if self.warm is not None:
+            loaded = self._load_image(namespace, conn)
+            if loaded is not None:
+                return loaded
         need = self._total() + self.feed.count_live(namespace, conn)
         if need > self.max_entries:
             raise self._capacity_error(need)
@@ -405,8 +583,116 @@ class MemoryIndex:
         except BaseException:
             del self._spaces[namespace]
             raise
+        self.builds += 1
         log.info("memory index of namespace %s built: %d entries", namespace, len(space))
+        self._unsaved[namespace] = 0
+        if self.warm is not None and conn is None and len(space):
+            self._save(namespace)
         return space
+
+    # --- the warm-start image (search/warm_start.py) -----------------------
+
+    def _load_image(self, namespace: str, conn: Connection[TupleRow] | None) -> _Space | None:
+        """The namespace's index from its sealed image, brought up to date from the
+        change feed; None when there is no image or it cannot be trusted (then the
+        caller builds from the rows). Runs after :meth:`sync` set the horizon."""
+        assert self.warm is not None
+        if not self.warm.exists(namespace) or self._horizon is None:
+            return None
+        image: LoadedImage | None = self.warm.load(
+            namespace,
+            feed=self.feed.position(),
+            horizon_now=self._horizon,
+            model_id=self.model_id,
+            dim=self.dim,
+            tokenizer=self.tokenizer,
+            max_age=REBUILD_AFTER_SECONDS,
+            max_entries=max(self.max_entries - self._total(), 0),
+        )
+        if image is None:
+            return None
+        try:
+            space = _Space.from_image(image.space, self.dim)
+        except ValueError:
+            self.warm.refused += 1
+            log.warning("memory index image of namespace %s refused (malformed)", namespace)
+            return None
+        self._spaces[namespace] = space
+        try:
+            # Every change since the image's position, applied from the rows as they
+            # are now (a change also at or above this process's horizon is applied
+            # again by the next sync: applying reads the current row, so twice is harmless).
+            _, changes = self.feed.since(image.meta.horizon, conn)
+            done = set(image.meta.applied)
+            ids = list(
+                dict.fromkeys(
+                    c.entry_id for c in changes if c.namespace == namespace and c.seq not in done
+                )
+            )
+            step = OPEN_BATCH * 4
+            for i in range(0, len(ids), step):
+                self._apply(self.feed.rows(ids[i : i + step], conn), ids[i : i + step])
+            live = self.feed.count_live(namespace, conn)
+        except BaseException:
+            del self._spaces[namespace]
+            raise
+        if live != len(space):
+            # The rows and the image disagree (a change the feed no longer holds, a
+            # restore, a concurrent write): rebuild rather than guess.
+            del self._spaces[namespace]
+            self.warm.refused += 1
+            log.warning(
+                "memory index image of namespace %s refused (%d entries after the change "
+                "feed, %d live rows): rebuilding",
+                namespace,
+                len(space),
+                live,
+            )
+            return None
+        self.warm_loads += 1
+        self._unsaved[namespace] = len(ids)
+        log.info(
+            "memory index of namespace %s loaded from its image: %d entries, %d changes applied",
+            namespace,
+            len(space),
+            len(ids),
+        )
+        if len(ids) >= REWRITE_AFTER_CHANGES and conn is None:
+            self._save(namespace)
+        return space
+
+    def _save(self, namespace: str) -> None:
+        """Write the namespace's sealed image at this index's change-feed position."""
+        assert self.warm is not None and self._horizon is not None
+        space = self._spaces[namespace]
+        self.warm.save(
+            namespace,
+            space.to_image(),
+            model_id=self.model_id,
+            dim=self.dim,
+            tokenizer=self.tokenizer,
+            horizon=self._horizon,
+            applied=tuple(sorted(self._applied)),
+            feed=self.feed.position(),
+        )
+        self._unsaved[namespace] = 0
+        self._saved_at[namespace] = time.monotonic()
+
+    def save(self, namespace: str | None = None) -> None:
+        """Write the warm-start image of a namespace (or of every one with changes
+        since its image): ``serve`` calls this when it closes."""
+        if self.warm is None:
+            return
+        with self._lock:
+            if self._horizon is None:
+                return
+            for ns in [namespace] if namespace is not None else list(self._spaces):
+                if (
+                    ns in self._spaces
+                    and len(self._spaces[ns])
+                    and (namespace is not None or self._unsaved.get(ns, 1))
+                ):
+                    self._save(ns)
 
     def _put(self, rows: Sequence[IndexRow]) -> None:
         by_ns: dict[str, list[IndexRow]] = {}
@@ -571,5 +857,5 @@ class MemoryIndex:
                 namespaces=len(self._spaces),
                 entries=sum(len(s) for s in spaces),
                 vectors=sum(int(s.has_vec.sum()) for s in spaces),
-                terms=sum(len(s.postings) for s in spaces),
+                terms=sum(len(s.postings) + len(s._base) for s in spaces),
             )

@@ -29,7 +29,7 @@ from psycopg.rows import TupleRow
 from sealedkb.store.db import Database
 from sealedkb.store.entries import _SELECT, EntryRow, _from_db
 
-__all__ = ["Change", "ChangeFeed", "IndexRow"]
+__all__ = ["Change", "ChangeFeed", "FeedPosition", "IndexRow"]
 
 BATCH_ROWS = 1000  # rows per round trip while an index is built
 
@@ -40,6 +40,26 @@ class Change:
     xid: int
     entry_id: uuid.UUID
     namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPosition:
+    """``epoch``: what positions are relative to (the database's and the two tables'
+    object ids: a restore, which drops and loads the tables with triggers off, or a
+    move to another database changes it). ``first_seq``: the oldest change still
+    held (None: none); ``last_seq``: the last change number drawn (0: none yet).
+    A reader at change ``n`` missed nothing to pruning if ``last_seq == n`` or
+    ``first_seq <= n + 1`` (pruning deletes the oldest changes first)."""
+
+    epoch: str
+    first_seq: int | None
+    last_seq: int
+
+    def covers(self, seq: int) -> bool:
+        """Whether every change after number ``seq`` is still in the feed."""
+        if self.first_seq is None:
+            return self.last_seq <= seq
+        return self.first_seq <= seq + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +149,20 @@ class ChangeFeed:
                 (keep_seconds,),
             )
             return cur.rowcount
+
+    def position(self) -> FeedPosition:
+        """Where the feed stands (the memory index's warm-start image,
+        search/warm_start.py, records it and checks it before use)."""
+        with self.db.transaction("change feed") as c:
+            r = c.execute(
+                "SELECT (SELECT oid FROM pg_database WHERE datname = current_database())::text,"
+                " 'kb_entries'::regclass::oid::text, 'kb_changes'::regclass::oid::text,"
+                " (SELECT min(seq) FROM kb_changes),"
+                " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END"
+                "  FROM kb_changes_seq_seq)"
+            ).fetchone()
+        assert r is not None
+        return FeedPosition(f"{r[0]}.{r[1]}.{r[2]}", None if r[3] is None else int(r[3]), int(r[4]))
 
     def count_live(self, namespace: str, conn: Connection[TupleRow] | None = None) -> int:
         with self._tx(conn, "memory index") as c:
