@@ -122,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=",".join(harness.CONFIGS),
         help="encrypted-memory (the default index), encrypted-server, plaintext",
     )
+    ap.add_argument(
+        "--chunking",
+        choices=tuple(corpora.CHUNKINGS),
+        default="sections",
+        help="how documents are chunked (sections: what sealedkb import does)",
+    )
     ap.add_argument("--fusions", action="store_true", help="score candidate fusions offline")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     ap.add_argument(
@@ -138,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = [c for c in args.configs.split(",") if c]
     if not set(configs) <= set(harness.CONFIGS):
         ap.error(f"configs are {', '.join(harness.CONFIGS)}")
+    corpora.CHUNKING = corpora.CHUNKINGS[args.chunking]
     emb = make_embedder(args.embedder)
     runs: list[harness.CorpusRun] = []
     t_all = time.perf_counter()
@@ -155,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.save.write_bytes(pickle.dumps(runs))
     head = [
         f"sealedkb search quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; embedder "
-        f"{args.embedder}; limit {args.limit or 'none'}; {time.perf_counter() - t_all:.0f}s",
+        f"{args.embedder}; chunking {args.chunking}; limit {args.limit or 'none'}; "
+        f"{time.perf_counter() - t_all:.0f}s",
     ]
     for name in names:
         head.append(f"  {name}: {corpora.BUILDERS[name](args.limit).description}")

@@ -12,7 +12,8 @@ installed from Debian packages, each with questions and the documents that answe
   from roff; the query is a page's one-line NAME description ("open and possibly create
   a file"), and the stored page has no NAME section: what a user recalls of a call.
 
-Documents are chunked by sealedkb's own importer (ingest/importer.py ``chunk_file``).
+Documents are chunked by sealedkb's own importer (ingest/importer.py ``chunk_file``),
+with the options of the chunking variant :data:`CHUNKING` names (``--chunking``).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sealedkb.ingest.importer import TITLE_SEP, Chunk, chunk_file
+from sealedkb.ingest.importer import MAX_CHUNK_CHARS, OVERLAP_CHARS, TITLE_SEP, Chunk, chunk_file
 
 HERE = Path(__file__).resolve().parent
 PYDOC = Path("/usr/share/doc/python3.11/html")
@@ -64,6 +65,31 @@ class Corpus:
     questions: tuple[Question, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Chunking:
+    """chunk_file's options: section path in the title, overlap, piece size."""
+
+    with_path: bool = True
+    overlap: int = OVERLAP_CHARS
+    max_chars: int = MAX_CHUNK_CHARS
+
+
+CHUNKINGS = {
+    "sections": Chunking(),  # what sealedkb import does
+    "path-only": Chunking(overlap=0),
+    "before": Chunking(with_path=False, overlap=0),  # page + own heading, no overlap
+    "small": Chunking(max_chars=1000),
+}
+CHUNKING = CHUNKINGS["sections"]
+
+
+def _chunk(text: str, kind: str, display: str, stem: str) -> list[Chunk]:
+    c = CHUNKING
+    return chunk_file(
+        text, kind, display, stem, with_path=c.with_path, overlap=c.overlap, max_chars=c.max_chars
+    )
+
+
 def ensure_package(corpus: str) -> None:
     """Install the corpus's Debian package when its files are missing (root + apt)."""
     package, probe = PACKAGES[corpus]
@@ -81,7 +107,7 @@ def ensure_package(corpus: str) -> None:
 
 def _html_chunks(path: Path, display: str) -> list[Chunk]:
     text = path.read_text(encoding="utf-8", errors="replace")
-    return chunk_file(text, "html", display, path.stem)
+    return _chunk(text, "html", display, path.stem)
 
 
 def _page_title(title: str) -> str:
@@ -267,7 +293,7 @@ def manpages(pages: int = 120, limit: int = 0) -> Corpus:
             continue
         taken += 1
         qs.setdefault(desc, set()).add(name)
-        for c in chunk_file(md, "markdown", f"man2/{path.name}", name):
+        for c in _chunk(md, "markdown", f"man2/{path.name}", name):
             docs.append(Doc(c.title, c.content, c.source, name))
     questions = [Question(q, frozenset(r)) for q, r in qs.items()]
     questions, docs = _subset(questions, docs, limit)

@@ -71,6 +71,10 @@ MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PARSE_SECONDS = 30.0  # parsing and chunking one file (Markdown: ~0.4 s per MB)
 MAX_HTML_DEPTH = 1000  # open elements; real pages stay far below
 MAX_CHUNK_CHARS = 1500
+# A piece after the first of a long section starts with the end of the piece before it
+# (whole sentences, up to this many characters), so a statement cut at a piece
+# boundary keeps its context in both (docs/SEARCH.md, "Chunking").
+OVERLAP_CHARS = 200
 MIN_CHUNK_CHARS = 1  # a heading with any body text is worth an entry
 TITLE_SEP = " › "
 
@@ -80,6 +84,7 @@ class Section:
     heading: str  # "" before the first heading
     anchor: str  # fragment for the source (HTML id or Markdown slug), "" if none
     body: str
+    parents: tuple[str, ...] = ()  # the headings enclosing this one, outermost first
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,6 +412,8 @@ def parse_markdown(text: str, deadline: Deadline | None = None) -> tuple[str | N
         deadline.check()
     sections: list[Section] = []
     heading, anchor = "", ""
+    parents: tuple[str, ...] = ()
+    open_headings = _HeadingStack()
     doc_title: str | None = None
     body_from = 0
     for i, tok in enumerate(tokens):
@@ -418,13 +425,32 @@ def parse_markdown(text: str, deadline: Deadline | None = None) -> tuple[str | N
         if not title:
             continue  # an empty heading ("#" alone) stays in the body
         first, after = tok.map
-        sections.append(Section(heading, anchor, "\n".join(lines[body_from:first]).strip()))
+        sections.append(
+            Section(heading, anchor, "\n".join(lines[body_from:first]).strip(), parents)
+        )
         heading, anchor = title, slug(title)
+        parents = open_headings.enter(int(tok.tag[1:]), title)
         if doc_title is None and tok.tag == "h1":
             doc_title = heading
         body_from = after
-    sections.append(Section(heading, anchor, "\n".join(lines[body_from:]).strip()))
+    sections.append(Section(heading, anchor, "\n".join(lines[body_from:]).strip(), parents))
     return doc_title, sections
+
+
+class _HeadingStack:
+    """The open headings at a point of a document: a heading closes every heading of
+    its level or deeper, and is enclosed by the ones left."""
+
+    def __init__(self) -> None:
+        self.open: list[tuple[int, str]] = []
+
+    def enter(self, level: int, text: str) -> tuple[str, ...]:
+        """Open a heading; returns the headings enclosing it, outermost first."""
+        while self.open and self.open[-1][0] >= level:
+            self.open.pop()
+        parents = tuple(t for _lvl, t in self.open)
+        self.open.append((level, text))
+        return parents
 
 
 _SKIP_TAGS = frozenset(
@@ -467,6 +493,8 @@ class _HTMLSections:
         self.sections: list[Section] = []
         self.cur_heading = ""
         self.cur_anchor = ""
+        self.cur_parents: tuple[str, ...] = ()
+        self.open_headings = _HeadingStack()
         self.parts: list[str] = []
         self.first_h1: str | None = None
         self.result: list[Section] = []
@@ -535,14 +563,17 @@ class _HTMLSections:
 
     def _end_heading(self) -> None:
         text = " ".join("".join(self.heading_parts).split())
-        self.heading_level = 0
+        level, self.heading_level = self.heading_level, 0
         if not text:
             return
         self.sections.append(
-            Section(self.cur_heading, self.cur_anchor, "".join(self.parts).strip())
+            Section(
+                self.cur_heading, self.cur_anchor, "".join(self.parts).strip(), self.cur_parents
+            )
         )
         self.parts = []
         self.cur_heading, self.cur_anchor = text, self.heading_anchor
+        self.cur_parents = self.open_headings.enter(level, text)
         if self.first_h1 is None:
             self.first_h1 = text
 
@@ -565,10 +596,12 @@ class _HTMLSections:
 
     def close(self) -> None:
         self.sections.append(
-            Section(self.cur_heading, self.cur_anchor, "".join(self.parts).strip())
+            Section(
+                self.cur_heading, self.cur_anchor, "".join(self.parts).strip(), self.cur_parents
+            )
         )
         self.result = [
-            Section(s.heading, s.anchor, _BLANKS_RE.sub("\n\n", s.body).strip())
+            Section(s.heading, s.anchor, _BLANKS_RE.sub("\n\n", s.body).strip(), s.parents)
             for s in self.sections
         ]
 
@@ -638,9 +671,51 @@ def split_long(body: str, limit: int = MAX_CHUNK_CHARS) -> list[str]:
     return pieces
 
 
+def section_path(doc_title: str, parents: Sequence[str], heading: str) -> list[str]:
+    """The page and the headings down to a section, each once: the page title first,
+    then the enclosing headings, then the section's own (``heading`` may be the page
+    title itself, for the text before the first heading)."""
+    path = [doc_title]
+    for h in (*parents, heading):
+        if h and h != path[-1] and not (h == doc_title and len(path) == 1):
+            path.append(h)
+    return path
+
+
+def _tail(piece: str, limit: int) -> str:
+    """The end of ``piece`` to repeat at the start of the next one: its last whole
+    sentences within ``limit`` characters, else its last words within it ("" when
+    ``limit`` is 0)."""
+    if limit <= 0 or not piece:
+        return ""
+    end = piece[-limit:]
+    if len(end) < len(piece):
+        starts = [m.end() for m in re.finditer(r"[.!?]\s+|\n\s*\n", end)]
+        if starts and starts[0] < len(end):
+            end = end[starts[0] :]
+        else:
+            space = end.find(" ")
+            end = end[space + 1 :] if space >= 0 else ""
+    return " ".join(end.split())  # one paragraph, set off from the piece by a blank line
+
+
 def chunk_file(
-    text: str, kind: str, display: str, stem: str, deadline: Deadline | None = None
+    text: str,
+    kind: str,
+    display: str,
+    stem: str,
+    deadline: Deadline | None = None,
+    *,
+    with_path: bool = True,
+    overlap: int = OVERLAP_CHARS,
+    max_chars: int = MAX_CHUNK_CHARS,
 ) -> list[Chunk]:
+    """A file's chunks. Each is titled with its section path (``Page › Section ›
+    Subsection``; ``with_path=False``: the page and the section's own heading only),
+    which the embedded and keyword text carry with the content; a section longer than
+    ``max_chars`` is split, and each piece after the first starts with the end of the
+    one before it (``overlap`` characters at most; no chunk is longer than
+    ``max_chars``)."""
     parser = {"markdown": parse_markdown, "html": parse_html, "text": parse_text}[kind]
     doc_title, sections = parser(text, deadline)
     doc_title = doc_title or stem
@@ -651,14 +726,17 @@ def chunk_file(
         if len(s.body) < MIN_CHUNK_CHARS:
             continue
         heading = s.heading or doc_title
-        base = doc_title if heading == doc_title else f"{doc_title}{TITLE_SEP}{heading}"
-        pieces = split_long(s.body)
+        base = TITLE_SEP.join(section_path(doc_title, s.parents if with_path else (), heading))
+        # Pieces leave room for the carried text: no chunk is longer than max_chars.
+        room = max(max_chars // 2, max_chars - overlap - 4) if overlap > 0 else max_chars
+        pieces = split_long(s.body, max_chars if len(s.body) <= max_chars else room)
         for i, piece in enumerate(pieces):
             title = base if i == 0 else f"{base} (part {i + 1})"
+            carried = _tail(pieces[i - 1], overlap) if i > 0 else ""
             chunks.append(
                 Chunk(
                     title=title[:MAX_TITLE_CHARS],
-                    content=piece,
+                    content=f"… {carried}\n\n{piece}" if carried else piece,
                     source=f"{display}#{s.anchor}" if s.anchor else display,
                     heading=heading,
                     index=len(chunks),
