@@ -10,6 +10,7 @@ from sealedkb.embed.minilm import MODEL_ID
 from sealedkb.search.engine import fuse, fusion_for, rrf
 
 Ranked = list[tuple[uuid.UUID, float]]
+Fusion = Callable[[Ranked, Ranked], Ranked]
 
 
 def weighted_rrf(k: float, w_kw: float, w_sem: float) -> Callable[[Ranked, Ranked], Ranked]:
@@ -110,6 +111,27 @@ def confident(k: float, base: float, scale: float) -> Callable[[Ranked, Ranked],
     return f
 
 
+def zscore(w_kw: float) -> Callable[[Ranked, Ranked], Ranked]:
+    """Each arm's scores standardised over its list (mean 0, deviation 1), weighted sum;
+    an entry missing from an arm gets that arm's lowest standardised score."""
+
+    def z(lst: Ranked) -> dict[uuid.UUID, float]:
+        if not lst:
+            return {}
+        v = [s for _e, s in lst]
+        mean = sum(v) / len(v)
+        sd = (sum((x - mean) ** 2 for x in v) / len(v)) ** 0.5 or 1.0
+        return {e: (s - mean) / sd for e, s in lst}
+
+    def f(kw: Ranked, sem: Ranked) -> Ranked:
+        zk, zs = z(kw), z(sem)
+        lk, ls = min(zk.values(), default=0.0), min(zs.values(), default=0.0)
+        scores = {e: w_kw * zk.get(e, lk) + zs.get(e, ls) for e in {*zk, *zs}}
+        return sorted(scores.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+    return f
+
+
 GRID: dict[str, Callable[[Ranked, Ranked], Ranked]] = {
     "rrf k60 (before)": CANDIDATES["rrf k60 (before)"],
     "semantic only": CANDIDATES["semantic only"],
@@ -120,6 +142,10 @@ for _k in (1, 3, 5, 12, 60):
         GRID[f"wrrf k{_k} kw{_w}"] = weighted_rrf(_k, _w, 1.0)
 for _w in (0.1, 0.2, 0.4):
     GRID[f"minmax kw{_w}"] = minmax(_w, 1.0)
+for _w in (0.1, 0.2, 0.3, 0.5):
+    GRID[f"zscore kw{_w}"] = zscore(_w)
+for _w in (0.01, 0.02, 0.03, 0.05):
+    GRID[f"cosine+kw {_w}"] = cosine_plus(_w)
 for _k in (5, 12, 60):
     for _b in (0.2, 0.4, 0.7, 1.0):
         for _sc in (2.0, 4.0, 8.0, 16.0):
