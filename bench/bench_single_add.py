@@ -8,8 +8,11 @@ modes (alternating which goes first) and prints its throughput ratio
 encrypted/plaintext; the figure is the median of the runs' ratios. Goal: >= 0.95.
 
 ``--profile`` also prints the top cumulative-time functions of encrypted adds.
+``--search-index`` picks the encrypted knowledge base's search index (default: the
+``search_index`` setting, memory when SEALEDKB_SEARCH_INDEX is unset); it is printed.
 
-    python bench/bench_single_add.py [--runs 5] [--adds 300] [--size 2000] [--profile]
+    python bench/bench_single_add.py [--runs 5] [--adds 300] [--size 2000]
+        [--search-index memory|server] [--profile]
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import random
 import statistics
@@ -79,6 +83,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--adds", type=int, default=300, help="adds per mode per run")
     ap.add_argument("--size", type=int, default=2000, help="approximate content bytes")
+    ap.add_argument("--search-index", choices=("memory", "server"), default=None)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     rng = random.Random(7)
@@ -96,16 +101,23 @@ def main() -> int:
                     base / f"home-{mode}", database_url=server.uri(db), embedder="hash"
                 )
                 enc = EncryptionMode.ON if mode == "encrypted" else EncryptionMode.OFF
-                kbs[mode], _ = KnowledgeBase.init(settings, enc)
+                kbs[mode], _ = KnowledgeBase.init(
+                    settings, enc, search_index=args.search_index if mode == "encrypted" else None
+                )
             for kb in kbs.values():  # warm up: pool, plans, data keys, embedder
                 for i in range(20):
                     kb.add(f"warm up {i}", tags=["warm"])
-            print(f"single add, ~{args.size} bytes, hashing embedder, {args.adds} adds/mode/run")
+            print(
+                f"single add, ~{args.size} bytes, hashing embedder, {args.adds} adds/mode/run; "
+                f"encrypted search index {kbs['encrypted'].search_index}; "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
             ratios = [one_run(kbs, rng, args.adds, args.size) for _ in range(args.runs)]
             print(
                 f"median ratio encrypted/plaintext: {statistics.median(ratios):.3f} "
                 f"(runs: {', '.join(f'{r:.3f}' for r in ratios)})"
             )
+            print(f"load average at the end {os.getloadavg()[0]:.1f}")
             if args.profile:
                 profile(kbs["encrypted"], rng, args.adds, args.size)
             for kb in kbs.values():
