@@ -110,8 +110,11 @@ def _html_chunks(path: Path, display: str) -> list[Chunk]:
     return _chunk(text, "html", display, path.stem)
 
 
-def _page_title(title: str) -> str:
-    return title.split(TITLE_SEP)[0]
+def _without_question(c: Chunk) -> str:
+    """A chunk's title without its own heading (the question): the page and, with the
+    section path, the headings enclosing the question ("General Questions")."""
+    path = c.title.split(TITLE_SEP)
+    return TITLE_SEP.join(path[:-1]) if len(path) > 1 else path[0]
 
 
 # --- (a) the Python FAQ -------------------------------------------------------------
@@ -128,8 +131,9 @@ def python_faq(distractors: Sequence[str] = ("tutorial", "howto"), limit: int = 
             label = c.source
             if c.heading.endswith("?") and "#" in c.source:
                 questions.setdefault(c.heading, set()).add(label)
-            # the answer without its question: under the page's title only
-            docs.append(Doc(_page_title(c.title), c.content, c.source, label))
+            # the answer without its question: under the page's title (and the
+            # headings above the question, as the chunking variant titles them)
+            docs.append(Doc(_without_question(c), c.content, c.source, label))
     qs = [Question(q, frozenset(r)) for q, r in questions.items()]
     for sec in distractors:
         for path in sorted((PYDOC / sec).rglob("*.html")):
