@@ -58,8 +58,26 @@ def _pick(rng: random.Random) -> str:
 async def client_loop(
     url: str, token: str, ids: list[str], until: float, rng: random.Random, out: dict[str, Any]
 ) -> None:
-    hc = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    """One client's calls until ``until``. A session that breaks (its transport raises)
+    is a failed call, recorded with the time it happened, and the client reconnects."""
     mine: list[str] = []  # entries this client added: the only ones it updates or deletes
+    while time.monotonic() < until:
+        try:
+            await session_loop(url, token, ids, until, rng, out, mine)
+        except Exception as e:  # the session's transport broke: a failed call
+            out["failures"].append(("session", type(e).__name__, round(time.monotonic() - until)))
+
+
+async def session_loop(
+    url: str,
+    token: str,
+    ids: list[str],
+    until: float,
+    rng: random.Random,
+    out: dict[str, Any],
+    mine: list[str],
+) -> None:
+    hc = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
     async with Client(streamable_http_client(url, http_client=hc)) as c:
         while time.monotonic() < until:
             tool = _pick(rng)
@@ -81,7 +99,7 @@ async def client_loop(
             try:
                 r = await c.call_tool(tool, args)
             except Exception as e:  # a raised call is a failed call, and the client goes on
-                out["failures"].append((tool, type(e).__name__))
+                out["failures"].append((tool, type(e).__name__, round(time.monotonic() - until)))
                 continue
             dt = time.perf_counter() - t0
             if r.is_error:
@@ -132,15 +150,18 @@ def main() -> int:
             SEALEDKB_HTTP_RATE_BURST="100000",
         )
         argv = [sys.executable, "-m", "sealedkb", "serve", "--transport", "http"]
+        # the server's log goes to a file: a pipe nobody reads fills up and blocks it
+        log = Path(tempfile.gettempdir()) / f"sealedkb-soak-serve-{os.getpid()}.log"
+        logf = log.open("wb")
         proc = subprocess.Popen(
-            [*argv, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [*argv, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=logf
         )
         base = f"http://127.0.0.1:{port}"
         rss: list[tuple[float, int]] = []
         try:
-            for _ in range(300):
+            for _ in range(1200):
                 if proc.poll() is not None:
-                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    err = log.read_text(errors="replace")
                     raise SystemExit(f"server exited: {err[-2000:]}")
                 try:
                     if httpx.get(base + "/healthz", timeout=1).status_code == 200:
@@ -177,7 +198,12 @@ def main() -> int:
             elapsed = time.monotonic() - t0
         finally:
             proc.terminate()
-            proc.wait(30)
+            try:
+                proc.wait(120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+            logf.close()
 
         with KnowledgeBase.open(settings) as kb:
             audit = kb.audit.verify()
@@ -212,6 +238,7 @@ def main() -> int:
     )
     lines.append(f"audit chain: {'verifies' if audit.ok else 'BROKEN'} ({audit.events} events)")
     lines += [f"failure: {f}" for f in out["failures"][:5]]
+    lines.append(f"server log: {log}")
     ok = not out["failures"] and audit.ok and bound_ok
     lines.append("RESULT: " + ("ok" if ok else "FAILED"))
     print("\n".join(lines))
