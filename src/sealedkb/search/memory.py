@@ -73,6 +73,9 @@ CAPACITY_SETTING = "memory_index_max_entries"
 FEED_KEEP_SECONDS = 7 * 86400
 REBUILD_AFTER_SECONDS = FEED_KEEP_SECONDS / 2
 PRUNE_EVERY_SECONDS = 3600
+# An add catches up before its lock only when the index was last read longer ago
+# than this (MemoryIndex.prepare); otherwise under the lock, on its own transaction.
+PREPARE_FRESH_SECONDS = 1.0
 # A loaded warm-start image is written again once this many changes were applied to
 # it (so the feed a later process replays stays short).
 REWRITE_AFTER_CHANGES = 256
@@ -665,16 +668,19 @@ class MemoryIndex:
         """Write the namespace's sealed image at this index's change-feed position."""
         assert self.warm is not None and self._horizon is not None
         space = self._spaces[namespace]
-        self.warm.save(
-            namespace,
-            space.to_image(),
-            model_id=self.model_id,
-            dim=self.dim,
-            tokenizer=self.tokenizer,
-            horizon=self._horizon,
-            applied=tuple(sorted(self._applied)),
-            feed=self.feed.position(),
-        )
+        try:
+            self.warm.save(
+                namespace,
+                space.to_image(),
+                model_id=self.model_id,
+                dim=self.dim,
+                tokenizer=self.tokenizer,
+                horizon=self._horizon,
+                applied=tuple(sorted(self._applied)),
+                feed=self.feed.position(),
+            )
+        except SealedKBError as exc:  # an image is a cache: never fail the caller for it
+            log.warning("memory index image of namespace %s not written: %s", namespace, exc.code)
         self._unsaved[namespace] = 0
         self._saved_at[namespace] = time.monotonic()
 
@@ -799,8 +805,18 @@ class MemoryIndex:
 
     def prepare(self, namespace: str) -> None:
         """Build the namespace's index and catch up (before taking a lock, so that
-        :meth:`duplicate` under it has only the latest changes to read)."""
+        :meth:`duplicate` under it has only the latest changes to read). An index
+        read up to date less than PREPARE_FRESH_SECONDS ago is left for
+        :meth:`duplicate` to catch up on the caller's transaction: what it has to read
+        there is that short moment's changes (one statement and their rows, against
+        a transaction of its own here: the difference in a run of single adds)."""
         with self._lock:
+            if (
+                namespace in self._spaces
+                and self._horizon is not None
+                and time.monotonic() - self._synced_at < PREPARE_FRESH_SECONDS
+            ):
+                return
             self._ready(namespace)
 
     def duplicate(

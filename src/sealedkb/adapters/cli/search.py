@@ -6,6 +6,7 @@ parsed as markup).
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,12 +22,14 @@ from sealedkb.adapters.cli._common import (
     open_kb,
     out,
     print_json,
+    settings,
     warn,
 )
 from sealedkb.model import SearchMode
 
 if TYPE_CHECKING:
     from sealedkb.ingest.importer import ImportSummary
+    from sealedkb.search.memory import MemoryIndex
 
 commands = typer.Typer()
 
@@ -53,7 +56,15 @@ def search(
     json_out: JsonOpt = False,
 ) -> None:
     """Search entries (hybrid: keyword + semantic, fused by reciprocal rank)."""
+    if mode is not SearchMode.KEYWORD and settings().embedder == "minilm":
+        # A one-shot process: the model loads while the knowledge base opens and the
+        # memory index loads its warm-start image (docs/PERFORMANCE.md, "CLI").
+        from sealedkb.embed.minilm import preload
+
+        preload()
     with open_kb() as kb:
+        if kb.memory_index is not None:
+            _prepare_memory_index(kb.memory_index, namespace)
         result = kb.search(
             query,
             mode=mode,
@@ -86,6 +97,16 @@ def search(
         out.print(Text("   " + h.snippet), highlight=False)
     if result.next_offset is not None:
         out.print(f"more: --offset {result.next_offset}", style="dim", markup=False)
+
+
+def _prepare_memory_index(index: MemoryIndex, namespace: str) -> None:
+    """Load (or build) the namespace's memory index now, while the model loads; a
+    failure is left for the search itself to report."""
+    from sealedkb.errors import SealedKBError
+    from sealedkb.model import validate_namespace
+
+    with contextlib.suppress(SealedKBError):
+        index.prepare(validate_namespace(namespace))
 
 
 @command(commands, "import")

@@ -97,6 +97,9 @@ def serve(
             run_http(server, kb, opts)
     finally:
         jobs.stop()
+        if kb.memory_index is not None:
+            # the warm-start images of the namespaces it changed (search/warm_start.py)
+            kb.memory_index.save()
         kb.close()
 
 
