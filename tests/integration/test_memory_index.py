@@ -493,3 +493,38 @@ def test_a_setting_unchecked_at_open_is_checked_before_the_first_write(
         opened.close()
     _no_server_columns(database_url)
     assert len(mem_kb.list(limit=10)) == 1
+
+
+def test_an_add_soon_after_a_read_catches_up_under_its_lock(
+    mem_kb: KnowledgeBase,
+    mem_settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An index read less than PREPARE_FRESH_SECONDS ago is not caught up before the
+    add's lock (no transaction of its own), yet a duplicate another process stored in
+    that moment is still found, by the catch-up under the lock."""
+    other = KnowledgeBase.open(mem_settings)
+    try:
+        clock = [1000.0]
+        monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+        assert mem_kb.search("anything", mode="keyword").hits == []  # built and read now
+        index = mem_kb.memory_index
+        assert index is not None
+        reads: list[bool] = []
+        since = index.feed.since
+
+        def counted(horizon: int, conn: Any = None) -> Any:
+            reads.append(conn is not None)  # True: on the add's own (locking) transaction
+            return since(horizon, conn)
+
+        monkeypatch.setattr(index.feed, "since", counted)
+        theirs = other.add("mike november oscar")  # the other process, just now
+        clock[0] += memory.PREPARE_FRESH_SECONDS / 2
+        assert mem_kb.add("mike november oscar").id == theirs.id
+        assert reads == [True]
+        reads.clear()
+        clock[0] += memory.PREPARE_FRESH_SECONDS * 2  # read too long ago: caught up first
+        mem_kb.add("papa quebec")
+        assert reads == [False, True]
+    finally:
+        other.close()
