@@ -35,7 +35,7 @@ exact, so the plaintext mode keeps ef_search 40 unless its recall is lower) or
 always searched by PostgreSQL. The index used is recorded as ``search_index``.
 
     python bench/bench_search_perf.py [--entries 10000] [--queries 300]
-        [--search-index memory|server] [--json]
+        [--search-index memory|server] [--recall-sweep] [--json]
 """
 
 from __future__ import annotations
@@ -117,6 +117,12 @@ def main() -> int:
         choices=("memory", "server"),
         default=None,
         help="the encrypted knowledge base's search index (default: the search_index setting)",
+    )
+    ap.add_argument(
+        "--recall-sweep",
+        action="store_true",
+        help="server index: also the encrypted mode's semantic recall@10 at other "
+        "over-fetch / ef_search settings (set on the engine for the sweep only)",
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -200,6 +206,10 @@ def main() -> int:
                 )["plaintext"]
                 tuning.append({"plaintext_ef_search": ef, "recall@10": recall["plaintext"]})
             results["semantic_recall@10"] = recall
+            if args.recall_sweep and results["search_index"] == "server":
+                results["encrypted_recall_sweep"] = recall_sweep(
+                    kbs["encrypted"], queries, qvecs, entries
+                )
             results["plaintext_ef_tuning"] = tuning
             results["search"] = latency(kbs, queries, args.rounds)
             if kbs["plaintext"].engine.ef_search_min != EF_SEARCH_MIN:
@@ -330,6 +340,27 @@ def semantic_recall(
     return out
 
 
+SWEEP = ((8, 40), (8, 128), (8, 200), (12, 40), (16, 40), (16, 200))
+
+
+def recall_sweep(
+    kb: KnowledgeBase, queries: list[str], qvecs: np.ndarray, entries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The server index's semantic recall@10 vs exact per (over-fetch, minimum
+    ef_search): what a setting would give, the shipped one restored after."""
+    eng = kb.engine
+    shipped = (eng.oversample, eng.ef_search_min)
+    out = []
+    try:
+        for over, ef in SWEEP:
+            eng.oversample, eng.ef_search_min = over, ef
+            got = semantic_recall({"encrypted": kb}, queries, qvecs, entries)["encrypted"]
+            out.append({"oversample": over, "ef_search_min": ef, "recall@10": got})
+    finally:
+        eng.oversample, eng.ef_search_min = shipped
+    return out
+
+
 def report(r: dict[str, Any]) -> None:
     c = r["corpus"]
     print(
@@ -376,6 +407,11 @@ def report(r: dict[str, Any]) -> None:
         f"{st['plaintext_ef_search']}), encrypted {rec['encrypted']:.3f} (oversample "
         f"{st['oversample']}, ef_search {st['encrypted_ef_search']})"
     )
+    for row in r.get("encrypted_recall_sweep", []):
+        print(
+            f"  encrypted over-fetch x{row['oversample']}, ef_search >= {row['ef_search_min']}: "
+            f"recall@10 {row['recall@10']:.3f}"
+        )
     print(f"load average: start {r['loadavg_start'][0]:.1f}, end {r['loadavg_end'][0]:.1f}")
     e = r["embedding"]
     print(
