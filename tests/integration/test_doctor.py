@@ -93,6 +93,9 @@ ALL_CHECKS = {
     "database.certificate",
     "database.pgvector",
     "keys.provider",
+    "keys.access",
+    "keys.rotation",
+    "keys.deletion",
     "keys.custody",
     "keys.permissions",
     "snapshots.folder",
@@ -129,7 +132,7 @@ def test_healthy_socket_setup_is_all_ok_and_text_output(
     text = invoke(home, database_url, "doctor", env={"SEALEDKB_ROOT_KEY_FILE": str(root_key)})
     assert text.exit_code == 0
     assert "OK    database.transport" in text.stdout
-    assert "11 OK" in text.stdout
+    assert "14 OK" in text.stdout
 
 
 # --- TLS failures: FAIL with the fix -------------------------------------------------------

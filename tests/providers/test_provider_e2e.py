@@ -2,12 +2,16 @@
 OpenBao, PKCS#11 on SoftHSM2, KMIP on PyKMIP): ``init --kms-key-id <URI>`` then
 add, search, get, ``snapshot create``, ``snapshot verify`` and ``snapshot
 restore`` into a fresh database, whose entries then read back through the key
-service; and the canary (tests/canary_helpers.py) under each provider: the marker
-reaches neither the data directory, nor a dump, nor the home folder."""
+service; the canary (tests/canary_helpers.py) under each provider: the marker
+reaches neither the data directory, nor a dump, nor the home folder; and
+``doctor``'s provider checks (access, rotation, deletion window, clock) on each,
+with the failures an operator would meet (a Vault token without decrypt, rotation
+off, a deletion scheduled)."""
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,3 +140,88 @@ def test_canary_under_each_provider(embedded_home: Path, external: External) -> 
     assert found.disk_hits == {}, f"marker found in the data directory: {found.disk_hits}"
     assert found.dump_hits == [], "marker found in pg_dump output"
     assert found.home_hits == {}, f"marker found in the home folder: {found.home_hits}"
+
+
+def _doctor(cli: Cli, env: dict[str, str]) -> tuple[int, dict[str, dict[str, Any]]]:
+    result = cli("doctor", "--json", env=env)
+    data = json.loads(result.stdout)
+    checks = {c["name"]: c for c in data["checks"]}
+    for c in checks.values():
+        if c["status"] in ("WARN", "FAIL"):
+            assert c["fix"], c
+    return result.exit_code, checks
+
+
+def test_doctor_checks_the_provider(
+    cli: Cli, make_settings: Callable[..., Settings], external: External
+) -> None:
+    settings = make_settings(**external.settings)
+    uri = external.new_key(settings)
+    env = {**external.env, "SEALEDKB_EMBEDDER": "hash"}
+    _ok(cli("init", "--kms-key-id", uri, env=env))
+    code, checks = _doctor(cli, env)
+    for name in ("keys.provider", "keys.access", "keys.deletion", "clock"):
+        assert checks[name]["status"] == "OK", checks[name]
+    assert (
+        "GenerateDataKey, Decrypt, GenerateMac and VerifyMac work"
+        in (checks["keys.access"]["message"])
+    )
+    assert checks["keys.deletion"]["message"] == "no deletion scheduled"
+    if external.scheme in ("aws-kms", "vault"):  # they tell their clock (HTTP Date)
+        assert "with the key service" in checks["clock"]["message"]
+    if external.scheme == "vault":  # capabilities-self was asked about every path
+        assert "the service reports all 7 permissions granted" in checks["keys.access"]["message"]
+
+    # rotation off: a warning naming the command that turns it on
+    if external.scheme != "vault":
+        _ok(cli("key", "rotation", "disable", env=env))
+        _, checks = _doctor(cli, env)
+        assert checks["keys.rotation"]["status"] == "WARN"
+        assert "rotation enable" in checks["keys.rotation"]["fix"]
+        _ok(cli("key", "rotation", "enable", env=env))
+    _, checks = _doctor(cli, env)
+    assert checks["keys.rotation"]["status"] == "OK"
+    assert checks["keys.rotation"]["message"].startswith("rotates every ")
+
+    # a scheduled deletion: FAIL with the date and how to cancel it
+    if external.scheme != "vault":  # Transit has no pending deletion (refused)
+        _ok(cli("key", "schedule-deletion", "--pending-window-days", "7", env=env))
+        code, checks = _doctor(cli, env)
+        assert code == 1
+        assert checks["keys.deletion"]["status"] == "FAIL"
+        assert "days left" in checks["keys.deletion"]["message"]
+        assert "cancel-deletion" in checks["keys.deletion"]["fix"]
+        _ok(cli("key", "cancel-deletion", env=env))
+        _ok(cli("key", "enable", env=env))
+        code, checks = _doctor(cli, env)
+        assert checks["keys.deletion"]["status"] == "OK", checks["keys.deletion"]
+
+
+def test_doctor_names_the_vault_permissions_missing(cli: Cli, openbao: OpenBao) -> None:
+    """A real ACL: the token may wrap but not unwrap nor re-wrap. The doctor's use of
+    the key fails on Decrypt, and capabilities-self names every path missing."""
+    name = f"kb-{uuid.uuid4().hex[:8]}"
+    openbao.client().adapter.post(
+        f"/v1/transit/keys/{name}", json={"type": "aes256-gcm96", "derived": True}
+    )
+    env = {**openbao.env(), "SEALEDKB_EMBEDDER": "hash"}
+    _ok(cli("init", "--kms-key-id", f"vault:transit/transit/{name}", env=env))
+    mac = env["SEALEDKB_VAULT_MAC_KEY"]
+    client = openbao.client()
+    policy = f"doctor-{name}"
+    client.sys.create_or_update_policy(
+        policy,
+        f'path "transit/encrypt/{name}" {{ capabilities = ["update"] }}\n'
+        f'path "transit/datakey/plaintext/{name}" {{ capabilities = ["update"] }}\n'
+        f'path "transit/keys/{name}" {{ capabilities = ["read"] }}\n'
+        f'path "transit/hmac/{mac}" {{ capabilities = ["update"] }}\n'
+        f'path "transit/verify/{mac}" {{ capabilities = ["update"] }}\n',
+    )
+    token = client.auth.token.create(policies=[policy], ttl="10m")["auth"]["client_token"]
+    code, checks = _doctor(cli, {**env, **openbao.env(token)})
+    assert code == 1
+    access = checks["keys.access"]
+    assert access["status"] == "FAIL"
+    for path in (f"transit/decrypt/{name}", f"transit/rewrap/{name}"):
+        assert f'"update" on path "{path}"' in access["message"], access["message"]
+    assert f"transit/encrypt/{name}" not in access["message"]

@@ -49,6 +49,7 @@ import struct
 import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 from sealedkb.config import Settings
@@ -82,6 +83,7 @@ from sealedkb.keys.provider import (
     MIN_ROTATION_DAYS,
     KeyMetadata,
     KeyState,
+    ProviderDiagnosis,
 )
 
 if TYPE_CHECKING:
@@ -584,6 +586,21 @@ class AwsKmsProvider:
         )
         log.info("KMS key created: %s", uri)
         return self._metadata(uri)
+
+    def diagnose(self, key_uri: str) -> ProviderDiagnosis:
+        """AWS's clock (the HTTP ``Date`` of a DescribeKey answer: SigV4 refuses
+        requests more than 5 minutes off). IAM tells no caller its own permissions
+        without iam:SimulatePrincipalPolicy, so ``doctor`` learns those by using the
+        key (GenerateDataKey, Decrypt, GenerateMac, VerifyMac)."""
+        key_id = _key_id_of(key_uri)
+        self._authorize(key_uri, Action.DESCRIBE_KEY)
+        resp = self._call("DescribeKey", key_uri, lambda c: c.describe_key(KeyId=key_id))
+        headers = (resp.get("ResponseMetadata") or {}).get("HTTPHeaders") or {}
+        try:
+            server_time: datetime | None = parsedate_to_datetime(str(headers["date"]))
+        except (KeyError, TypeError, ValueError):
+            server_time = None
+        return ProviderDiagnosis(server_time=server_time)
 
     def describe_key(self, key_uri: str) -> KeyMetadata:
         _key_id_of(key_uri)

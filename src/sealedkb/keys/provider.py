@@ -195,6 +195,31 @@ class SelfScheduling(Protocol):
     schedules_itself: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderDiagnosis:
+    """What a key service tells about itself beyond the key's metadata (``doctor``):
+    the permissions sealedkb needs that the credentials lack, named as the service
+    names them, and the service's clock where it tells it."""
+
+    missing_permissions: tuple[str, ...] = ()
+    server_time: datetime | None = None
+    checked_permissions: int = 0  # how many permissions the service was asked about
+
+
+@runtime_checkable
+class SelfDiagnosing(Protocol):
+    """A key service that can report on the credentials sealedkb uses (Vault's
+    ``sys/capabilities-self``) or its clock (the HTTP ``Date`` of AWS KMS and
+    Vault). Providers without either (an HSM library, KMIP) do not implement it."""
+
+    def diagnose(self, key_uri: str) -> ProviderDiagnosis: ...
+
+
+def diagnosis_of(provider: KeyProvider, key_uri: str) -> ProviderDiagnosis | None:
+    """The provider's self-report, or None where it has none."""
+    return provider.diagnose(key_uri) if isinstance(provider, SelfDiagnosing) else None
+
+
 def schedules_itself(provider: KeyProvider) -> bool:
     return isinstance(provider, SelfScheduling) and provider.schedules_itself is True
 

@@ -49,6 +49,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -79,6 +80,7 @@ from sealedkb.keys.provider import (
     MIN_ROTATION_DAYS,
     KeyMetadata,
     KeyState,
+    ProviderDiagnosis,
 )
 
 if TYPE_CHECKING:
@@ -329,6 +331,58 @@ class VaultTransitProvider:
     @staticmethod
     def _refuse(op: str, how: str) -> ValidationError:
         return ValidationError(f"Vault Transit has no {op}: {how}", field="kms_key_id")
+
+    # --- doctor (keys/provider.py SelfDiagnosing) -------------------------------------
+
+    def required_capabilities(self, key_uri: str) -> dict[str, str]:
+        """Path -> the capability sealedkb's calls need on it (the runbook's policy)."""
+        mount, name = parse_uri(key_uri)
+        paths = {
+            f"{mount}/datakey/plaintext/{name}": "update",
+            f"{mount}/encrypt/{name}": "update",
+            f"{mount}/decrypt/{name}": "update",
+            f"{mount}/rewrap/{name}": "update",
+            f"{mount}/keys/{name}": "read",
+        }
+        if self._mac_key:
+            paths[f"{mount}/hmac/{self._mac_key}"] = "update"
+            paths[f"{mount}/verify/{self._mac_key}"] = "update"
+        return paths
+
+    def diagnose(self, key_uri: str) -> ProviderDiagnosis:
+        """The token's capabilities on every path sealedkb uses
+        (``sys/capabilities-self``) and the server's clock (its HTTP ``Date``)."""
+        needed = self.required_capabilities(key_uri)
+        resp = self._request(
+            "post",
+            "sys/capabilities-self",
+            what="capabilities-self",
+            key_uri=key_uri,
+            management=True,
+            body={"paths": sorted(needed)},
+        )
+        data = resp.get("data") if isinstance(resp.get("data"), dict) else resp
+        missing: list[str] = []
+        for path, capability in sorted(needed.items()):
+            caps = data.get(path) if isinstance(data, dict) else None
+            granted = {str(c) for c in caps} if isinstance(caps, list) else set()
+            if capability not in granted and "root" not in granted:
+                missing.append(f'"{capability}" on path "{path}"')
+        return ProviderDiagnosis(
+            missing_permissions=tuple(missing),
+            server_time=self._server_time(),
+            checked_permissions=len(needed),
+        )
+
+    def _server_time(self) -> datetime | None:
+        client = self._conn.client()
+        try:
+            resp = client.adapter.session.get(
+                f"{client.url}/v1/sys/health", timeout=TIMEOUT_SECONDS
+            )
+            return parsedate_to_datetime(resp.headers["Date"])
+        except (OSError, KeyError, TypeError, ValueError):
+            return None
 
     # --- wrapped blobs -------------------------------------------------------------
 

@@ -29,17 +29,29 @@ import psycopg
 from sealedkb.config import CONFIG_FILE, Settings, load_settings
 from sealedkb.crypto.certs import CertInfo, describe_der, describe_pem_file
 from sealedkb.errors import (
+    AccessDeniedError,
     NotInitializedError,
     SealedKBError,
     TransportRefusedError,
 )
 from sealedkb.kb.wiring import DatabaseTarget, key_provider, resolve_database
-from sealedkb.keys.provider import keystore_of
+from sealedkb.keys.provider import (
+    KeyMetadata,
+    KeyProvider,
+    KeyState,
+    ProviderDiagnosis,
+    diagnosis_of,
+    keystore_of,
+)
 from sealedkb.store import diagnostics
 from sealedkb.store.db import MIN_SERVER_VERSION, connect
 from sealedkb.store.tls import ACCEPTED_PROTOCOLS, probe, session_of
 from sealedkb.store.transport import CAUSES, Endpoint
 
+#: Local clock vs. the key service's, in seconds, beyond which AWS SigV4 refuses requests.
+KEY_SERVICE_SKEW_FAIL_SECONDS = 300.0
+#: The encryption context of the doctor's own data key (made, unwrapped, discarded).
+PROBE_CONTEXT = {"sealedkb:namespace": "sealedkb-doctor", "sealedkb:purpose": "probe"}
 #: A certificate that expires within this many days is a warning.
 EXPIRY_WARN_DAYS = 30
 #: Local clock vs. the database server's, in seconds, beyond which to warn.
@@ -82,6 +94,9 @@ class _State:
     target: DatabaseTarget | None = None
     conn: psycopg.Connection[Any] | None = None
     meta: dict[str, str] | None = None
+    provider: KeyProvider | None = None  # the knowledge base's key provider, once reached
+    key: KeyMetadata | None = None  # its KMS key, as the provider describes it
+    diagnosis: ProviderDiagnosis | None = None  # the provider's self-report, if it has one
     notes: dict[str, str] = field(default_factory=dict)
 
 
@@ -103,6 +118,8 @@ _NEEDS_TEXT = {
     "settings": "the settings are invalid",
     "target": "the database is not configured usably",
     "conn": "no database connection",
+    "provider": "the key provider was not reached",
+    "key": "the KMS key was not described",
 }
 
 
@@ -412,7 +429,9 @@ def _provider(state: _State) -> Check:
     key_uri = meta.get("kms_key_uri")
     if key_uri is None:
         return Check("keys.provider", Status.FAIL, "the knowledge base names no KMS key", None)
-    state_name = provider.describe_key(key_uri).state.value
+    key = provider.describe_key(key_uri)
+    state.provider, state.key = provider, key
+    state_name = key.state.value
     if state_name != "Enabled":
         return Check(
             "keys.provider",
@@ -427,6 +446,118 @@ def _provider(state: _State) -> Check:
         Status.OK,
         f"{provider.scheme} provider reachable, KMS key {key_uri} Enabled, root key: {source}",
     )
+
+
+@_check("keys.access", "provider", "key")
+def _access(state: _State) -> Check:
+    """The permissions sealedkb needs, learnt by using the key as the knowledge base
+    does (a data key made and unwrapped under the doctor's own context, then
+    discarded; an audit MAC made and verified) and, where the service tells, from
+    its report on the credentials (Vault's capabilities)."""
+    assert state.provider is not None and state.key is not None
+    provider, key_uri = state.provider, state.key.key_id
+    if state.key.state is not KeyState.ENABLED:
+        return Check("keys.access", Status.SKIP, "not checked: the KMS key is not Enabled")
+    missing: list[str] = []
+    failures: list[str] = []
+
+    def attempt(what: str, fn: Callable[[], object]) -> object | None:
+        try:
+            return fn()
+        except AccessDeniedError as exc:
+            missing.append(f"{what}: {exc.message}")
+        except SealedKBError as exc:
+            failures.append(f"{what}: {exc.message}")
+        return None
+
+    made = attempt("GenerateDataKey", lambda: provider.generate_data_key(key_uri, PROBE_CONTEXT))
+    if isinstance(made, tuple):
+        plain, wrapped = made
+        opened = attempt("Decrypt", lambda: provider.decrypt(key_uri, wrapped, PROBE_CONTEXT))
+        if opened is not None and opened != plain:
+            failures.append("Decrypt: the key service returned another data key")
+    mac = attempt("GenerateMac", lambda: provider.generate_mac(b"sealedkb doctor probe"))
+    if isinstance(mac, bytes):
+        ok = attempt("VerifyMac", lambda: provider.verify_mac(b"sealedkb doctor probe", mac))
+        if ok is False:
+            failures.append("VerifyMac: the key service does not verify its own MAC")
+    diagnosis = attempt("diagnose", lambda: diagnosis_of(provider, key_uri))
+    if isinstance(diagnosis, ProviderDiagnosis):
+        state.diagnosis = diagnosis
+        missing += [f"missing {p}" for p in diagnosis.missing_permissions]
+    fix_doc = "see docs/ENCRYPTION-KEY-MANAGEMENT.md, the chapter of the " + provider.scheme
+    if missing:
+        return Check(
+            "keys.access",
+            Status.FAIL,
+            "the credentials lack permissions sealedkb needs: " + "; ".join(missing),
+            f"grant them to the credentials sealedkb uses ({fix_doc} provider)",
+        )
+    if failures:
+        return Check(
+            "keys.access",
+            Status.FAIL,
+            "the key service refused: " + "; ".join(failures),
+            f"{fix_doc} provider, troubleshooting",
+        )
+    told = (
+        f", and the service reports all {state.diagnosis.checked_permissions} permissions granted"
+        if state.diagnosis is not None and state.diagnosis.checked_permissions
+        else ""
+    )
+    return Check(
+        "keys.access",
+        Status.OK,
+        "GenerateDataKey, Decrypt, GenerateMac and VerifyMac work with " + key_uri + told,
+    )
+
+
+@_check("keys.rotation", "key")
+def _rotation(state: _State) -> Check:
+    assert state.key is not None
+    key = state.key
+    versions = f"{key.versions} version{'s' if key.versions != 1 else ''}"
+    if not key.rotation_enabled:
+        return Check(
+            "keys.rotation",
+            Status.WARN,
+            f"automatic rotation of {key.key_id} is off ({versions})",
+            "sealedkb key rotation enable (or the key service's own schedule; "
+            "docs/ENCRYPTION-KEY-MANAGEMENT.md)",
+        )
+    due = f", next on {_date(key.next_rotation_date)}" if key.next_rotation_date else ""
+    return Check(
+        "keys.rotation",
+        Status.OK,
+        f"rotates every {key.rotation_period_days} days{due} ({versions})",
+    )
+
+
+@_check("keys.deletion", "key")
+def _deletion(state: _State) -> Check:
+    assert state.key is not None
+    key = state.key
+    if key.state is KeyState.PENDING_DELETION:
+        when = key.deletion_date
+        left = (
+            f" on {_date(when)} ({max(0, (when - dt.datetime.now(dt.UTC)).days)} days left)"
+            if when is not None
+            else ""
+        )
+        return Check(
+            "keys.deletion",
+            Status.FAIL,
+            f"KMS key {key.key_id} is scheduled for deletion{left}: after it every entry is lost",
+            "sealedkb key cancel-deletion, then sealedkb key enable",
+        )
+    if key.state is KeyState.DESTROYED:
+        return Check(
+            "keys.deletion",
+            Status.FAIL,
+            f"KMS key {key.key_id} is destroyed: its data cannot be read again",
+            "restore from a snapshot taken under another key (snapshot copy)",
+        )
+    return Check("keys.deletion", Status.OK, "no deletion scheduled")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -540,12 +671,27 @@ def _clock(state: _State) -> Check:
     if local < _EARLIEST_SANE_CLOCK:
         return Check("clock", Status.FAIL, f"the local clock says {_date(local)}", fix)
     skew = (server - local).total_seconds()
-    if abs(skew) > CLOCK_SKEW_WARN_SECONDS:
+    told = state.diagnosis.server_time if state.diagnosis is not None else None
+    kms_skew = (told - local).total_seconds() if told is not None else None
+    if kms_skew is not None and abs(kms_skew) > KEY_SERVICE_SKEW_FAIL_SECONDS:
+        return Check(
+            "clock",
+            Status.FAIL,
+            f"the local clock and the key service's differ by {kms_skew:+.0f} s "
+            "(signed requests are refused beyond 300 s)",
+            "synchronise this machine's clock (NTP)",
+        )
+    if abs(skew) > CLOCK_SKEW_WARN_SECONDS or (
+        kms_skew is not None and abs(kms_skew) > CLOCK_SKEW_WARN_SECONDS
+    ):
+        kms = f", the key service's by {kms_skew:+.0f} s" if kms_skew is not None else ""
         return Check(
             "clock",
             Status.WARN,
-            f"the local clock and the database server's differ by {skew:+.0f} s "
+            f"the local clock and the database server's differ by {skew:+.0f} s{kms} "
             "(certificate validity and key rotation dates depend on them)",
             fix,
         )
-    return Check("clock", Status.OK, f"in step with the database server ({skew:+.1f} s)")
+    # an HTTP Date has whole seconds
+    kms = f", with the key service ({kms_skew:+.0f} s)" if kms_skew is not None else ""
+    return Check("clock", Status.OK, f"in step with the database server ({skew:+.1f} s){kms}")
