@@ -364,7 +364,14 @@ class _Space:
         tags = img.tags
         ptr = img.tag_ptr.tolist()
         tag_idx = img.tag_idx.tolist()
-        space.tags = [frozenset(tags[j] for j in tag_idx[ptr[i] : ptr[i + 1]]) for i in range(n)]
+        sets: dict[tuple[int, ...], frozenset[str]] = {}  # entries share few tag sets
+        space.tags = []
+        for i in range(n):
+            key = tuple(tag_idx[ptr[i] : ptr[i + 1]])
+            got = sets.get(key)
+            if got is None:
+                got = sets[key] = frozenset(tags[j] for j in key)
+            space.tags.append(got)
         space.archived = img.archived.tolist()
         fp_hex = img.fp.tobytes().hex()
         fps = [fp_hex[i : i + 64] for i in range(0, 64 * n, 64)]
