@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,11 @@ from typing import Any
 
 import psycopg
 import pytest
+
+# The external key services (one each per test process) for the key-service faults.
+from tests.key_service_fixtures import kmip_server as kmip_server
+from tests.key_service_fixtures import moto_kms as moto_kms
+from tests.key_service_fixtures import openbao as openbao
 
 from sealedkb.config import Settings, load_settings
 from sealedkb.errors import SealedKBError
@@ -81,6 +87,7 @@ class Load:
     acked: dict[str, str] = field(default_factory=dict)  # entry id -> content
     codes: dict[str, int] = field(default_factory=dict)
     foreign: list[BaseException] = field(default_factory=list)
+    longest: float = 0.0  # seconds of the slowest call, answered or refused
     _stop: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -91,10 +98,12 @@ class Load:
         while not self._stop.is_set():
             i += 1
             content = f"writer {wid} note {i} {uuid.uuid4().hex}"
+            started = time.monotonic()
             try:
                 entry = self.kb.add(content, tags=[f"w{wid}"])
             except SealedKBError as exc:
                 with self._lock:
+                    self.longest = max(self.longest, time.monotonic() - started)
                     self.codes[exc.code] = self.codes.get(exc.code, 0) + 1
                 self._stop.wait(0.02)
                 continue
@@ -103,6 +112,7 @@ class Load:
                     self.foreign.append(exc)
                 return
             with self._lock:
+                self.longest = max(self.longest, time.monotonic() - started)
                 self.acked[str(entry.id)] = content
 
     def start(self) -> Load:
@@ -115,6 +125,10 @@ class Load:
     def acked_count(self) -> int:
         with self._lock:
             return len(self.acked)
+
+    def refused(self, code: str) -> int:
+        with self._lock:
+            return self.codes.get(code, 0)
 
     def stop(self) -> None:
         self._stop.set()

@@ -1,7 +1,10 @@
 """A TCP proxy for fault tests: listens on 127.0.0.1 only and forwards to a
-PostgreSQL Unix socket, with faults switched on and off while it runs: added
-latency, every live connection dropped, and a black hole (accepted connections,
-and bytes, vanish without an answer).
+PostgreSQL Unix socket or a TCP service on 127.0.0.1 (a key service), with faults
+switched on and off while it runs: added latency (both ways, or on replies only:
+a slow service), every live connection dropped, a black hole (accepted
+connections, and bytes, vanish without an answer), a service that is down
+(every connection reset at once) and a canned answer to every request (an HTTP
+throttling reply, as AWS KMS or Vault send under load).
 
 It runs an asyncio loop on its own thread, so synchronous code under test can use
 it as if it were a flaky network."""
@@ -33,10 +36,17 @@ def sockets_to(port: int) -> int:
 
 
 class FaultProxy:
-    def __init__(self, target_socket: Path) -> None:
+    def __init__(self, target_socket: Path | None = None, target_port: int = 0) -> None:
+        assert (target_socket is None) != (not target_port), "one target"
         self.target_socket = target_socket
+        self.target_port = target_port
         self.latency = 0.0  # seconds added before forwarding each chunk
+        self.reply_delay = 0.0  # seconds added before each chunk of the service's reply
         self.blackhole = False
+        self.down = False  # every new connection is reset at once
+        self.answer: bytes | None = None  # sent in reply to each request, then closed
+        self.answered = 0  # requests given the canned answer
+        self.requests = 0  # requests forwarded (chunks sent up after a reply or none)
         self.port = 0
         self.accepted = 0
         self._loop = asyncio.new_event_loop()
@@ -51,6 +61,12 @@ class FaultProxy:
         self._server = asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result(10)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
+
+    def reset(self) -> None:
+        """Every fault off."""
+        self.latency = self.reply_delay = 0.0
+        self.blackhole = self.down = False
+        self.answer = None
 
     def url(self, dbname: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}?sslmode=disable"
@@ -94,13 +110,25 @@ class FaultProxy:
         self._writers.add(writer)
         up_writer: asyncio.StreamWriter | None = None
         try:
+            if self.down:
+                return  # reset (finally aborts)
+            if self.answer is not None:
+                await self._answer(reader, writer, self.answer)
+                return
             while self.blackhole:  # accepted, never answered
                 if writer.is_closing() or await _closed(reader):
                     return
-            up_reader, up_writer = await asyncio.open_unix_connection(str(self.target_socket))
+            if self.target_socket is not None:
+                up_reader, up_writer = await asyncio.open_unix_connection(str(self.target_socket))
+            else:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
             self._writers.add(up_writer)
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        except OSError:
+            asked = asyncio.Event()  # a request went up: its reply is the next to delay
+            await asyncio.gather(
+                self._pump(reader, up_writer, asked=asked),
+                self._pump(up_reader, writer, asked=asked, reply=True),
+            )
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             for w in (writer, up_writer):
@@ -108,11 +136,43 @@ class FaultProxy:
                     w.transport.abort()
                     self._writers.discard(w)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: bytes
+    ) -> None:
+        """Read one HTTP request (headers, then Content-Length bytes), send the answer."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if length:
+            await reader.readexactly(length)
+        self.answered += 1
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    async def _pump(
+        self,
+        src: asyncio.StreamReader,
+        dst: asyncio.StreamWriter,
+        *,
+        asked: asyncio.Event,
+        reply: bool = False,
+    ) -> None:
         try:
             while chunk := await src.read(65536):
                 if self.latency:
                     await asyncio.sleep(self.latency)
+                if not reply:
+                    if not asked.is_set():
+                        self.requests += 1
+                    asked.set()
+                elif asked.is_set():  # the first chunk of a reply: the service is slow
+                    asked.clear()
+                    if self.reply_delay:
+                        await asyncio.sleep(self.reply_delay)
                 if self.blackhole:
                     continue  # the bytes vanish
                 dst.write(chunk)
