@@ -6,27 +6,21 @@ seconds when its holder dies."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from sealedkb.audit.s3 import CheckpointArchive
-from sealedkb.config import Settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.kb.snapshotting import start_scheduler
-from sealedkb.kb.wiring import resolve_database
 from sealedkb.keys.lifecycle import Housekeeper
 from sealedkb.monitoring import alarms
 from sealedkb.objectstore import Bucket, BucketConfig
 from sealedkb.snapshots import SnapshotScheduler
-from sealedkb.store.db import Database
 from sealedkb.store.jobs import Leadership, default_replica_id
 
 __all__ = [
     "JOBS",
     "ReplicaJobs",
     "attach_checkpoint_archive",
-    "open_alarm_store",
     "start_replica_jobs",
 ]
 
@@ -80,18 +74,6 @@ def start_replica_jobs(kb: KnowledgeBase) -> ReplicaJobs:
     evaluator = alarms.start_evaluator(kb, by_job[ALARMS])
     snapshots = start_scheduler(kb, by_job[SNAPSHOTS])
     return ReplicaJobs(replica, housekeeper, evaluator, snapshots, leaderships)
-
-
-@contextlib.contextmanager
-def open_alarm_store(settings: Settings) -> Iterator[alarms.TableAlarmStore]:
-    """The shared alarm state of this home's database, without opening the keys
-    (``alarms list`` / ``alarms history`` from the CLI)."""
-    target = resolve_database(settings, create=False)
-    db = Database(target.url, max_size=1, allow_insecure=settings.database_allow_insecure)
-    try:
-        yield alarms.TableAlarmStore(db)
-    finally:
-        db.close()
 
 
 def attach_checkpoint_archive(kb: KnowledgeBase) -> CheckpointArchive | None:

@@ -26,7 +26,9 @@ read-modify-write in one transaction under an advisory lock; :class:`TableAlarmS
 so ``alarms list`` and ``alarms history`` in another process, and every serving
 replica, see what the evaluating replica decided, a restart does not repeat a
 notification for an alarm that is still in ALARM, and a replica's home folder holds
-none of it. Alarm evaluation is a singleton job (``store/jobs.py``): one replica
+none of it. In an encrypted knowledge base each row carries a MAC under the key
+provider's audit key, so an SQL writer cannot forge or clear a state
+(:class:`TableAlarmStore`). Alarm evaluation is a singleton job (``store/jobs.py``): one replica
 evaluates at a time. :class:`AlarmStore` keeps the same in a file, for tools and
 tests without a database.
 
@@ -40,9 +42,11 @@ never alarms below ``floor`` calls (near-zero traffic doubles easily). Until
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -52,9 +56,13 @@ from typing import TYPE_CHECKING, Any
 
 from sealedkb._fs import file_lock, write_private
 from sealedkb._periodic import PeriodicTask
+from sealedkb.audit.chain import MacKey
+from sealedkb.crypto.digest import canonical_json
 from sealedkb.errors import ConfigError, DatabaseError, NotFoundError, SealedKBError
+from sealedkb.kb.tokens import BoundedCache
 from sealedkb.monitoring.notify import Notification, Notifier
-from sealedkb.store.alarm_state import AlarmRows
+from sealedkb.monitoring.telemetry import Telemetry
+from sealedkb.store.alarm_state import AlarmRows, AlarmSnapshot, StoredChange, StoredState
 from sealedkb.store.db import Database
 from sealedkb.store.jobs import Leadership
 from sealedkb.store.monitoring import MonitoringQueries
@@ -402,33 +410,144 @@ def _doc_json(doc: StateDoc) -> str:
     )
 
 
+_STATE_LABEL = b"sealedkb/alarm/v1/state|"
+_CHANGE_LABEL = b"sealedkb/alarm/v1/change|"
+FORGED_REASON = "The stored state failed its integrity check; evaluated afresh"
+_STORES: weakref.WeakKeyDictionary[KnowledgeBase, TableAlarmStore] = weakref.WeakKeyDictionary()
+_STORES_LOCK = threading.Lock()
+
+
 class TableAlarmStore:
     """Alarm state and history in PostgreSQL (``kb_alarm_state``, ``kb_alarm_history``):
     what ``serve`` uses, so replicas share it and a home folder holds none of it.
-    Same interface as :class:`AlarmStore`."""
+    Same interface as :class:`AlarmStore`.
 
-    def __init__(self, db: Database) -> None:
+    With ``mac_key`` (an encrypted knowledge base: the key provider's audit key, as for
+    bearer-token rows) every row carries a MAC over its alarm name and record (state
+    rows) or its change (history rows). A row whose MAC fails or is missing is refused:
+    a state row reads as INSUFFICIENT_DATA with :data:`FORGED_REASON`, so the next
+    evaluation decides the alarm afresh, rewrites the row with a MAC and notifies again
+    if it is in ALARM; a history row is left out. A row with a wrong MAC (written by
+    someone without the key) is also counted as an integrity failure (the
+    IntegrityFailure alarm); a row with none (from before migration 011, or written
+    during a key-service outage) is refused without counting. Rows found authentic are
+    remembered in the bounded cache bearer tokens use, so an evaluation round costs a
+    key-service call only for rows that changed. If the key service cannot be reached,
+    rows are read unverified (alarms keep working through an outage: KeyUnavailable is
+    one of them) and written without a MAC."""
+
+    def __init__(
+        self,
+        db: Database,
+        mac_key: MacKey | None = None,
+        telemetry: Telemetry | None = None,
+        *,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
         self.rows = AlarmRows(db, HISTORY_KEPT)
+        self._mac_key = mac_key
+        self._telemetry = telemetry
+        self._verified = BoundedCache[bytes, bool](now or (lambda: datetime.now(UTC)))
+
+    @classmethod
+    def of(cls, kb: KnowledgeBase) -> TableAlarmStore:
+        """The alarm store of an open knowledge base, MACed when it is encrypted; one per
+        knowledge base, so every reader (evaluator, /metrics, console, CLI) shares the
+        cache of rows found authentic."""
+        from sealedkb.model import EncryptionMode
+
+        with _STORES_LOCK:
+            store = _STORES.get(kb)
+            if store is None:
+                encrypted = kb.mode is EncryptionMode.ON and kb.provider is not None
+                store = cls(kb.db, kb.provider if encrypted else None, kb.telemetry)
+                _STORES[kb] = store
+            return store
+
+    # --- MACs ------------------------------------------------------------------
 
     @staticmethod
-    def _doc(records: dict[str, dict[str, Any]], history: list[dict[str, Any]]) -> StateDoc:
-        return StateDoc({k: AlarmRecord.from_dict(v) for k, v in records.items()}, history)
+    def _state_message(name: str, record: dict[str, Any]) -> bytes:
+        return _STATE_LABEL + canonical_json({"name": name, "record": record})
+
+    @staticmethod
+    def _change_message(change: dict[str, Any]) -> bytes:
+        return _CHANGE_LABEL + canonical_json(change)
+
+    def _sign(self, message: bytes) -> bytes | None:
+        if self._mac_key is None:
+            return None
+        try:
+            return self._mac_key.generate_mac(message)
+        except SealedKBError as exc:
+            log.warning("alarm row written without a MAC: %s", exc.code)
+            return None
+
+    def _authentic(self, message: bytes, mac: bytes | None) -> bool:
+        if self._mac_key is None:
+            return True
+        if mac is None:
+            return False
+        seen = hashlib.sha256(message + b"|" + mac).digest()
+        if self._verified.get(seen):
+            return True
+        try:
+            ok = self._mac_key.verify_mac(message, mac)
+        except SealedKBError as exc:  # cannot check now: read as it is
+            log.warning("alarm row not verified: %s", exc.code)
+            return True
+        if ok:  # only successes: a forged row is checked (and refused) every time
+            self._verified.put(seen, True)
+        return ok
+
+    def _forged(self, what: str, mac: bytes | None) -> None:
+        if mac is None:  # from before MACs, or written during a key-service outage
+            log.info("alarm %s row has no MAC: refused", what)
+            return
+        if self._telemetry is not None:
+            self._telemetry.integrity_failure()
+        log.warning("alarm %s row failed its integrity check: refused", what)
+
+    def _doc(self, snapshot: AlarmSnapshot) -> tuple[StateDoc, set[str]]:
+        stored, changes = snapshot
+        alarms: dict[str, AlarmRecord] = {}
+        forged: set[str] = set()
+        for name, row in stored.items():
+            if self._authentic(self._state_message(name, row.record), row.mac):
+                alarms[name] = AlarmRecord.from_dict(row.record)
+            else:
+                self._forged(f"state {name!r}", row.mac)
+                alarms[name] = AlarmRecord(reason=FORGED_REASON)
+                forged.add(name)
+        history = []
+        for item in changes:
+            if self._authentic(self._change_message(item.change), item.mac):
+                history.append(item.change)
+            else:
+                self._forged("history", item.mac)
+        return StateDoc(alarms, history), forged
 
     def load(self) -> StateDoc:
-        return self._doc(*self.rows.load())
+        return self._doc(self.rows.load())[0]
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[StateDoc]:
-        """Read-modify-write in one transaction under an advisory lock."""
-        with self.rows.locked() as ((records, history), conn):
-            doc = self._doc(records, history)
+        """Read-modify-write in one transaction under an advisory lock; a refused
+        state row is always rewritten (with a MAC) when the block ends."""
+        with self.rows.locked() as (snapshot, conn):
+            doc, forged = self._doc(snapshot)
             before = {k: v.to_dict() for k, v in doc.alarms.items()}
             seen = len(doc.history)
             yield doc
             changed = {
-                k: v.to_dict() for k, v in doc.alarms.items() if before.get(k) != v.to_dict()
+                k: StoredState(d, self._sign(self._state_message(k, d)))
+                for k, v in doc.alarms.items()
+                if before.get(k) != (d := v.to_dict()) or k in forged
             }
-            self.rows.write(conn, changed, doc.history[seen:])
+            added = [
+                StoredChange(c, self._sign(self._change_message(c))) for c in doc.history[seen:]
+            ]
+            self.rows.write(conn, changed, added)
 
 
 AlarmStateStore = AlarmStore | TableAlarmStore
@@ -522,7 +641,7 @@ class Evaluator:
         self.specs = specs if specs is not None else load_specs(settings.alarms)
         self.scopes = scopes
         self.notifier = notifier or Notifier.from_settings(settings)
-        self.store: AlarmStateStore = store or TableAlarmStore(kb.db)
+        self.store: AlarmStateStore = store or TableAlarmStore.of(kb)
         self.runbook_base = settings.alarm_runbook_base
         self.clock = clock or (lambda: datetime.now(UTC))
         self.interval = interval if interval is not None else settings.alarm_interval

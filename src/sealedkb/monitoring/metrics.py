@@ -404,7 +404,7 @@ class KnowledgeBaseCollector(Collector):
             specs = load_specs(self.kb.settings.alarms)
         except SealedKBError:
             return
-        doc = TableAlarmStore(self.kb.db).load()
+        doc = TableAlarmStore.of(self.kb).load()
         fam = GaugeMetricFamily(
             "sealedkb_alarm_state",
             "1 for each built-in alarm's current state (OK, ALARM, INSUFFICIENT_DATA).",

@@ -1,12 +1,14 @@
-"""Alarm state and history rows (``kb_alarm_state``, ``kb_alarm_history``, migration
-010), shared by every serving replica and the CLI (monitoring/alarms.py decides;
-this module only stores). Read-modify-write under a transaction-scoped advisory
-lock, so two evaluators never interleave."""
+"""Alarm state and history rows (``kb_alarm_state``, ``kb_alarm_history``, migrations
+010 and 011), shared by every serving replica and the CLI (monitoring/alarms.py decides
+and computes each row's MAC; this module only stores, and never sees a key).
+Read-modify-write under a transaction-scoped advisory lock, so two evaluators never
+interleave."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import Connection
@@ -15,11 +17,32 @@ from psycopg.types.json import Jsonb
 
 from sealedkb.store.db import Database
 
-__all__ = ["AlarmRows", "AlarmSnapshot"]
+__all__ = ["AlarmRows", "AlarmSnapshot", "StoredChange", "StoredState"]
 
 _STATE_LOCK = 0x5EA1ED_0A1A  # pg_advisory_xact_lock key for alarm read-modify-write
 
-AlarmSnapshot = tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]
+
+@dataclass(frozen=True)
+class StoredState:
+    """One ``kb_alarm_state`` row: the alarm's record and its MAC (None: none stored)."""
+
+    record: dict[str, Any]
+    mac: bytes | None
+
+
+@dataclass(frozen=True)
+class StoredChange:
+    """One ``kb_alarm_history`` row: a state change and its MAC."""
+
+    change: dict[str, Any]
+    mac: bytes | None
+
+
+AlarmSnapshot = tuple[dict[str, StoredState], list[StoredChange]]
+
+
+def _mac(value: Any) -> bytes | None:
+    return bytes(value) if value is not None else None
 
 
 class AlarmRows:
@@ -29,14 +52,14 @@ class AlarmRows:
 
     def _read(self, conn: Connection[TupleRow]) -> AlarmSnapshot:
         records = {
-            str(r[0]): r[1]
-            for r in conn.execute("SELECT name, record FROM kb_alarm_state").fetchall()
+            str(r[0]): StoredState(r[1], _mac(r[2]))
+            for r in conn.execute("SELECT name, record, mac FROM kb_alarm_state").fetchall()
             if isinstance(r[1], dict)
         }
         history = [
-            r[0]
+            StoredChange(r[0], _mac(r[1]))
             for r in conn.execute(
-                "SELECT change FROM (SELECT id, change FROM kb_alarm_history"
+                "SELECT change, mac FROM (SELECT id, change, mac FROM kb_alarm_history"
                 " ORDER BY id DESC LIMIT %s) h ORDER BY id",
                 (self.history_kept,),
             ).fetchall()
@@ -57,19 +80,20 @@ class AlarmRows:
     def write(
         self,
         conn: Connection[TupleRow],
-        records: dict[str, dict[str, Any]],
-        new_history: list[dict[str, Any]],
+        records: dict[str, StoredState],
+        new_history: list[StoredChange],
     ) -> None:
-        for name, record in records.items():
+        for name, row in records.items():
             conn.execute(
-                "INSERT INTO kb_alarm_state (name, record) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record, updated_at = now()",
-                (name, Jsonb(record)),
+                "INSERT INTO kb_alarm_state (name, record, mac) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET record = EXCLUDED.record,"
+                " mac = EXCLUDED.mac, updated_at = now()",
+                (name, Jsonb(row.record), row.mac),
             )
-        for change in new_history:
+        for item in new_history:
             conn.execute(
-                "INSERT INTO kb_alarm_history (alarm, change) VALUES (%s, %s)",
-                (str(change.get("alarm", "")), Jsonb(change)),
+                "INSERT INTO kb_alarm_history (alarm, change, mac) VALUES (%s, %s, %s)",
+                (str(item.change.get("alarm", "")), Jsonb(item.change), item.mac),
             )
         if new_history:
             conn.execute(

@@ -38,7 +38,7 @@ def alarm_summary(kb: KnowledgeBase) -> dict[str, str]:
     try:
         rows = alarms.list_alarms(
             alarms.load_specs(loaded.alarms),
-            alarms.TableAlarmStore(kb.db),
+            alarms.TableAlarmStore.of(kb),
             loaded.alarm_runbook_base,
         )
     except ConfigError:
@@ -64,13 +64,12 @@ def alarms_list(
 
     loaded = settings()
     specs = alarms.load_specs(loaded.alarms)
-    if evaluate:
-        with open_kb() as kb:
+    # opened with the knowledge base: each stored row's MAC is checked (a forged one is
+    # refused and reads INSUFFICIENT_DATA)
+    with open_kb() as kb:
+        if evaluate:
             alarms.Evaluator(kb, specs=specs, scopes=("shared",)).evaluate()
-    from sealedkb.kb.replicas import open_alarm_store
-
-    with open_alarm_store(loaded) as store:
-        rows = alarms.list_alarms(specs, store, loaded.alarm_runbook_base)
+        rows = alarms.list_alarms(specs, alarms.TableAlarmStore.of(kb), loaded.alarm_runbook_base)
     if json_out:
         print_json(rows)
         return
@@ -102,10 +101,8 @@ def alarms_history(
         alarms.find_spec(alarms.load_specs(loaded.alarms), name)
     if not 1 <= limit <= alarms.HISTORY_KEPT:
         raise ValidationError(f"--limit must be 1-{alarms.HISTORY_KEPT}", field="limit")
-    from sealedkb.kb.replicas import open_alarm_store
-
-    with open_alarm_store(loaded) as store:
-        items = alarms.history(store, name, limit)
+    with open_kb() as kb:  # each stored change's MAC is checked; a forged one is left out
+        items = alarms.history(alarms.TableAlarmStore.of(kb), name, limit)
     if json_out:
         print_json(items)
         return

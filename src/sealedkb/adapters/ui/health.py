@@ -104,7 +104,7 @@ def health_view(kb: KnowledgeBase, principal: Principal) -> HealthView:
 
     st = kb.status()
     checks = build_summary(kb, status=st, audit_verify_max=AUDIT_VERIFY_MAX_EVENTS)
-    store = alarms.TableAlarmStore(kb.db)
+    store = alarms.TableAlarmStore.of(kb)
     specs = alarms.load_specs(kb.settings.alarms)
     alarm_rows = tuple(
         AlarmRow(
