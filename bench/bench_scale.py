@@ -44,7 +44,8 @@ create and verify, MB/s of the snapshot file.
         --modes memory,server,plaintext [--defer-indexes] [--no-snapshot] \
         [--data /tmp/sealedkb-scale] [--out bench/results/scale-DATE.json]
 
-    python bench/bench_scale.py --plot bench/results/scale-DATE.json --png docs/images/scale.png
+    python bench/bench_scale.py --plot bench/results/scale-2026-12-03.json \
+        --png docs/images/scale.png   # the plot, and the table printed
 """
 
 from __future__ import annotations
@@ -455,20 +456,29 @@ def plot(path: Path, png: Path) -> None:
 
     runs = json.loads(path.read_text())["runs"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for mode, style in zip(MODES, ("o-", "s-", "^--"), strict=True):
-        rs = sorted((r for r in runs if r["mode"] == mode), key=lambda r: r["size"])
+    for mode, style, color in zip(MODES, ("o-", "s-", "^--"), ("C0", "C1", "C2"), strict=True):
+        rs = sorted(
+            (r for r in runs if r["mode"] == mode and "search" in r), key=lambda r: r["size"]
+        )
         if not rs:
             continue
         xs = [r["size"] for r in rs]
-        ax1.plot(xs, [r["search"]["hybrid"]["p50_ms"] for r in rs], style, label=f"{mode} p50")
-        ax1.plot(
-            xs, [r["search"]["hybrid"]["p95_ms"] for r in rs], style, alpha=0.4, label=f"{mode} p95"
+        p50 = [r["search"]["hybrid"]["p50_ms"] for r in rs]
+        p95 = [r["search"]["hybrid"]["p95_ms"] for r in rs]
+        ax1.plot(xs, p50, style, color=color, label=f"{mode} p50")
+        ax1.plot(xs, p95, style, color=color, alpha=0.35, label=f"{mode} p95")
+        served = [r for r in rs if "serve" in r]
+        ax2.plot(
+            [r["size"] for r in served],
+            [r["serve"]["rss_mib"] for r in served],
+            style,
+            color=color,
+            label=mode,
         )
-        ax2.plot(xs, [r["serve"]["rss_mib"] for r in rs], style, label=mode)
     ax1.axhline(50, color="grey", lw=0.8, ls=":")
     ax1.set(xscale="log", yscale="log", xlabel="entries", ylabel="hybrid search ms")
     ax1.set_title("hybrid search latency (limit 10, in process)")
-    ax2.set(xscale="log", xlabel="entries", ylabel="MiB")
+    ax2.set(xscale="log", xlabel="entries", ylabel="MiB", ylim=(0, None))
     ax2.set_title("resident memory of serve after 21 searches")
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
@@ -477,6 +487,34 @@ def plot(path: Path, png: Path) -> None:
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
+
+
+def table(path: Path) -> str:
+    """The results as the Markdown table of docs/PERFORMANCE.md."""
+    runs = json.loads(path.read_text())["runs"]
+    head = (
+        "| entries | mode | ingest /s | hybrid p50 / p95 ms | keyword p50 / p95 | "
+        "semantic p50 / p95 | recall@10 | serve RSS MiB | cold start s | database MB | "
+        "snapshot create / verify MB/s | load avg |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [head]
+    for r in runs:
+        se, sv, sn = r.get("search", {}), r.get("serve", {}), r.get("snapshot")
+
+        def pp(k: str, se: dict[str, Any] = se) -> str:
+            return f"{se[k]['p50_ms']:.0f} / {se[k]['p95_ms']:.0f}" if k in se else "-"
+
+        load = f"{r['loadavg_start'][0]:.0f}-{r.get('loadavg_end', r['loadavg_start'])[0]:.0f}"
+        rows.append(
+            f"| {r['size']:,} | {r['mode']} | {r['ingest']['entries_per_s']:.0f} | "
+            f"{pp('hybrid')} | {pp('keyword')} | {pp('semantic')} | "
+            f"{r.get('recall@10', '-')} | {sv.get('rss_mib', '-')} | "
+            f"{sv.get('cold_start_s', '-')} | {r.get('database_mb', '-')} | "
+            + (f"{sn['create_mb_per_s']} / {sn['verify_mb_per_s']}" if sn else "-")
+            + f" | {load} |"
+        )
+    return "\n".join(rows)
 
 
 def main() -> int:
@@ -496,6 +534,7 @@ def main() -> int:
     args = ap.parse_args()
     if args.plot:
         plot(args.plot, args.png)
+        print(table(args.plot))
         return 0
     cache = EmbeddingCache()
     args.data.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,15 @@ def main() -> int:
         "--warmup", type=float, default=60.0, help="seconds before the RSS bound applies"
     )
     ap.add_argument("--rss-bound-mib", type=float, default=64.0)
+    ap.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="the server's pool_max_size (default: clients + 8, a connection per client)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = ap.parse_args()
+    pool_size = min(100, args.pool_size or args.clients + 8)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     load_before = os.getloadavg()
 
@@ -148,6 +156,7 @@ def main() -> int:
             SEALEDKB_EMBEDDER="hash",
             SEALEDKB_HTTP_RATE_PER_SECOND="10000",
             SEALEDKB_HTTP_RATE_BURST="100000",
+            SEALEDKB_POOL_MAX_SIZE=str(pool_size),
         )
         argv = [sys.executable, "-m", "sealedkb", "serve", "--transport", "http"]
         # the server's log goes to a file: a pipe nobody reads fills up and blocks it
@@ -219,7 +228,7 @@ def main() -> int:
         f"started {started}; load average before {load_before[0]:.2f}, "
         f"after {os.getloadavg()[0]:.2f} (1 min)",
         f"{args.clients} clients x {args.duration:.0f} s over HTTP (loopback), encrypted KB, "
-        f"{args.seed_entries} seed entries, hashing embedder",
+        f"{args.seed_entries} seed entries, hashing embedder, pool_max_size {pool_size}",
         f"calls ok: {calls}   failed: {failed}   throughput: {calls / elapsed:.1f} calls/s",
         f"{'tool':<10}{'n':>7}{'p50 ms':>9}{'p95 ms':>9}{'max ms':>9}",
     ]
@@ -237,6 +246,8 @@ def main() -> int:
         f"(bound {args.rss_bound_mib:.0f} MiB): {'held' if bound_ok else 'EXCEEDED'}"
     )
     lines.append(f"audit chain: {'verifies' if audit.ok else 'BROKEN'} ({audit.events} events)")
+    kinds = Counter((f[0], str(f[1])[:80]) for f in out["failures"])
+    lines += [f"failures {n}: {tool} {kind}" for (tool, kind), n in kinds.most_common(10)]
     lines += [f"failure: {f}" for f in out["failures"][:5]]
     lines.append(f"server log: {log}")
     ok = not out["failures"] and audit.ok and bound_ok
