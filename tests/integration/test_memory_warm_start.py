@@ -368,3 +368,22 @@ def test_cli_search_uses_the_image(tmp_path: Path, cli_env: dict[str, str]) -> N
     now = images[0].stat()
     assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)  # loaded, not rebuilt
     assert os.environ.get("SEALEDKB_HOME") != str(home)
+
+
+def test_image_over_the_memory_bound_is_refused(
+    writer: KnowledgeBase, make_settings: Callable[..., Settings]
+) -> None:
+    """An image holding more entries than memory_index_max_entries allows is not
+    loaded: the search fails with INDEX_CAPACITY as a build would."""
+    from sealedkb.search.memory import IndexCapacityError
+
+    marker = "Wcap" + uuid.uuid4().hex[:8]
+    built_image(writer, marker)
+    small = KnowledgeBase.open(make_settings(memory_index_max_entries=3))
+    try:
+        with pytest.raises(IndexCapacityError):
+            small.search(marker, mode="keyword")
+        idx = index_of(small)
+        assert idx.warm is not None and idx.warm.refused == 1 and idx.warm_loads == 0
+    finally:
+        small.close()
