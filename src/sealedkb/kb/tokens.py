@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Generic, TypeVar
+from typing import TypeVar
 
+from sealedkb._lru import LRUCache
 from sealedkb.audit.chain import AuditLog, MacKey
 from sealedkb.crypto.digest import canonical_json
 from sealedkb.crypto.tokens import TOKEN_PREFIX, new_token, token_hash
@@ -51,32 +50,12 @@ CACHE_SECONDS = 60.0
 CACHE_ENTRIES = 4096
 
 
-class BoundedCache(Generic[K, V]):
+class BoundedCache(LRUCache[K, V]):
     """Least-recently-used, at most CACHE_ENTRIES entries, each kept CACHE_SECONDS: what
     remembers key-service MAC results for bearer tokens and OAuth rows alike."""
 
     def __init__(self, now: Callable[[], datetime]) -> None:
-        self._now = now
-        self._items: OrderedDict[K, tuple[datetime, V]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None:
-                return None
-            if (self._now() - hit[0]).total_seconds() > CACHE_SECONDS:
-                del self._items[key]
-                return None
-            self._items.move_to_end(key)
-            return hit[1]
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._items[key] = (self._now(), value)
-            self._items.move_to_end(key)
-            while len(self._items) > CACHE_ENTRIES:
-                self._items.popitem(last=False)
+        super().__init__(CACHE_ENTRIES, max_age=CACHE_SECONDS, now=now)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -38,9 +38,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sealedkb._lru import LRUCache
 from sealedkb.crypto.blind import Blinder
 from sealedkb.crypto.keyring import KeyRing
 from sealedkb.crypto.sealed import FieldSealer, OpenFailedError
@@ -75,6 +76,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sealedkb.search")
 
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 DB_DIM = 384  # vector(384) columns of migration 003
 
 # DCPE and ANN settings, chosen by measurement (docs/SEARCH.md).
@@ -83,6 +89,11 @@ OVERSAMPLE = 8
 QUERY_NOISE = True  # query vectors are perturbed as stored ones are (fresh noise each)
 KEYWORD_POSITIONS = False  # keyword tokens are stored without positions (docs/SEARCH.md)
 EF_SEARCH_MIN = 40
+# Opened exact embeddings a process remembers for the re-rank, keyed by (namespace, id,
+# row version stamp): a candidate met before costs neither a TOAST read nor an AES-GCM
+# open (docs/SEARCH.md, "Re-rank cache"). 384 x 4 bytes each: ~80 MB at the bound.
+RERANK_CACHE_ENTRIES = 50_000
+RERANK_CACHE_SECONDS = 600.0
 RRF_K = 60
 # Hybrid fusion (fuse): (k, keyword weight) per embedding model, chosen on
 # bench/bench_quality.py (docs/SEARCH.md, "Quality"). How much the keyword arm may move
@@ -400,6 +411,9 @@ class SearchEngine:
         self._executor_lock = threading.Lock()
         # namespace -> (monotonic expiry, the keys an unfinished reindex moves off)
         self._retired: dict[str, tuple[float, tuple[uuid.UUID, uuid.UUID] | None]] = {}
+        self.rerank_cache = LRUCache[tuple[str, str, int], "NDArray[np.float32]"](
+            RERANK_CACHE_ENTRIES, max_age=RERANK_CACHE_SECONDS, now=_utcnow
+        )
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -585,7 +599,7 @@ class SearchEngine:
                     ef_search=max(self.ef_search_min, fetch),
                 )
                 if old_arg is not None:
-                    seen = {c[0] for c in vec}
+                    seen = {c.id for c in vec}
                     vec += [
                         c
                         for c in self.table.vector_candidates(
@@ -596,7 +610,7 @@ class SearchEngine:
                             depth=fetch,
                             ef_search=max(self.ef_search_min, fetch),
                         )
-                        if c[0] not in seen
+                        if c.id not in seen
                     ]
                 sem = self._rerank(ns, qvec, vec, depth)
         except BaseException:
@@ -663,33 +677,61 @@ class SearchEngine:
         cands: list[VectorCandidate],
         depth: int,
     ) -> list[tuple[uuid.UUID, float]]:
-        """The ``depth`` best candidates by exact cosine (encrypted: open the sealed
-        vectors, all in one batch: the per-candidate work is the over-fetch's price)."""
+        """The ``depth`` best candidates by exact cosine. Encrypted: each candidate's
+        exact embedding is the one remembered under its row stamp, or its sealed
+        embedding read and opened (all the misses in one batch) and remembered."""
         import numpy as np
 
         if self.keyring is None:
-            return [(i, s) for i, s, _ in cands if s is not None and isinstance(i, uuid.UUID)][
-                :depth
-            ]
+            return [
+                (c.id, c.score)
+                for c in cands
+                if c.score is not None and isinstance(c.id, uuid.UUID)
+            ][:depth]
         if not cands:
             return []
         dim = qvec.shape[0]
+        ids = [str(c.id) for c in cands]
+        vecs: dict[str, NDArray[np.float32]] = {}
+        missing: list[str] = []
+        for c, i in zip(cands, ids, strict=True):
+            hit = self.rerank_cache.get((ns, i, c.stamp or 0))
+            if hit is None:
+                missing.append(i)
+            else:
+                vecs[i] = hit
+        if missing:
+            vecs.update(self._open_embeddings(ns, missing, dim))
+        keep = [i for i in ids if i in vecs]  # a row gone between the two reads drops out
+        if not keep:
+            return []
+        scores = np.stack([vecs[i] for i in keep]) @ qvec
+        order = np.argsort(-scores, kind="stable")[:depth]
+        return [(uuid.UUID(keep[i]), float(scores[i])) for i in order]
+
+    def _open_embeddings(self, ns: str, ids: list[str], dim: int) -> dict[str, NDArray[np.float32]]:
+        """Read, open and remember the exact embeddings of ``ids`` (one batch)."""
+        import numpy as np
+
+        assert self.keyring is not None
+        sealed = self.table.sealed_embeddings(ns, ids)
+        found = [i for i in ids if i in sealed]
         prefix = embedding_aad_prefix(ns)
-        ids = [str(c[0]) for c in cands]
         try:
             plains = self.keyring.open_many(
-                [c[2] or b"" for c in cands], [prefix + i.encode() for i in ids]
+                [sealed[i][1] for i in found], [prefix + i.encode() for i in found]
             )
         except OpenFailedError as exc:
-            raise IntegrityError(f"entry {ids[exc.index]} failed its integrity check") from None
-        for i, plain in enumerate(plains):
+            raise IntegrityError(f"entry {found[exc.index]} failed its integrity check") from None
+        out: dict[str, NDArray[np.float32]] = {}
+        for i, plain in zip(found, plains, strict=True):
             if len(plain) != 4 * dim:
                 self.telemetry.integrity_failure()
-                raise IntegrityError(f"entry {ids[i]} failed its integrity check")
-        mat = np.frombuffer(b"".join(plains), dtype="<f4").reshape(len(ids), dim)
-        scores = mat @ qvec
-        order = np.argsort(-scores, kind="stable")[:depth]
-        return [(uuid.UUID(ids[i]), float(scores[i])) for i in order]
+                raise IntegrityError(f"entry {i} failed its integrity check")
+            vec = np.frombuffer(plain, dtype="<f4")
+            self.rerank_cache.put((ns, i, sealed[i][0]), vec)
+            out[i] = vec
+        return out
 
     def _forged(self, entry_id: object, why: str) -> None:
         self.telemetry.integrity_failure()

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from psycopg import Connection
 from psycopg.rows import TupleRow
@@ -135,8 +135,17 @@ class ReindexRow:
     has_fingerprint: bool  # a forced duplicate has none, and keeps none
 
 
-# (id, cosine or None, sealed exact embedding or None) of a semantic candidate
-VectorCandidate = tuple[uuid.UUID | str, float | None, bytes | None]
+class VectorCandidate(NamedTuple):
+    """A semantic candidate, nearest first. Plaintext: its id and cosine similarity.
+    Encrypted: its id as text (what the sealed embedding's AAD holds) and ``stamp``,
+    the row version's transaction id (``xmin``: any change of the row changes it),
+    under which its opened exact embedding may be remembered; the sealed embedding
+    itself is read by :meth:`SearchTable.sealed_embeddings` for the ones that are not."""
+
+    id: uuid.UUID | str
+    score: float | None
+    stamp: int | None
+
 
 _HIT_BASE = ", ".join(f.name for f in fields(HitRow) if f.name not in ("kw_hash", "vec_hash"))
 
@@ -576,7 +585,7 @@ class SearchTable:
         )
         if encrypted:
             stmt = (
-                "SELECT id::text, NULL, embedding_sealed FROM kb_entries"
+                "SELECT id::text, NULL, xmin::text::bigint FROM kb_entries"
                 f" WHERE embedding_enc IS NOT NULL AND embed_model = %s AND {where}"
                 " ORDER BY embedding_enc <=> %s LIMIT %s"
             )
@@ -590,10 +599,22 @@ class SearchTable:
         if not encrypted:
             args = [vector, *args]
         rows = conn.execute(stmt, args, binary=True).fetchall()
-        return [
-            (r[0], None if r[1] is None else float(r[1]), None if r[2] is None else bytes(r[2]))
-            for r in rows
-        ]
+        return [VectorCandidate(r[0], None if r[1] is None else float(r[1]), r[2]) for r in rows]
+
+    def sealed_embeddings(self, namespace: str, ids: Sequence[str]) -> dict[str, tuple[int, bytes]]:
+        """``id -> (stamp, sealed exact embedding)`` of live rows of ``namespace`` among
+        ``ids`` (an id that is gone, moved or has no embedding is absent)."""
+        if not ids:
+            return {}
+        with self.db.transaction("search") as conn:
+            rows = conn.execute(
+                "SELECT id::text, xmin::text::bigint, embedding_sealed FROM kb_entries"
+                " WHERE id = ANY(%s::uuid[]) AND namespace = %s AND deleted_at IS NULL"
+                " AND embedding_sealed IS NOT NULL",
+                (list(ids), namespace),
+                binary=True,
+            ).fetchall()
+        return {r[0]: (r[1], bytes(r[2])) for r in rows}
 
     def hit_rows(
         self, ids: Sequence[uuid.UUID], *, column_hashes: tuple[str, str] | None = None

@@ -1,0 +1,77 @@
+"""One bounded least-recently-used map, thread-safe, with an optional age limit.
+
+Used wherever a process remembers results it can recompute: key-service MAC results
+for bearer tokens, OAuth rows and alarm rows (kb/tokens.py ``BoundedCache``), and
+the opened exact embeddings the server search index re-ranks with
+(search/engine.py). The age is measured on an injected clock, so tests need no
+sleep.
+
+No imports from the rest of sealedkb: every layer may use it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Generic, TypeVar
+
+__all__ = ["LRUCache"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LRUCache(Generic[K, V]):
+    """At most ``max_entries`` items; with ``max_age`` (seconds) and ``now`` (the
+    clock), an item older than ``max_age`` is gone."""
+
+    def __init__(
+        self,
+        max_entries: int,
+        *,
+        max_age: float | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        if max_entries < 0:
+            raise ValueError("max_entries must be >= 0")
+        if (max_age is None) != (now is None):
+            raise ValueError("max_age and now come together")
+        self.max_entries = max_entries
+        self._max_age = max_age
+        self._now = now
+        self._items: OrderedDict[K, tuple[datetime | None, V]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is None:
+                return None
+            if self._expired(hit[0]):
+                del self._items[key]
+                return None
+            self._items.move_to_end(key)
+            return hit[1]
+
+    def put(self, key: K, value: V) -> None:
+        if self.max_entries == 0:
+            return
+        with self._lock:
+            self._items[key] = (self._now() if self._now is not None else None, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def _expired(self, stamp: datetime | None) -> bool:
+        if stamp is None or self._now is None or self._max_age is None:
+            return False
+        return (self._now() - stamp).total_seconds() > self._max_age
