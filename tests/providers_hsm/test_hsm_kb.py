@@ -310,3 +310,31 @@ def test_records_folder_is_private(
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
     for path in _records(settings, "pkcs11"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_kmip_decrypt_failing_on_the_server_is_not_called_tampering(
+    make_settings: Callable[..., Settings], kmip_server: KmipServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyKMIP's server answers a bad GCM tag and its own failures (a shutdown, its
+    store) with the same "operation failed". A wrapped key the server cannot open
+    while it still opens a fresh probe is tampered (IntegrityError); when it opens
+    nothing, the server is failing: KEY_UNAVAILABLE, never a false integrity alarm."""
+    from sealedkb.keys import kmip
+
+    extra = kmip_server.settings()
+    p = _provider(make_settings(**extra), "kmip")
+    key_uri = p.create_key("refusing server").key_id
+    ctx = {"sealedkb:namespace": "default"}
+    _, wrapped = p.generate_data_key(key_uri, ctx)
+    # the attacker's flipped byte: the server still round-trips, so it is the blob
+    tampered = wrapped[:-1] + bytes([wrapped[-1] ^ 1])
+    with pytest.raises(IntegrityError):
+        p.decrypt(key_uri, tampered, ctx)
+
+    def refuse(self: object, handle: str, body: bytes, aad: bytes) -> bytes:
+        raise kmip._DecryptRefused
+
+    monkeypatch.setattr(kmip.KmipService, "_decrypt", refuse)
+    with pytest.raises(KeyUnavailableError) as exc:
+        p.decrypt(key_uri, wrapped, ctx)
+    assert "fresh probe" in exc.value.message

@@ -178,7 +178,7 @@ class KmipService:
                             f"the KMIP server refused {what}: the object is not active or not ours"
                         ) from None
                     if what == "Decrypt":  # the server says only "operation failed"
-                        raise IntegrityError("wrapped data key failed authentication") from None
+                        raise _DecryptRefused from None
                     raise KeyUnavailableError(
                         f"the KMIP server refused {what} ({getattr(reason, 'name', 'failed')})"
                     ) from None
@@ -323,6 +323,26 @@ class KmipService:
         return nonce + tag + bytes(resp.data)
 
     def unwrap(self, handle: str, body: bytes, aad: bytes) -> bytes:
+        try:
+            return self._decrypt(handle, body, aad)
+        except _DecryptRefused:
+            pass
+        # A bad tag and a server failing for its own reasons (shutting down, its store
+        # unavailable) give the same "operation failed": only a server that still
+        # round-trips under this key and context shows that the blob is bad.
+        probe = random_bytes(32)
+        try:
+            echoed = self._decrypt(handle, self.wrap(handle, probe, aad), aad)
+        except _DecryptRefused:
+            raise KeyUnavailableError(
+                "the KMIP server fails Decrypt now (it does not decrypt a fresh probe either)"
+            ) from None
+        if echoed != probe:
+            raise KeyUnavailableError("the KMIP server answers Decrypt wrongly")
+        raise IntegrityError("wrapped data key failed authentication")
+
+    def _decrypt(self, handle: str, body: bytes, aad: bytes) -> bytes:
+        """One Decrypt; _DecryptRefused when the server refuses without a reason."""
         from kmip.core import enums
         from kmip.core.messages import payloads
 
@@ -381,6 +401,10 @@ class KmipService:
             "MAC", lambda c: c.mac(message, uid, enums.CryptographicAlgorithm.HMAC_SHA256)
         )
         return bytes(value)
+
+
+class _DecryptRefused(Exception):
+    """The server refused a Decrypt without saying why (unwrap decides what it means)."""
 
 
 _services: dict[tuple[str, int, str, str, str], KmipService] = {}
