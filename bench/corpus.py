@@ -54,11 +54,17 @@ def ensure_python_doc() -> Path:
 
 
 def doc_chunks(sections: Sequence[str] = SECTIONS) -> list[Chunk]:
+    """The corpus as the recorded figures were made: chunks titled by page and own
+    heading, without overlap (``sealedkb import`` now adds the section path and an
+    overlap; bench/bench_quality.py --chunking measures that), so their cached vectors
+    and the figures in docs/ stay comparable."""
     root = ensure_python_doc()
     out: list[Chunk] = []
     for sec in sections:
         out.extend(
-            c for _path, c in iter_chunks([root / sec]) if not c.source.endswith("index.html")
+            c
+            for _path, c in iter_chunks([root / sec], with_path=False, overlap=0)
+            if not c.source.endswith("index.html")
         )
     return out
 

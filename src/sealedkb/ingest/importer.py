@@ -880,8 +880,11 @@ class Importer:
         return FileOutcome(display, "imported", chunks=len(sent), removed=removed)
 
 
-def iter_chunks(paths: Sequence[str | Path]) -> Iterator[tuple[str, Chunk]]:
-    """Chunks of supported, readable files (benchmarks and tools; no database)."""
+def iter_chunks(
+    paths: Sequence[str | Path], *, with_path: bool = True, overlap: int = OVERLAP_CHARS
+) -> Iterator[tuple[str, Chunk]]:
+    """Chunks of supported, readable files (benchmarks and tools; no database), with
+    :func:`chunk_file`'s options."""
     for cand in discover(paths):
         kind = kind_of(cand.path)
         if kind is None or cand.refused is not None:
@@ -890,5 +893,13 @@ def iter_chunks(paths: Sequence[str | Path]) -> Iterator[tuple[str, Chunk]]:
             _data, text = read_text(cand)
         except FileProblem:
             continue
-        for c in chunk_file(text, kind, cand.source, cand.path.stem, Deadline()):
+        for c in chunk_file(
+            text,
+            kind,
+            cand.source,
+            cand.path.stem,
+            Deadline(),
+            with_path=with_path,
+            overlap=overlap,
+        ):
             yield cand.source, c
