@@ -387,3 +387,21 @@ def test_image_over_the_memory_bound_is_refused(
         assert idx.warm is not None and idx.warm.refused == 1 and idx.warm_loads == 0
     finally:
         small.close()
+
+
+def test_cli_search_failing_early_waits_for_the_model_preload(
+    tmp_path: Path, cli_env: dict[str, str]
+) -> None:
+    """The model loads in a thread while the knowledge base opens: a search that fails
+    before it finishes (no knowledge base here) exits with its error, not an abort of
+    the runtime's half-built session."""
+    env = {**cli_env, "SEALEDKB_EMBEDDER": "minilm"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sealedkb", "--home", str(tmp_path / "none"), "search", "x"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "NOT_INITIALIZED" in done.stderr and "terminate" not in done.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -56,25 +57,33 @@ def search(
     json_out: JsonOpt = False,
 ) -> None:
     """Search entries (hybrid: keyword + semantic, fused by reciprocal rank)."""
+    loading: threading.Thread | None = None
     if mode is not SearchMode.KEYWORD and settings().embedder == "minilm":
         # A one-shot process: the model loads while the knowledge base opens and the
-        # memory index loads its warm-start image (docs/PERFORMANCE.md, "CLI").
+        # memory index loads its warm-start image (docs/PERFORMANCE.md, "One-shot
+        # `search`").
         from sealedkb.embed.minilm import preload
 
-        preload()
-    with open_kb() as kb:
-        if kb.memory_index is not None:
-            _prepare_memory_index(kb.memory_index, namespace)
-        result = kb.search(
-            query,
-            mode=mode,
-            limit=limit,
-            offset=offset,
-            namespace=namespace,
-            entry_type=entry_type,
-            tags=tag or [],
-            since=since,
-        )
+        loading = preload()
+    try:
+        with open_kb() as kb:
+            if kb.memory_index is not None:
+                _prepare_memory_index(kb.memory_index, namespace)
+            result = kb.search(
+                query,
+                mode=mode,
+                limit=limit,
+                offset=offset,
+                namespace=namespace,
+                entry_type=entry_type,
+                tags=tag or [],
+                since=since,
+            )
+    finally:
+        if loading is not None:
+            # never exit while onnxruntime builds its session in that thread (the
+            # interpreter would abort): on an early error, wait for it
+            loading.join()
     for w in result.warnings:
         warn(w)
     if json_out:
