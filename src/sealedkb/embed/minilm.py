@@ -99,17 +99,28 @@ def _load() -> tuple[Any, Any]:
     tok.no_padding()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if _session_threads:
+        opts.intra_op_num_threads = _session_threads
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     return tok, session
 
 
 _LOAD_LOCK = threading.Lock()  # one load at a time: a second caller waits for the first
+# onnxruntime intra-op threads of the session (0: its default, one per core)
+_session_threads = 0
 
 
-def preload() -> threading.Thread:
+def preload(*, one_query: bool = False) -> threading.Thread:
     """Load the model in a background thread (a one-shot CLI ``search`` starts this
     before it opens the knowledge base: creating the onnxruntime session releases the
-    GIL, so it overlaps the rest). Errors are left for the first ``embed`` to raise."""
+    GIL, so it overlaps the rest). Errors are left for the first ``embed`` to raise.
+
+    ``one_query``: the process embeds one short query, so the session gets a single
+    intra-op thread (no thread pool to start; measured ~20 % less wall and CPU time
+    to create it and run one query, docs/PERFORMANCE.md)."""
+    global _session_threads
+    if one_query:
+        _session_threads = 1
 
     def run() -> None:
         with contextlib.suppress(EmbeddingError):

@@ -64,7 +64,7 @@ def search(
         # `search`").
         from sealedkb.embed.minilm import preload
 
-        loading = preload()
+        loading = preload(one_query=True)
     try:
         with open_kb() as kb:
             if kb.memory_index is not None:
