@@ -47,9 +47,10 @@ def server_env(home: Path, database_url: str, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def http_server(
-    home: Path, database_url: str, *args: str, **env_extra: str
+    home: Path, database_url: str, *args: str, start_timeout: float = 30.0, **env_extra: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A `sealedkb serve --transport http` subprocess on a free port; yields its base URL."""
+    """A `sealedkb serve --transport http` subprocess on a free port; yields its base URL
+    once /healthz answers (within ``start_timeout`` seconds)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -69,7 +70,7 @@ def http_server(
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""

@@ -178,7 +178,8 @@ def test_serve_under_load_outage_and_recovery(
         kb.close()
     env = {**outage.env, "SEALEDKB_DATA_KEY_MAX_AGE": str(CACHE_BOUND)}
     env.update(SEALEDKB_HTTP_RATE_PER_SECOND="1000", SEALEDKB_HTTP_RATE_BURST="1000")
-    with http_server(home, database_url, **env) as (base, proc):
+    # a busy machine (other suites on 2 cores) can take a minute to start serve
+    with http_server(home, database_url, start_timeout=120, **env) as (base, proc):
         assert httpx.get(base + "/readyz").status_code == 200
         load = Load(base, token, str(seed.id))
         worker = threading.Thread(target=load.run, daemon=True)
@@ -219,7 +220,9 @@ def test_serve_under_load_outage_and_recovery(
     assert errors == {"KEY_UNAVAILABLE"}, (odd, round(started_at - stopped_at, 2))
     # past the cache bound nothing succeeds until the server is back
     late = [c for c in calls if stopped_at + CACHE_BOUND + 0.2 <= c.started < started_at]
-    assert late and all(c.error == "KEY_UNAVAILABLE" for c in late), late
+    served = [(c.tool, round(c.started - stopped_at, 2)) for c in late if c.error is None]
+    assert late and not served, (served, len(late))
+    assert all(c.error == "KEY_UNAVAILABLE" for c in late)
     failed_tools = {c.tool for c in calls if c.error is not None}
     assert failed_tools == TOOLS, failed_tools
     assert any(c.error is None and c.started >= recovered for c in calls)
