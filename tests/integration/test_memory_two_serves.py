@@ -50,8 +50,9 @@ def test_writes_through_one_serve_are_found_by_the_next_search_of_the_other(
     kb.close()
 
     with ExitStack() as stack:
-        a, _ = stack.enter_context(http_server(home, database_url))
-        b, _ = stack.enter_context(http_server(home, database_url))
+        # start_timeout: a loaded 2-core machine can take over 30 s to start serve
+        a, _ = stack.enter_context(http_server(home, database_url, start_timeout=120))
+        b, _ = stack.enter_context(http_server(home, database_url, start_timeout=120))
         # both build their index of the namespace now (empty), before any write
         assert search_titles(a, token, "anything") == []
         assert search_titles(b, token, "anything") == []
