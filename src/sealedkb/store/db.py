@@ -44,7 +44,12 @@ def mapped_errors(action: str) -> Iterator[None]:
     except SealedKBError:
         raise
     except psycopg.OperationalError as exc:
-        log.debug("database %s failed: %s", action, type(exc).__name__)
+        log.debug("database %s failed: %s sqlstate=%s", action, type(exc).__name__, exc.sqlstate)
+        if exc.sqlstate is not None and exc.sqlstate.startswith("53"):  # insufficient resources
+            raise DatabaseError(
+                f"the database server ran out of space or memory during {action} "
+                f"(sqlstate {exc.sqlstate})"
+            ) from None
         raise DatabaseError(f"database unavailable during {action}") from None
     except psycopg.Error as exc:
         log.debug("database %s failed: %s sqlstate=%s", action, type(exc).__name__, exc.sqlstate)
