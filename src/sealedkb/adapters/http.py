@@ -506,6 +506,11 @@ def _uvicorn_config(app: ASGIApp, host: str, port: int, opts: HttpOptions | None
         ssl_ca_certs=str(opts.tls_client_ca) if opts and opts.tls_client_ca else None,
         ssl_cert_reqs=ssl.CERT_REQUIRED if opts and opts.tls_client_ca else ssl.CERT_NONE,
         timeout_graceful_shutdown=30,
+        # Longer than a client's own keep-alive expiry (httpx: 5 s) and an AWS ALB's idle
+        # timeout (60 s): the client (or balancer) always closes an idle connection
+        # first. With uvicorn's default of 5 s a request sent on a connection the server
+        # was closing at that moment failed with a read error (tests/replicas found it).
+        timeout_keep_alive=75,
         server_header=False,
     )
 
