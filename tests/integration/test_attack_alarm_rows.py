@@ -4,7 +4,9 @@ key): clearing an alarm that is in ALARM, forging a state with no MAC or with an
 row's MAC, and inserting a history change are all refused — the refused state reads
 INSUFFICIENT_DATA, the next evaluation decides it afresh and notifies again, a wrong MAC
 counts as an integrity failure, and ``alarms list`` / ``alarms history`` show none of
-the forgeries. A plaintext knowledge base has no key and keeps MAC-less rows."""
+the forgeries. A plaintext knowledge base has no key and keeps MAC-less rows; while the
+key service is down rows are read unverified and written without a MAC, and refused
+(re-evaluated) once it is back."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from tests.integration.test_alarms import Clock, Harness, ckb, clock, hook, sql
 from tests.webhook import Receiver
 
 from sealedkb.config import Settings
+from sealedkb.errors import KeyUnavailableError
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode
 from sealedkb.monitoring.alarms import (
@@ -137,3 +140,34 @@ def test_a_plaintext_knowledge_base_keeps_rows_without_a_mac(
         assert all(r.reason != FORGED_REASON for r in fresh.alarms.values())
     finally:
         kb.close()
+
+
+class _Unreachable:
+    """The audit key while its key service is down (what every provider raises then)."""
+
+    def generate_mac(self, message: bytes) -> bytes:
+        raise KeyUnavailableError("the key service is unreachable")
+
+    def verify_mac(self, message: bytes, mac: bytes) -> bool:
+        raise KeyUnavailableError("the key service is unreachable")
+
+
+def test_alarm_rows_stay_usable_while_the_key_service_is_down(
+    ckb: KnowledgeBase, clock: Clock, hook: Receiver, database_url: str
+) -> None:
+    """Alarms must keep working through an outage (KeyUnavailable is one of them): rows
+    are read unverified and written without a MAC; once the service is back such a row
+    is refused (not counted) and its alarm evaluated afresh."""
+    h = Harness(ckb, clock, hook)
+    _stale(h, clock)
+    down = TableAlarmStore(ckb.db, _Unreachable(), ckb.telemetry)
+    failures = ckb.telemetry.integrity_failures
+    assert down.load().alarms["SnapshotStale"].state == ALARM  # read, unverified
+    with down.locked() as doc:
+        doc.record("SnapshotStale").reason = "written during the outage"
+    ((mac,),) = sql(database_url, "SELECT mac FROM kb_alarm_state WHERE name = 'SnapshotStale'")
+    assert mac is None
+    back = TableAlarmStore(ckb.db, ckb.provider, ckb.telemetry)
+    assert back.load().alarms["SnapshotStale"].reason == FORGED_REASON
+    assert ckb.telemetry.integrity_failures == failures  # no MAC: refused, not counted
+    assert h.tick(10)["SnapshotStale"] == ALARM
