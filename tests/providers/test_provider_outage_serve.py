@@ -16,13 +16,14 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
 import pytest
+from tests.faults.proxy import FaultProxy
 from tests.mcp_helpers import error_of, http_client, http_server
 from tests.providers.services import MotoKms, OpenBao
 from tests.providers_hsm.services import KmipServer
@@ -53,13 +54,35 @@ class Outage:
     start: Callable[[], None]
 
 
+@pytest.fixture
+def kms_proxy(moto_kms: MotoKms) -> Iterator[FaultProxy]:
+    """moto behind a TCP proxy: a stopped ThreadedMotoServer still answers on the
+    keep-alive connections its handler threads hold, so the outage is the proxy
+    cutting every connection and refusing new ones (moto keeps its keys)."""
+    proxy = FaultProxy(target_port=moto_kms.port).start()
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
 def _aws(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Outage:
     kms: MotoKms = request.getfixturevalue("moto_kms")
+    proxy: FaultProxy = request.getfixturevalue("kms_proxy")
     mac = kms.mac_key()
     extra = kms.settings(aws_mac_key_id=mac)
     uri = provider_for(make_settings(**extra), "aws-kms:alias/x").create_key("outage").key_id
-    env = {**kms.env(), "SEALEDKB_AWS_MAC_KEY_ID": mac}
-    return Outage(extra, env, uri, kms.stop, kms.start)
+    endpoint = f"http://127.0.0.1:{proxy.port}"
+    env = {**kms.env(), "SEALEDKB_AWS_MAC_KEY_ID": mac, "SEALEDKB_AWS_ENDPOINT_URL": endpoint}
+
+    def stop() -> None:
+        proxy.down = True
+        proxy.drop_all()
+
+    def start() -> None:
+        proxy.down = False
+
+    return Outage({**extra, "aws_endpoint_url": endpoint}, env, uri, stop, start)
 
 
 def _vault(request: pytest.FixtureRequest, make_settings: Callable[..., Settings]) -> Outage:
