@@ -75,9 +75,9 @@ class Chunking:
 
 
 CHUNKINGS = {
-    "sections": Chunking(),  # what sealedkb import does
-    "path-only": Chunking(overlap=0),
-    "before": Chunking(with_path=False, overlap=0),  # page + own heading, no overlap
+    "sections": Chunking(),  # what sealedkb import does: section path, no overlap
+    "overlap": Chunking(overlap=200),  # and pieces repeating the end of the one before
+    "before": Chunking(with_path=False, overlap=0),  # page + own heading only
     "small": Chunking(max_chars=1000),
 }
 CHUNKING = CHUNKINGS["sections"]

@@ -1,8 +1,10 @@
 """Heading-aware chunks: each chunk's title carries the page and its section path (what
-the embedded and keyword text see with the content), and a long section's pieces
-overlap by the end of the piece before."""
+the embedded and keyword text see with the content); on request (off by default, as
+measured) a long section's pieces overlap by the end of the piece before."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 
@@ -80,22 +82,24 @@ def test_section_path_names_each_heading_once() -> None:
 def test_long_sections_overlap_by_whole_sentences() -> None:
     sentences = [f"Sentence {i} says something about tape rotation number {i}." for i in range(120)]
     body = " ".join(sentences)
-    chunks = chunk_file(f"# Page\n\n## Long\n\n{body}\n", "markdown", "f", "f")
+    chunks = chunk_file(f"# Page\n\n## Long\n\n{body}\n", "markdown", "f", "f", overlap=200)
     assert len(chunks) >= 4
     assert all(len(c.content) <= MAX_CHUNK_CHARS for c in chunks)
     assert not chunks[0].content.startswith("…")
-    for before, after in zip(chunks, chunks[1:], strict=False):
+    for before, after in itertools.pairwise(chunks):
         assert after.content.startswith("… ")
         carried = after.content[2:].split("\n\n", 1)[0]
-        assert 0 < len(carried) <= OVERLAP_CHARS
+        assert 0 < len(carried) <= 200
         assert " ".join(before.content.split()).endswith(carried)  # the end of the one before
         assert carried[0].isupper() and carried.endswith(".")  # whole sentences
     # every sentence is in some chunk
     joined = " ".join(c.content for c in chunks)
     assert all(s in joined for s in sentences)
-    # overlap off: pieces as split before
-    plain = chunk_file(f"# Page\n\n## Long\n\n{body}\n", "markdown", "f", "f", overlap=0)
+    # overlap off (the default, OVERLAP_CHARS): pieces as split before
+    assert OVERLAP_CHARS == 0
+    plain = chunk_file(f"# Page\n\n## Long\n\n{body}\n", "markdown", "f", "f")
     assert not any(c.content.startswith("…") for c in plain)
+    assert all(len(c.content) <= MAX_CHUNK_CHARS for c in plain)
 
 
 def test_short_sections_are_not_padded() -> None:

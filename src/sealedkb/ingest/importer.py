@@ -71,10 +71,11 @@ MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PARSE_SECONDS = 30.0  # parsing and chunking one file (Markdown: ~0.4 s per MB)
 MAX_HTML_DEPTH = 1000  # open elements; real pages stay far below
 MAX_CHUNK_CHARS = 1500
-# A piece after the first of a long section starts with the end of the piece before it
-# (whole sentences, up to this many characters), so a statement cut at a piece
-# boundary keeps its context in both (docs/SEARCH.md, "Chunking").
-OVERLAP_CHARS = 200
+# How much of a piece a long section's next piece repeats (whole sentences, up to this
+# many characters). Off: measured on bench/bench_quality.py, a 200-character overlap
+# gave nothing on the man pages and lost on the PostgreSQL manual, for 3-9 % more
+# chunks (docs/SEARCH.md, "Chunking"); chunk_file(overlap=...) keeps the option.
+OVERLAP_CHARS = 0
 MIN_CHUNK_CHARS = 1  # a heading with any body text is worth an entry
 TITLE_SEP = " › "
 
