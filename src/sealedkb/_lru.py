@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Generic, TypeVar
 
@@ -58,6 +58,21 @@ class LRUCache(Generic[K, V]):
             self._items.move_to_end(key)
             return hit[1]
 
+    def get_many(self, keys: Sequence[K]) -> list[V | None]:
+        """``get`` of each key, under one lock and one reading of the clock."""
+        with self._lock:
+            stamp = self._now() if self._now is not None else None
+            out: list[V | None] = []
+            for key in keys:
+                hit = self._items.get(key)
+                if hit is not None and self._older(hit[0], stamp):
+                    del self._items[key]
+                    hit = None
+                if hit is not None:
+                    self._items.move_to_end(key)
+                out.append(None if hit is None else hit[1])
+            return out
+
     def put(self, key: K, value: V) -> None:
         if self.max_entries == 0:
             return
@@ -72,6 +87,9 @@ class LRUCache(Generic[K, V]):
             self._items.clear()
 
     def _expired(self, stamp: datetime | None) -> bool:
-        if stamp is None or self._now is None or self._max_age is None:
+        return self._older(stamp, self._now() if self._now is not None else None)
+
+    def _older(self, stamp: datetime | None, now: datetime | None) -> bool:
+        if stamp is None or now is None or self._max_age is None:
             return False
-        return (self._now() - stamp).total_seconds() > self._max_age
+        return (now - stamp).total_seconds() > self._max_age

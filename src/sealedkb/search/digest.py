@@ -34,9 +34,13 @@ __all__ = ["EMPTY", "KW_HASH_SQL", "VEC_HASH_SQL", "index_digest", "kw_hash", "m
 
 EMPTY = hashlib.sha256(b"").digest()
 
+# A tsvector keeps its distinct lexemes sorted by length, then bytewise (PostgreSQL's
+# tsCompareString); blind tokens all have one length, so that is the bytewise order
+# kw_hash sorts by, and no sort is needed per hit. A row whose lexemes differ in length
+# (only a forger writes one) hashes in another order and fails the check.
 KW_HASH_SQL = (
-    "sha256(convert_to(coalesce(array_to_string(ARRAY(SELECT x FROM"
-    " unnest(tsvector_to_array(kw_tokens)) x ORDER BY x COLLATE \"C\"), ' '), ''), 'UTF8'))"
+    "sha256(convert_to(coalesce(array_to_string(tsvector_to_array(kw_tokens), ' '), ''),"
+    " 'UTF8'))"
 )
 VEC_HASH_SQL = "sha256(coalesce(vector_send(embedding_enc), ''::bytea))"
 

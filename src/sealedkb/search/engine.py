@@ -698,8 +698,10 @@ class SearchEngine:
         ids = [str(c.id) for c in cands]
         vecs: dict[str, NDArray[np.float32]] = {}
         missing: list[str] = []
-        for c, i in zip(cands, ids, strict=True):
-            hit = self.rerank_cache.get((ns, i, c.stamp or 0))
+        remembered = self.rerank_cache.get_many(
+            [(ns, i, c.stamp or 0) for i, c in zip(ids, cands, strict=True)]
+        )
+        for i, hit in zip(ids, remembered, strict=True):
             if hit is None:
                 missing.append(i)
             else:
