@@ -483,7 +483,17 @@ def plot(path: Path, png: Path) -> None:
     for ax in (ax1, ax2):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle("sealedkb scale curve, 2 shared cores (nice 19)", fontsize=10)
+    loads = []
+    for size in sorted({r["size"] for r in runs}):
+        ls = [x for r in runs if r["size"] == size for x in (r["loadavg_start"][0],)]
+        ls += [r["loadavg_end"][0] for r in runs if r["size"] == size and "loadavg_end" in r]
+        loads.append(f"{size:,} at load {min(ls):.0f}-{max(ls):.0f}")
+    fig.suptitle(
+        "sealedkb scale curve, 2 shared cores (nice 19); "
+        + ", ".join(loads)
+        + " (1-min load average: part of the slope is load)",
+        fontsize=9,
+    )
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
