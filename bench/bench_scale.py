@@ -12,9 +12,10 @@ without ingesting again.
 Entries: real chunks of the Python 3.11 documentation (Debian python3.11-doc, chunked
 by sealedkb's importer, <= 1,500 characters) with their real MiniLM vectors: those
 whose vectors bench/.cache already holds (the list is kept in ``--data`` as
-corpus-keys.json, so a rerun uses the same corpus; 1,615 chunks in the run of
-2026-12-03, as the importer's chunking had changed since the cache was filled and
-re-embedding the rest would have taken most of an hour on the loaded machine). The
+corpus-keys.json, so a ``--reuse`` rerun uses the same corpus -- as long as the
+chunker still makes those chunks; in the run of 2026-12-03: 6,964 chunks at 10k, but
+1,615 at 100k, filled while the importer's new chunking was in bench/corpus.py and
+only those of its chunks had cached vectors). The
 bulk are variants of a random one of them: its sentences in another order plus a
 marker word, and as vector a cheap deterministic embedder -- the real chunk's MiniLM
 vector plus Gaussian noise (sigma 0.02 per dimension, seeded by the entry number),
