@@ -39,8 +39,7 @@ EMPTY = hashlib.sha256(b"").digest()
 # kw_hash sorts by, and no sort is needed per hit. A row whose lexemes differ in length
 # (only a forger writes one) hashes in another order and fails the check.
 KW_HASH_SQL = (
-    "sha256(convert_to(coalesce(array_to_string(tsvector_to_array(kw_tokens), ' '), ''),"
-    " 'UTF8'))"
+    "sha256(convert_to(coalesce(array_to_string(tsvector_to_array(kw_tokens), ' '), ''), 'UTF8'))"
 )
 VEC_HASH_SQL = "sha256(coalesce(vector_send(embedding_enc), ''::bytea))"
 
