@@ -64,7 +64,13 @@ from sealedkb.embed.cache import CachingEmbedder
 from sealedkb.embed.minilm import MiniLMEmbedder
 from sealedkb.kb.knowledge_base import KnowledgeBase
 from sealedkb.model import EncryptionMode, new_entry
-from sealedkb.search.engine import EF_SEARCH_MIN, OVERSAMPLE, SearchMode, embedding_text
+from sealedkb.search.engine import (
+    EF_SEARCH_ENCRYPTED_MIN,
+    EF_SEARCH_MIN,
+    OVERSAMPLE,
+    SearchMode,
+    embedding_text,
+)
 from sealedkb.store.embedded import EmbeddedPostgres
 
 MODES = ("plaintext", "encrypted")
@@ -229,7 +235,7 @@ def main() -> int:
     }
     results["settings"] = {
         "oversample": OVERSAMPLE,
-        "encrypted_ef_search": f"max({EF_SEARCH_MIN}, candidates)",
+        "encrypted_ef_search": f"max({EF_SEARCH_ENCRYPTED_MIN}, candidates)",
         "plaintext_ef_search": tuning[-1]["plaintext_ef_search"],
     }
     if args.json:
@@ -349,15 +355,15 @@ def recall_sweep(
     """The server index's semantic recall@10 vs exact per (over-fetch, minimum
     ef_search): what a setting would give, the shipped one restored after."""
     eng = kb.engine
-    shipped = (eng.oversample, eng.ef_search_min)
+    shipped = (eng.oversample, eng.ef_search_encrypted_min)
     out = []
     try:
         for over, ef in SWEEP:
-            eng.oversample, eng.ef_search_min = over, ef
+            eng.oversample, eng.ef_search_encrypted_min = over, ef
             got = semantic_recall({"encrypted": kb}, queries, qvecs, entries)["encrypted"]
             out.append({"oversample": over, "ef_search_min": ef, "recall@10": got})
     finally:
-        eng.oversample, eng.ef_search_min = shipped
+        eng.oversample, eng.ef_search_encrypted_min = shipped
     return out
 
 

@@ -93,6 +93,10 @@ OVERSAMPLE = 16
 QUERY_NOISE = True  # query vectors are perturbed as stored ones are (fresh noise each)
 KEYWORD_POSITIONS = False  # keyword tokens are stored without positions (docs/SEARCH.md)
 EF_SEARCH_MIN = 40
+# The encrypted vector arm's graph search walks at least this far: with over-fetch x16
+# recall@10 vs exact reached 0.99 only from ef_search 200 (0.987-0.988 at 176; the
+# sweep of bench/bench_search_perf.py --recall-sweep, docs/SEARCH.md).
+EF_SEARCH_ENCRYPTED_MIN = 200
 # Opened exact embeddings a process remembers for the re-rank, keyed by (namespace, id,
 # row version stamp): a candidate met before costs neither a TOAST read nor an AES-GCM
 # open (docs/SEARCH.md, "Re-rank cache"). 384 x 4 bytes each: ~80 MB at the bound.
@@ -407,6 +411,7 @@ class SearchEngine:
         self.oversample = OVERSAMPLE
         self.query_noise = QUERY_NOISE
         self.ef_search_min = EF_SEARCH_MIN
+        self.ef_search_encrypted_min = EF_SEARCH_ENCRYPTED_MIN
         self.parallel_arms = True  # hybrid: keyword and vector arms concurrently
         # kb_meta search_index = memory: both arms answered by the process's own
         # index (search/memory.py) instead of PostgreSQL's.
@@ -577,6 +582,7 @@ class SearchEngine:
             vec_arg: NDArray[np.float32] | None = None
             old_arg: NDArray[np.float32] | None = None
             fetch = depth
+            ef_search = self.ef_search_min
             if qvec is not None:
                 if self.keyring is not None:
                     assert self.embedder is not None
@@ -585,6 +591,7 @@ class SearchEngine:
                     # time), so the database cannot link or invert repeated queries.
                     vec_arg = (cipher.encrypt if self.query_noise else cipher.rotate)(qvec)[0]
                     fetch = depth * self.oversample
+                    ef_search = self.ef_search_encrypted_min
                     if retired is not None:
                         old = self.keyring.vector_cipher_of(
                             ns, retired[1], self.embedder.dim, DCPE_BETA
@@ -600,7 +607,7 @@ class SearchEngine:
                     vector=vec_arg,
                     model_id=model_id,
                     depth=fetch,
-                    ef_search=max(self.ef_search_min, fetch),
+                    ef_search=max(ef_search, fetch),
                 )
                 if old_arg is not None:
                     seen = {c.id for c in vec}
@@ -612,7 +619,7 @@ class SearchEngine:
                             vector=old_arg,
                             model_id=model_id,
                             depth=fetch,
-                            ef_search=max(self.ef_search_min, fetch),
+                            ef_search=max(ef_search, fetch),
                         )
                         if c.id not in seen
                     ]
