@@ -11,14 +11,14 @@ import random
 import uuid
 from pathlib import Path
 
-from tests.cli_helpers import all_entries
-from tests.integration.test_canary import (
+from tests.canary_helpers import (
     add_marked_entries,
     embedded_home,  # noqa: F401  (a fixture, used by name)
     files_containing,
     needles,
     pg_dump,
 )
+from tests.cli_helpers import all_entries
 
 from sealedkb.config import load_settings
 from sealedkb.kb.knowledge_base import KnowledgeBase
