@@ -169,10 +169,17 @@ def _ts(value: datetime | str | None) -> float | None:
 class KnowledgeBaseCollector(Collector):
     """State read at scrape time (cheap queries; no secrets in labels)."""
 
-    def __init__(self, kb: KnowledgeBase, availability: str | None = None) -> None:
+    def __init__(
+        self,
+        kb: KnowledgeBase,
+        availability: str | None = None,
+        entries_total: int | None = None,
+    ) -> None:
         self.kb = kb
         self.queries = MonitoringQueries(kb.db)
-        self.availability = availability  # already known (status): no second probe
+        # already known (status): no second probe, no second count of the table
+        self.availability = availability
+        self.entries_total = entries_total
 
     @property
     def evaluator(self) -> Evaluator | None:
@@ -305,7 +312,11 @@ class KnowledgeBaseCollector(Collector):
 
     def _database(self) -> Iterator[Metric]:
         tls = self.kb.db.tls_session()
-        entries = float(self.kb.entries.counts()["total"])
+        entries = float(
+            self.entries_total
+            if self.entries_total is not None
+            else self.kb.entries.counts()["total"]
+        )
         top, rest = self.queries.namespace_counts(NAMESPACE_LABELS)
         info = InfoMetricFamily(
             "sealedkb_database_transport", "Database transport and negotiated TLS."
@@ -439,12 +450,14 @@ def render() -> bytes:
     return generate_latest(REGISTRY)
 
 
-def status_metrics(kb: KnowledgeBase, availability: str | None = None) -> dict[str, Any]:
+def status_metrics(
+    kb: KnowledgeBase, availability: str | None = None, entries_total: int | None = None
+) -> dict[str, Any]:
     """The same metrics as ``/metrics``, as a dict for ``sealedkb status``: sample
     name -> value, or -> {label text: value} for labelled samples. Counters of a
     CLI process cover that process only; ``serve``'s are at ``/metrics``."""
     out: dict[str, Any] = {}
-    for family in KnowledgeBaseCollector(kb, availability).collect():
+    for family in KnowledgeBaseCollector(kb, availability, entries_total).collect():
         for sample in family.samples:
             if sample.name.endswith("_created"):
                 continue

@@ -308,7 +308,7 @@ def status(
     with open_kb() as kb:
         result: dict[str, Any] = dict(kb.status())
         # Metrics as at /metrics (counters: this CLI process) and alarm states.
-        result["metrics"] = status_metrics(kb, result["availability"])
+        result["metrics"] = status_metrics(kb, result["availability"], result["entries_total"])
         result["alarms"] = alarm_summary(kb)
         checks = build_summary(
             kb,
