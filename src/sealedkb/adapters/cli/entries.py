@@ -303,12 +303,13 @@ def status(
     """Encryption and health: an auditor summary (one line per question), --json for all."""
     from sealedkb.adapters.cli.alarms import alarm_summary
     from sealedkb.kb.summary import AUDIT_VERIFY_MAX_EVENTS, build_summary, summary_json
-    from sealedkb.monitoring.metrics import status_metrics
 
     with open_kb() as kb:
         result: dict[str, Any] = dict(kb.status())
-        # Metrics as at /metrics (counters: this CLI process) and alarm states.
-        result["metrics"] = status_metrics(kb, result["availability"], result["entries_total"])
+        if json_out:  # metrics as at /metrics (counters: this CLI process); not printed
+            from sealedkb.monitoring.metrics import status_metrics
+
+            result["metrics"] = status_metrics(kb, result["availability"], result["entries_total"])
         result["alarms"] = alarm_summary(kb)
         checks = build_summary(
             kb,
