@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 __all__ = ["LRUCache"]
@@ -23,9 +23,13 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class LRUCache(Generic[K, V]):
-    """At most ``max_entries`` items; with ``max_age`` (seconds) and ``now`` (the
-    clock), an item older than ``max_age`` is gone."""
+    """At most ``max_entries`` items; with ``max_age`` (seconds), an item older than
+    ``max_age`` on the clock ``now`` (default: the wall clock, UTC) is gone."""
 
     def __init__(
         self,
@@ -36,11 +40,11 @@ class LRUCache(Generic[K, V]):
     ) -> None:
         if max_entries < 0:
             raise ValueError("max_entries must be >= 0")
-        if (max_age is None) != (now is None):
-            raise ValueError("max_age and now come together")
+        if now is not None and max_age is None:
+            raise ValueError("a clock without max_age measures nothing")
         self.max_entries = max_entries
         self._max_age = max_age
-        self._now = now
+        self._now = now if now is not None or max_age is None else _utcnow
         self._items: OrderedDict[K, tuple[datetime | None, V]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -48,15 +52,7 @@ class LRUCache(Generic[K, V]):
         return len(self._items)
 
     def get(self, key: K) -> V | None:
-        with self._lock:
-            hit = self._items.get(key)
-            if hit is None:
-                return None
-            if self._expired(hit[0]):
-                del self._items[key]
-                return None
-            self._items.move_to_end(key)
-            return hit[1]
+        return self.get_many((key,))[0]
 
     def get_many(self, keys: Sequence[K]) -> list[V | None]:
         """``get`` of each key, under one lock and one reading of the clock."""
@@ -85,9 +81,6 @@ class LRUCache(Generic[K, V]):
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-
-    def _expired(self, stamp: datetime | None) -> bool:
-        return self._older(stamp, self._now() if self._now is not None else None)
 
     def _older(self, stamp: datetime | None, now: datetime | None) -> bool:
         if stamp is None or now is None or self._max_age is None:

@@ -42,7 +42,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sealedkb._lru import LRUCache
@@ -79,10 +79,6 @@ if TYPE_CHECKING:
     from sealedkb.kb.knowledge_base import KnowledgeBase
 
 log = logging.getLogger("sealedkb.search")
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 DB_DIM = 384  # vector(384) columns of migration 003
@@ -421,7 +417,7 @@ class SearchEngine:
         # namespace -> (monotonic expiry, the keys an unfinished reindex moves off)
         self._retired: dict[str, tuple[float, tuple[uuid.UUID, uuid.UUID] | None]] = {}
         self.rerank_cache = LRUCache[tuple[str, str, int], "NDArray[np.float32]"](
-            RERANK_CACHE_ENTRIES, max_age=RERANK_CACHE_SECONDS, now=_utcnow
+            RERANK_CACHE_ENTRIES, max_age=RERANK_CACHE_SECONDS
         )
 
     def _pool(self) -> ThreadPoolExecutor:
