@@ -457,45 +457,6 @@ class SearchTable:
 
     # --- search ------------------------------------------------------------
 
-    def candidates(
-        self,
-        f: SearchFilter,
-        *,
-        encrypted: bool,
-        keyword_query: str | None,
-        keyword_filter: str | None,
-        keyword_depth: int,
-        vector: NDArray[np.float32] | None,
-        model_id: str | None,
-        vector_depth: int,
-        ef_search: int,
-    ) -> tuple[list[tuple[uuid.UUID, float]], list[VectorCandidate]]:
-        """Keyword and vector candidates in one transaction (see the two methods below;
-        hybrid search runs them concurrently instead, each in its own)."""
-        kw: list[tuple[uuid.UUID, float]] = []
-        vec: list[VectorCandidate] = []
-        with self.db.transaction("search") as conn:
-            if keyword_query:
-                kw = self.keyword_candidates(
-                    f,
-                    encrypted=encrypted,
-                    keyword_query=keyword_query,
-                    keyword_filter=keyword_filter,
-                    depth=keyword_depth,
-                    conn=conn,
-                )
-            if vector is not None:
-                vec = self.vector_candidates(
-                    f,
-                    encrypted=encrypted,
-                    vector=vector,
-                    model_id=model_id,
-                    depth=vector_depth,
-                    ef_search=ef_search,
-                    conn=conn,
-                )
-        return kw, vec
-
     def keyword_candidates(
         self,
         f: SearchFilter,
